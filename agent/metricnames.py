@@ -1,0 +1,64 @@
+"""The public metric names (CONTRACT.md): one source of truth for the agent, dashboards and alerts."""
+
+PREFIX = "sophos_central_"
+
+API_REQUESTS_TOTAL = "sophos_central_api_requests_total"
+API_REQUEST_DURATION_SECONDS = "sophos_central_api_request_duration_seconds"
+PROBE_SUCCESS = "sophos_central_probe_success"
+PROBE_LAST_RUN_TIMESTAMP_SECONDS = "sophos_central_probe_last_run_timestamp_seconds"
+TOKEN_EXPIRY_TIMESTAMP_SECONDS = "sophos_central_token_expiry_timestamp_seconds"
+RATE_LIMIT_CALLS = "sophos_central_rate_limit_calls"
+RATE_LIMIT_MAX_CALLS = "sophos_central_rate_limit_max_calls"
+RATE_LIMIT_UTILIZATION_RATIO = "sophos_central_rate_limit_utilization_ratio"
+TENANT_INFO = "sophos_central_tenant_info"
+WHOAMI_INFO = "sophos_central_whoami_info"
+EXPORTER_BUILD_INFO = "sophos_central_exporter_build_info"
+PROBE_INTERVAL_SECONDS = "sophos_central_probe_interval_seconds"
+SHARD_ORDINAL = "sophos_central_shard_ordinal"
+TOTAL_SHARDS = "sophos_central_total_shards"
+PROBE_CAUSE_INFO = "sophos_central_probe_cause_info"
+
+# Additions beyond the contract.
+RATE_LIMIT_ALLOWED_CALLS = "sophos_central_rate_limit_allowed_calls"
+RATE_LIMIT_PAUSES_TOTAL = "sophos_central_rate_limit_pauses_total"
+TENANTS = "sophos_central_tenants"
+PROBE_DURATION_SECONDS = "sophos_central_probe_duration_seconds"
+
+CONTRACT_METRICS = (
+    API_REQUESTS_TOTAL,
+    API_REQUEST_DURATION_SECONDS,
+    PROBE_SUCCESS,
+    PROBE_LAST_RUN_TIMESTAMP_SECONDS,
+    TOKEN_EXPIRY_TIMESTAMP_SECONDS,
+    RATE_LIMIT_CALLS,
+    RATE_LIMIT_MAX_CALLS,
+    RATE_LIMIT_UTILIZATION_RATIO,
+    TENANT_INFO,
+    WHOAMI_INFO,
+    EXPORTER_BUILD_INFO,
+    PROBE_INTERVAL_SECONDS,
+    SHARD_ORDINAL,
+    TOTAL_SHARDS,
+    PROBE_CAUSE_INFO,
+)
+
+CAUSES = (
+    "ok",
+    "invalid_credentials",
+    "token_rejected",
+    "partner_id_mismatch",
+    "trial_account",
+    "partner_assistance_disabled",
+    "forbidden",
+    "bad_request",
+    "not_found",
+    "rate_limited",
+    "sophos_server_error",
+    "sophos_unavailable",
+    "network_error",
+    "host_not_allowed",
+    "not_activated",
+)
+
+PROBES = ("token", "whoami", "tenant_list", "tenant")
+WINDOWS = ("1s", "1m", "1h", "1d")
