@@ -58,6 +58,8 @@ CAUSES = (
     "network_error",
     "host_not_allowed",
     "not_activated",
+    # Addition: a 2XX whose body does not have the documented shape.
+    "invalid_response",
 )
 
 PROBES = ("token", "whoami", "tenant_list", "tenant")
