@@ -1,4 +1,4 @@
-"""The public metric names (CONTRACT.md): one source of truth for the agent, dashboards and alerts."""
+"""The public metric names (CONTRACT.md): one source of truth for agent, dashboards, alerts."""
 
 PREFIX = "sophos_central_"
 
@@ -6,7 +6,7 @@ API_REQUESTS_TOTAL = "sophos_central_api_requests_total"
 API_REQUEST_DURATION_SECONDS = "sophos_central_api_request_duration_seconds"
 PROBE_SUCCESS = "sophos_central_probe_success"
 PROBE_LAST_RUN_TIMESTAMP_SECONDS = "sophos_central_probe_last_run_timestamp_seconds"
-TOKEN_EXPIRY_TIMESTAMP_SECONDS = "sophos_central_token_expiry_timestamp_seconds"
+TOKEN_EXPIRY_TIMESTAMP_SECONDS = "sophos_central_token_expiry_timestamp_seconds"  # noqa: S105
 RATE_LIMIT_CALLS = "sophos_central_rate_limit_calls"
 RATE_LIMIT_MAX_CALLS = "sophos_central_rate_limit_max_calls"
 RATE_LIMIT_UTILIZATION_RATIO = "sophos_central_rate_limit_utilization_ratio"

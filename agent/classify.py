@@ -1,0 +1,192 @@
+"""Turn whatever came back from Sophos Central into a bounded, label-safe ``Outcome``.
+
+Sophos answers errors in several shapes (``{errorCode, message, trackingId}`` from the id host,
+``{error, message, correlationId, requestId}`` from the Central APIs, HTML from a gateway, empty
+bodies), and sometimes nothing at all. Whatever arrives, classification must not raise, and the
+label values it yields must stay few and valid: a hostile body must not blow up Prometheus.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import ssl
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+ERROR_CODE_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]{0,63}$")
+MAX_DISTINCT_ERROR_CODES = 100
+OTHER = "other"
+TRANSPORT_CODES = ("timeout", "connect_error", "tls_error", "protocol_error")
+_ID_KEYS = ("trackingId", "correlationId", "requestId")
+_ID_VALUE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+_MAX_MESSAGE = 300
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one HTTP call produced, reduced to what metrics, diagnosis and logs need.
+
+    ``status_code`` is 0 when no response came; ``error_code`` is then one of the transport codes.
+    ``ids`` holds tracking/correlation/request ids: for logs and support evidence, never labels.
+    """
+
+    status_code: int
+    error_code: str = ""
+    message: str = ""
+    ids: dict[str, str] = field(default_factory=dict)
+    retry_after: str | None = None
+    body: Any = None
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status_code < 300
+
+    @property
+    def answered(self) -> bool:
+        return self.status_code != 0
+
+    @property
+    def status_label(self) -> str:
+        return str(self.status_code)
+
+
+class ErrorCodeGuard:
+    """Keeps the ``error_code`` label bounded: bad shapes and the 101st distinct value become
+    ``other``. Shared by every credential of one agent, since the bound is on the series count."""
+
+    def __init__(self, limit: int = MAX_DISTINCT_ERROR_CODES) -> None:
+        self._limit = limit
+        self._seen: set[str] = set(TRANSPORT_CODES)
+        self._lock = threading.Lock()
+
+    def label(self, code: str) -> str:
+        if code == "":
+            return ""
+        if not ERROR_CODE_PATTERN.match(code):
+            return OTHER
+        with self._lock:
+            if code in self._seen:
+                return code
+            if len(self._seen) - len(TRANSPORT_CODES) >= self._limit:
+                return OTHER
+            self._seen.add(code)
+            return code
+
+
+def classify_response(
+    status_code: int, body: bytes, headers: httpx.Headers | dict[str, str] | None = None
+) -> Outcome:
+    """Classify a response that arrived: parse the body if it is JSON, take the error code and ids.
+
+    A success body may carry ``errorCode: "success"`` (the id host does): that is not an error, so
+    2XX responses always get an empty error code.
+    """
+    parsed = parse_json(body)
+    retry_after = _header(headers, "retry-after")
+    if 200 <= status_code < 300:
+        return Outcome(status_code=status_code, body=parsed, ids=_ids(parsed))
+    return Outcome(
+        status_code=status_code,
+        error_code=error_code_of(parsed),
+        message=_message_of(parsed, body),
+        ids=_ids(parsed),
+        retry_after=retry_after,
+        body=parsed,
+    )
+
+
+def classify_exception(exc: BaseException) -> Outcome:
+    """Classify a call that got no response: status 0 and one of the four transport codes."""
+    return Outcome(status_code=0, error_code=transport_code(exc), message=_exc_message(exc))
+
+
+def transport_code(exc: BaseException) -> str:
+    """Map an httpx/ssl exception to ``timeout``, ``tls_error``, ``connect_error`` or
+    ``protocol_error``. TLS failures surface as a ConnectError wrapping an SSLError."""
+    if isinstance(exc, httpx.TimeoutException | TimeoutError):
+        return "timeout"
+    if _caused_by(exc, ssl.SSLError):
+        return "tls_error"
+    if isinstance(exc, httpx.ConnectError | ConnectionRefusedError):
+        return "connect_error"
+    return "protocol_error"
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kind):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return isinstance(exc, httpx.ConnectError) and "ssl" in str(exc).lower()
+
+
+def parse_json(body: bytes) -> Any:
+    """The JSON value of a body, or None for anything that is not JSON (HTML, empty, garbage)."""
+    if not body:
+        return None
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+
+
+def error_code_of(parsed: Any) -> str:
+    """``errorCode``, else ``error``, else empty — only when it is a string."""
+    if not isinstance(parsed, dict):
+        return ""
+    for key in ("errorCode", "error"):
+        value = parsed.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return ""
+
+
+def _message_of(parsed: Any, body: bytes) -> str:
+    if isinstance(parsed, dict):
+        value = parsed.get("message")
+        if isinstance(value, str):
+            return _printable(value)
+    if not body:
+        return "empty body"
+    if parsed is None:
+        return "body is not JSON"
+    return ""
+
+
+def _ids(parsed: Any) -> dict[str, str]:
+    if not isinstance(parsed, dict):
+        return {}
+    ids = {}
+    for key in _ID_KEYS:
+        value = parsed.get(key)
+        if isinstance(value, str) and _ID_VALUE.match(value):
+            ids[key] = value
+    return ids
+
+
+def _header(headers: httpx.Headers | dict[str, str] | None, name: str) -> str | None:
+    if headers is None:
+        return None
+    if isinstance(headers, httpx.Headers):
+        value: str | None = headers.get(name)
+        return value
+    for key, value in headers.items():
+        if key.lower() == name:
+            return value
+    return None
+
+
+def _printable(text: str) -> str:
+    cleaned = "".join(ch if ch.isprintable() else " " for ch in text)
+    return cleaned[:_MAX_MESSAGE]
+
+
+def _exc_message(exc: BaseException) -> str:
+    return _printable(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)

@@ -1,0 +1,326 @@
+"""The Sophos Central client: one per credential, on a shared ``httpx.AsyncClient``.
+
+Every request goes through ``_call``, which is where the agent keeps its promises: the token only
+goes to allowed hosts, no call leaves without the rate budget's admission, a whole call has one
+deadline, bodies are read up to a cap, whatever happens is classified (never raised), and every call
+is reported to the observers (metrics, evidence, logs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import httpx
+
+from agent.classify import Outcome, classify_exception, classify_response
+from agent.clock import Clock
+from agent.config import Credential, Settings
+from agent.hosts import HostNotAllowed, HostPolicy
+from agent.ratebudget import PRIORITY_CREDENTIAL, PRIORITY_TENANT, parse_retry_after
+from agent.sophos import (
+    InvalidResponse,
+    Tenant,
+    Token,
+    WhoAmI,
+    parse_tenant_page,
+    parse_token,
+    parse_whoami,
+)
+
+log = logging.getLogger(__name__)
+
+TOKEN_RENEW_MARGIN = 300.0
+_REDACTED = "<redacted>"
+
+
+class Admission(Protocol):
+    """What the client needs from the rate budget (see ``agent.ratebudget``)."""
+
+    async def acquire(self, credential: str, priority: int = ...) -> None: ...
+
+    def pause(self, credential: str, retry_after: float | None) -> float: ...
+
+    def note_success(self, credential: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """One HTTP call as observers see it. Secrets are already redacted from the request."""
+
+    credential: str
+    tenant_id: str
+    probe: str
+    method: str
+    url: str
+    request_headers: dict[str, str]
+    outcome: Outcome
+    duration: float
+    started_at: float
+    response_headers: dict[str, str] = field(default_factory=dict)
+    raw_body: bytes = b""
+
+
+class CallObserver(Protocol):
+    def observe_call(self, record: CallRecord) -> None: ...
+
+
+class TokenUnavailable(Exception):
+    """No token could be had; carries the outcome of the failed issuance."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__(outcome.error_code or outcome.status_label)
+        self.outcome = outcome
+
+
+def build_http_client(settings: Settings) -> httpx.AsyncClient:
+    """The shared connection pool. Redirects are never followed: a redirect could carry the
+    bearer token to a host the allowlist never approved."""
+    verify: ssl.SSLContext = ssl.create_default_context()
+    if settings.ca_bundle is not None:
+        verify.load_verify_locations(cafile=str(settings.ca_bundle))
+    return httpx.AsyncClient(
+        verify=verify,
+        timeout=httpx.Timeout(settings.request_timeout),
+        follow_redirects=False,
+        limits=httpx.Limits(max_connections=100, max_keepalive_connections=50),
+        headers={"User-Agent": "sophos-central-exporter"},
+        trust_env=False,
+    )
+
+
+class SophosClient:
+    """Token, whoami, tenant list and per-tenant calls for one credential."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        credential: Credential,
+        http: httpx.AsyncClient,
+        budget: Admission,
+        observers: Sequence[CallObserver],
+        clock: Clock,
+        policy: HostPolicy,
+        budget_key: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.credential = credential
+        self.name = credential.name
+        self._http = http
+        self._budget = budget
+        self._budget_key = budget_key or credential.name
+        self._observers = list(observers)
+        self._clock = clock
+        self._policy = policy
+        self._token: Token | None = None
+        self._token_lock = asyncio.Lock()
+        self.last_token_outcome: Outcome | None = None
+
+    @property
+    def token(self) -> Token | None:
+        return self._token
+
+    def check_host(self, url: str) -> None:
+        """Raise ``HostNotAllowed`` (a ValueError) unless the token may be sent to ``url``."""
+        self._policy.check(url)
+
+    # -- token -------------------------------------------------------------------------------
+
+    async def issue_token(self) -> tuple[Outcome, Token | None]:
+        """Ask the id host for a fresh token (the token probe, and renewals)."""
+        form = {
+            "grant_type": "client_credentials",
+            "client_id": self.credential.client_id.get_secret_value(),
+            "client_secret": self.credential.secret(),
+            "scope": "token",
+        }
+        outcome, _ = await self._call("token", "", "POST", self.settings.auth_url, {}, form=form)
+        self.last_token_outcome = outcome
+        if not outcome.ok:
+            return outcome, None
+        try:
+            token = parse_token(outcome.body, self._clock.time())
+        except InvalidResponse as exc:
+            return _invalid(outcome, str(exc)), None
+        self._token = token
+        return outcome, token
+
+    async def bearer(self) -> str:
+        """A valid token, renewed ahead of expiry; one renewal at a time per credential."""
+        async with self._token_lock:
+            if self._token is not None and self._fresh(self._token):
+                return self._token.value
+            outcome, token = await self.issue_token()
+            if token is None:
+                raise TokenUnavailable(outcome)
+            return token.value
+
+    def drop_token(self) -> None:
+        """Forget the cached token (after a 401 on an API call) so the next call gets a new one."""
+        self._token = None
+
+    def _fresh(self, token: Token) -> bool:
+        margin = min(TOKEN_RENEW_MARGIN, (token.expires_at - token.issued_at) / 10)
+        return self._clock.time() < token.expires_at - margin
+
+    # -- API calls ----------------------------------------------------------------------------
+
+    async def whoami(self) -> tuple[Outcome, WhoAmI | None]:
+        url = f"{self.settings.api_url}/whoami/v1"
+        outcome, _ = await self._api_call("whoami", "", url, {})
+        if not outcome.ok:
+            return outcome, None
+        try:
+            return outcome, parse_whoami(outcome.body)
+        except InvalidResponse as exc:
+            return _invalid(outcome, str(exc)), None
+
+    async def list_tenants(self, whoami: WhoAmI) -> tuple[Outcome, list[Tenant] | None]:
+        """Every page of the partner or organization tenant list; None unless all pages came."""
+        header = whoami.header
+        if header is None:
+            raise ValueError("only partner and organization credentials list tenants")
+        kind = "partner" if whoami.id_type == "partner" else "organization"
+        base = f"{whoami.global_url}/{kind}/v1/tenants"
+        tenants: list[Tenant] = []
+        page, total = 1, 1
+        outcome = Outcome(status_code=0, error_code="protocol_error")
+        while page <= total:
+            url = f"{base}?page={page}&pageSize=100&pageTotal=true"
+            outcome, _ = await self._api_call("tenant_list", "", url, dict([header]))
+            if not outcome.ok:
+                return outcome, None
+            try:
+                parsed = parse_tenant_page(outcome.body)
+            except InvalidResponse as exc:
+                return _invalid(outcome, str(exc)), None
+            if page == 1:
+                total = parsed.total_pages
+            tenants.extend(parsed.tenants)
+            page += 1
+        return outcome, _unique(tenants)
+
+    async def probe_tenant(self, tenant: Tenant) -> Outcome:
+        """The cheap read call on the tenant's own API host."""
+        if tenant.api_host is None:
+            raise ValueError("tenant has no apiHost")
+        url = f"{tenant.api_host}{self.settings.tenant_probe_path}"
+        outcome, _ = await self._api_call(
+            "tenant", tenant.id, url, {"X-Tenant-ID": tenant.id}, priority=PRIORITY_TENANT
+        )
+        return outcome
+
+    async def _api_call(
+        self,
+        probe: str,
+        tenant_id: str,
+        url: str,
+        headers: dict[str, str],
+        priority: int = PRIORITY_CREDENTIAL,
+    ) -> tuple[Outcome, bytes]:
+        try:
+            self._policy.check(url)
+        except HostNotAllowed as exc:
+            return Outcome(status_code=0, error_code="host_not_allowed", message=str(exc)), b""
+        try:
+            token = await self.bearer()
+        except TokenUnavailable as exc:
+            return exc.outcome, b""
+        headers = {**headers, "Authorization": f"Bearer {token}"}
+        outcome, body = await self._call(probe, tenant_id, "GET", url, headers, priority=priority)
+        if outcome.status_code == 401:
+            self.drop_token()
+        return outcome, body
+
+    async def _call(
+        self,
+        probe: str,
+        tenant_id: str,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        *,
+        form: Mapping[str, str] | None = None,
+        priority: int = PRIORITY_CREDENTIAL,
+    ) -> tuple[Outcome, bytes]:
+        """Send one request under the budget and a single deadline; classify, never raise."""
+        await self._budget.acquire(self._budget_key, priority)
+        started_wall = self._clock.time()
+        started = self._clock.monotonic()
+        response_headers: dict[str, str] = {}
+        body = b""
+        try:
+            async with asyncio.timeout(self.settings.request_timeout):
+                status, response_headers, body = await self._send(method, url, headers, form)
+            outcome = classify_response(status, body, response_headers)
+        except Exception as exc:  # a broken peer must never take the agent down
+            outcome = classify_exception(exc)
+        duration = self._clock.monotonic() - started
+        self._after_call(outcome)
+        record = CallRecord(
+            credential=self.name,
+            tenant_id=tenant_id,
+            probe=probe,
+            method=method,
+            url=url,
+            request_headers=redact_headers(headers),
+            outcome=outcome,
+            duration=duration,
+            started_at=started_wall,
+            response_headers=response_headers,
+            raw_body=body,
+        )
+        for observer in self._observers:
+            observer.observe_call(record)
+        return outcome, body
+
+    async def _send(
+        self, method: str, url: str, headers: dict[str, str], form: Mapping[str, str] | None
+    ) -> tuple[int, dict[str, str], bytes]:
+        cap = self.settings.max_response_bytes
+        async with self._http.stream(method, url, headers=headers, data=form) as response:
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in response.aiter_bytes():
+                chunks.append(chunk)
+                size += len(chunk)
+                if size >= cap:
+                    break
+            return response.status_code, dict(response.headers), b"".join(chunks)[:cap]
+
+    def _after_call(self, outcome: Outcome) -> None:
+        if outcome.status_code == 429:
+            wait = parse_retry_after(outcome.retry_after, self._clock.time())
+            pause = self._budget.pause(self._budget_key, wait)
+            log.warning(
+                "rate limited by Sophos Central; pausing this credential",
+                extra={"credential": self.name, "pause_seconds": round(pause, 3)},
+            )
+        elif outcome.answered and outcome.status_code < 500:
+            self._budget.note_success(self._budget_key)
+
+
+def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """Request headers as they may be shown in logs and support evidence: no bearer token."""
+    return {k: (_REDACTED if k.lower() == "authorization" else v) for k, v in headers.items()}
+
+
+def _invalid(outcome: Outcome, why: str) -> Outcome:
+    """A 2XX whose body is unusable: keep the status, mark the error code for the diagnosis."""
+    return Outcome(
+        status_code=outcome.status_code,
+        error_code="invalid_response",
+        message=why,
+        ids=outcome.ids,
+    )
+
+
+def _unique(tenants: list[Tenant]) -> list[Tenant]:
+    seen: dict[str, Tenant] = {}
+    for tenant in tenants:
+        seen.setdefault(tenant.id, tenant)
+    return list(seen.values())

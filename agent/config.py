@@ -1,0 +1,357 @@
+"""The configuration schema: one YAML file plus ``SOPHOS_EXPORTER_*`` environment variables.
+
+This module is the single description of what a user may configure (CONTRACT.md, "Configuration
+file"). A mistake must come back as one readable sentence that names the key, because the person
+reading it is usually an on-call engineer staring at a crash-looping container.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import re
+import stat
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_PREFIX = "SOPHOS_EXPORTER_"
+DEFAULT_AUTH_URL = "https://id.sophos.com/api/v2/oauth2/token"
+DEFAULT_API_URL = "https://api.central.sophos.com"
+DEFAULT_STATE_FILE = "/var/lib/sophos-central-exporter/state.db"
+DEFAULT_RATE_LIMITS: dict[str, int] = {"1s": 10, "1m": 100, "1h": 1000, "1d": 50000}
+WINDOW_SECONDS: dict[str, int] = {"1s": 1, "1m": 60, "1h": 3600, "1d": 86400}
+DEFAULT_TENANT_PROBE_PATH = "/endpoint/v1/endpoints?pageSize=1&view=basic"
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)")
+_UNIT_SECONDS = {
+    "ms": 0.001,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+    "d": 86400.0,
+    "w": 604800.0,
+    "y": 31536000.0,
+}
+_CREDENTIAL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the key and the problem."""
+
+
+def parse_duration(value: Any) -> float:
+    """Read a Prometheus-style duration (``30s``, ``5m``, ``1h30m``) or plain seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30s, 5m or 1h, or a number of seconds")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        seconds = _parse_duration_text(value.strip())
+    else:
+        raise ValueError("expected a duration such as 30s, 5m or 1h, or a number of seconds")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError("must be a positive duration")
+    return seconds
+
+
+def _parse_duration_text(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    pos, total = 0, 0.0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        pos = match.end()
+    if pos != len(text) or not text:
+        raise ValueError(
+            f"{text!r} is not a duration; use a number of seconds or units s, m, h, d "
+            "(e.g. 90s, 5m)"
+        )
+    return total
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost`` and loopback IP literals: the only hosts allowed plain http."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_url(url: str) -> str:
+    """Accept https URLs, and http only towards loopback (the simulator, tests)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError(f"{url!r} is not an http(s) URL")
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+        raise ValueError("plain http:// is accepted only for loopback hosts; use https://")
+    return url.rstrip("/") if parts.path in ("", "/") else url
+
+
+class Credential(BaseModel):
+    """One Sophos Central API credential (partner, organization or tenant)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    client_id: SecretStr
+    client_secret: SecretStr | None = None
+    client_secret_file: Path | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _label_safe_name(cls, value: str) -> str:
+        if not _CREDENTIAL_NAME.match(value):
+            raise ValueError(
+                "must start with a letter or digit and use only letters, digits, '_', '.', ':' "
+                "or '-' (at most 64 characters); it becomes a label value"
+            )
+        return value
+
+    @field_validator("client_id")
+    @classmethod
+    def _non_empty_id(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @model_validator(mode="after")
+    def _one_secret_source(self) -> Credential:
+        if (self.client_secret is None) == (self.client_secret_file is None):
+            raise ValueError("set exactly one of client_secret or client_secret_file")
+        if self.client_secret_file is not None and not self.client_secret_file.is_file():
+            raise ValueError(f"client_secret_file {self.client_secret_file} is not a readable file")
+        return self
+
+    def secret(self) -> str:
+        """The client secret, read from the file each time so that rotated files are picked up."""
+        if self.client_secret is not None:
+            return self.client_secret.get_secret_value()
+        assert self.client_secret_file is not None
+        return self.client_secret_file.read_text(encoding="utf-8").strip()
+
+
+class Settings(BaseSettings):
+    """The whole agent configuration (CONTRACT.md). Environment variables override the file."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        case_sensitive=False,
+        extra="forbid",
+        frozen=True,
+    )
+
+    auth_url: str = DEFAULT_AUTH_URL
+    api_url: str = DEFAULT_API_URL
+    allowed_api_hosts: list[str] = Field(default_factory=lambda: ["*.sophos.com"])
+    ca_bundle: Path | None = None
+    probe_interval: Duration = 60.0
+    token_probe_interval: Duration = 300.0
+    tenant_refresh_interval: Duration = 900.0
+    request_timeout: Duration = 10.0
+    budget_share: float = 0.1
+    rate_limits: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_RATE_LIMITS))
+    state_file: Path = Path(DEFAULT_STATE_FILE)
+    shard: int = 0
+    total_shards: int = 1
+    tenant_probe_path: str = DEFAULT_TENANT_PROBE_PATH
+    max_response_bytes: int = 1_048_576
+    log_format: Literal["logfmt", "json"] = "logfmt"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    web_listen_address: str = ":9866"
+    credentials: list[Credential] = Field(min_length=1)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Environment first, then the YAML file (passed as init values): env wins."""
+        return (env_settings, init_settings)
+
+    @field_validator("auth_url", "api_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return check_url(value)
+
+    @field_validator("allowed_api_hosts")
+    @classmethod
+    def _patterns(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            if not pattern or "/" in pattern or ":" in pattern.strip("[]"):
+                raise ValueError(
+                    f"{pattern!r} is not a host name pattern (no scheme, port or path: "
+                    "'*.sophos.com', '127.0.0.1')"
+                )
+        return [p.lower() for p in value]
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _ca_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} is not a readable file")
+        return value
+
+    @field_validator("budget_share")
+    @classmethod
+    def _share(cls, value: float) -> float:
+        if not (0 < value <= 1) or not math.isfinite(value):
+            raise ValueError(f"must be greater than 0 and at most 1 (got {value})")
+        return value
+
+    @field_validator("rate_limits", mode="before")
+    @classmethod
+    def _limits(cls, value: Any) -> dict[str, int]:
+        if not isinstance(value, dict):
+            raise ValueError("must be a mapping of window (1s, 1m, 1h, 1d) to a number of calls")
+        merged = dict(DEFAULT_RATE_LIMITS)
+        for key, limit in value.items():
+            window = str(key).lower()
+            if window not in WINDOW_SECONDS:
+                raise ValueError(f"unknown window {key!r}; use 1s, 1m, 1h or 1d")
+            if isinstance(limit, bool) or not isinstance(limit, int | str):
+                raise ValueError(f"{window}: must be a positive whole number of calls")
+            try:
+                number = int(limit)
+            except ValueError:
+                raise ValueError(f"{window}: must be a positive whole number of calls") from None
+            if number < 1:
+                raise ValueError(f"{window}: must be a positive whole number of calls")
+            merged[window] = number
+        return merged
+
+    @field_validator("tenant_probe_path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("must be a path starting with '/'")
+        return value
+
+    @field_validator("max_response_bytes")
+    @classmethod
+    def _cap(cls, value: int) -> int:
+        if value < 1024:
+            raise ValueError("must be at least 1024")
+        return value
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Settings:
+        if self.total_shards < 1:
+            raise ValueError("total_shards: must be at least 1")
+        if not 0 <= self.shard < self.total_shards:
+            raise ValueError(
+                f"shard: must be between 0 and total_shards - 1 ({self.total_shards - 1})"
+            )
+        names = [c.name for c in self.credentials]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"credentials: duplicate name {duplicates[0]!r}")
+        return self
+
+    @property
+    def shard_budget_share(self) -> float:
+        """This process's share of every window: each of M shards spends budget_share / M."""
+        return self.budget_share / self.total_shards
+
+    def masked(self) -> dict[str, Any]:
+        """The effective configuration with every secret (and client id) masked."""
+        data = self.model_dump(mode="json")
+        for cred in data["credentials"]:
+            cred["client_id"] = "<masked>"
+            if cred.get("client_secret") is not None:
+                cred["client_secret"] = "<masked>"  # noqa: S105 - a mask, not a secret
+        return data
+
+
+def load_settings(path: str | os.PathLike[str] | None, **overrides: Any) -> Settings:
+    """Build the settings from a YAML file, the environment and command-line overrides.
+
+    Every failure becomes a ``ConfigError`` whose message names the file, the key and the problem.
+    """
+    data = read_yaml(path) if path is not None else {}
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, path)) from None
+
+
+def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read the YAML config file as a mapping; refuse anything else with a clear message."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must be a mapping of keys to values")
+    return data
+
+
+def format_validation_error(exc: ValidationError, path: str | os.PathLike[str] | None) -> str:
+    """One line per problem: ``key.path: message``; never echoes the rejected value of a secret."""
+    where = f"config file {path}" if path is not None else "configuration"
+    lines = [f"invalid {where}:"]
+    for error in exc.errors(include_url=False, include_input=False):
+        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        lines.append(f"  {key}: {_message(error)}")
+    return "\n".join(lines)
+
+
+def _message(error: Any) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return "unknown key (check the spelling; see the configuration reference in README.md)"
+    if kind == "missing":
+        return "required key is missing"
+    message = str(error["msg"])
+    return message.removeprefix("Value error, ")
+
+
+def group_or_world_readable(path: str | os.PathLike[str]) -> bool:
+    """True when a file's mode lets users other than its owner read it."""
+    try:
+        mode = Path(path).stat().st_mode
+    except OSError:
+        return False
+    return bool(mode & (stat.S_IRGRP | stat.S_IROTH))
+
+
+def has_inline_secret(settings: Settings) -> bool:
+    """True when any credential keeps its secret in the config itself rather than in a file."""
+    return any(c.client_secret is not None for c in settings.credentials)

@@ -1,0 +1,160 @@
+"""Why a probe failed and what to do about it.
+
+blackbox_exporter tells you *that* a probe failed; users keep asking *why* (its issue #1077). Every
+outcome here maps to one ``cause`` from a fixed set (a label value, CONTRACT.md) and a remedy
+paraphrased from Sophos's "Common troubleshooting steps for Sophos Central API errors". A 403 on a
+tenant is often business state (a trial account, a term customer without Partner Assistance), not an
+outage, and the remedy says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agent.classify import Outcome
+from agent.sophos import Tenant
+
+TRANSPORT_CODES = ("timeout", "connect_error", "tls_error", "protocol_error")
+FRESH_TOKEN_SECONDS = 120.0
+
+REMEDIES: dict[str, str] = {
+    "ok": "Nothing to do.",
+    "invalid_credentials": (
+        "Sophos rejected the client id or secret. Check both values in the agent's config; if they "
+        "cannot be confirmed, create a new API credential in Sophos Central (Global Settings > "
+        "API Credentials Management) and update the config."
+    ),
+    "token_rejected": (
+        "The API refused the bearer token. Tokens live one hour: the agent fetches a new one on "
+        "its next call. If this repeats with fresh tokens, a required header (Authorization, "
+        "X-Tenant-ID, X-Partner-ID) is missing or wrong for this host."
+    ),
+    "partner_id_mismatch": (
+        "The partner or organization id sent does not match the credential. Call whoami and use "
+        "the id it returns in X-Partner-ID / X-Organization-ID; the agent does this itself, so "
+        "check the credential belongs to the account you expect."
+    ),
+    "trial_account": (
+        "403 on a trial tenant: business state, not an outage. Sophos does not grant partner API "
+        "access to trial accounts; confirm the account type in the Partner Dashboard."
+    ),
+    "partner_assistance_disabled": (
+        "403 on a term-licensed tenant: the customer has not enabled Partner Assistance. Ask the "
+        "customer to enable it, or confirm its state in the Partner Dashboard. Business state, "
+        "not an outage."
+    ),
+    "forbidden": (
+        "403: this credential may not access the resource. Check that the tenant belongs to this "
+        "partner or organization and that the credential has the role the call needs."
+    ),
+    "bad_request": (
+        "400: Sophos could not parse the request. Reproduce it (e.g. in Postman or with the curl "
+        "command from the support bundle) to find the malformed part; check tenant_probe_path."
+    ),
+    "not_found": (
+        "404: the object does not exist. The tenant or item may have been deleted, or an id is "
+        "mistyped; re-list tenants and check tenant_probe_path."
+    ),
+    "rate_limited": (
+        "429: the credential exceeded a Sophos rate limit (spike arrest). The agent pauses this "
+        "credential; check which integration spends the budget and lower budget_share or spread "
+        "its calls per Sophos's rate-limiting guide."
+    ),
+    "sophos_server_error": (
+        "500: Sophos Central failed to process the call. Check the Sophos Central status page; if "
+        "it persists, open a support case 'New API 5xx error' with `sophos-central-exporter "
+        "support-bundle`."
+    ),
+    "sophos_unavailable": (
+        "502/503/504: the Sophos service or its gateway is unavailable (maintenance or overload). "
+        "Usually temporary; check the Sophos Central status page and open a support case "
+        "'New API 5xx error' (`support-bundle`) if it persists."
+    ),
+    "network_error": (
+        "No answer: timeout, refused connection, TLS or protocol failure. Check DNS, proxies, "
+        "firewalls and ca_bundle between the agent and the Sophos host."
+    ),
+    "host_not_allowed": (
+        "The tenant's apiHost is outside allowed_api_hosts, so the agent sends nothing there. If "
+        "the host is genuinely Sophos's, add it to allowed_api_hosts."
+    ),
+    "not_activated": (
+        "The tenant has no apiHost: it is not activated yet, so there is nothing to probe. Finish "
+        "its activation in Sophos Central."
+    ),
+    "invalid_response": (
+        "Sophos answered 2XX with a body the agent cannot read. Usually a proxy or a Sophos-side "
+        "defect; capture the response and contact Sophos support if it persists."
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    cause: str
+    remedy: str
+
+
+@dataclass(frozen=True)
+class Context:
+    """What else is known when a probe ends: the tenant and how old the token was."""
+
+    tenant: Tenant | None = None
+    token_age: float | None = None
+
+
+def diagnose(probe: str, outcome: Outcome, context: Context | None = None) -> Diagnosis:
+    cause = cause_of(probe, outcome, context or Context())
+    remedy = REMEDIES[cause]
+    age = context.token_age if context else None
+    if cause == "token_rejected" and age is not None and age < FRESH_TOKEN_SECONDS:
+        remedy = (
+            "401 with a token issued moments ago: the token is not the problem. A required "
+            "header is missing or wrong (X-Tenant-ID for tenant calls, X-Partner-ID or "
+            "X-Organization-ID for lists), or the call went to another tenant's host."
+        )
+    return Diagnosis(cause, remedy)
+
+
+def cause_of(probe: str, outcome: Outcome, context: Context) -> str:
+    """The one cause label value for an outcome (CONTRACT.md's fixed set)."""
+    status, code = outcome.status_code, outcome.error_code
+    if code == "host_not_allowed":
+        return "host_not_allowed"
+    if code == "not_activated":
+        return "not_activated"
+    if status == 0:
+        return "network_error"
+    if outcome.ok:
+        return "invalid_response" if code == "invalid_response" else "ok"
+    if code.startswith("oauth.") or (probe == "token" and status in (400, 401, 403)):
+        return "invalid_credentials"
+    if status == 401:
+        return "token_rejected"
+    if status == 403:
+        return _forbidden_cause(probe, context.tenant)
+    return _status_cause(status)
+
+
+def _forbidden_cause(probe: str, tenant: Tenant | None) -> str:
+    if probe == "tenant_list":
+        return "partner_id_mismatch"
+    if probe == "tenant" and tenant is not None:
+        billing = tenant.billing_type.lower()
+        if billing == "trial":
+            return "trial_account"
+        if billing == "term":
+            return "partner_assistance_disabled"
+    return "forbidden"
+
+
+def _status_cause(status: int) -> str:
+    if status == 404:
+        return "not_found"
+    if status == 429:
+        return "rate_limited"
+    if status in (502, 503, 504):
+        return "sophos_unavailable"
+    if status >= 500:
+        return "sophos_server_error"
+    return "bad_request"

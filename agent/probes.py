@@ -1,0 +1,222 @@
+"""The four probes (``token``, ``whoami``, ``tenant_list``, ``tenant``) and what they leave.
+
+A probe makes its call(s) through the ``SophosClient``, diagnoses the outcome and records a
+``ProbeResult``. Results live in a ``CredentialState`` that the metrics, the status page and the
+``check`` command read; nothing else keeps probe state, so all views agree.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from agent.classify import Outcome
+from agent.client import SophosClient
+from agent.clock import Clock
+from agent.diagnosis import Context, diagnose
+from agent.sophos import Tenant, WhoAmI, tenant_from_whoami
+
+log = logging.getLogger(__name__)
+
+TenantFilter = Callable[[str], bool]
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """The last result of one probe; ``error_code`` is raw (guard it before using as a label)."""
+
+    credential: str
+    tenant_id: str
+    probe: str
+    success: bool
+    status_code: int
+    error_code: str
+    cause: str
+    remedy: str
+    message: str
+    timestamp: float
+    duration: float
+    ids: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class CredentialState:
+    """Everything known about one credential, replaced piecewise as probes finish."""
+
+    name: str
+    whoami: WhoAmI | None = None
+    tenants: dict[str, Tenant] = field(default_factory=dict)
+    probed: dict[str, Tenant] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    results: dict[tuple[str, str], ProbeResult] = field(default_factory=dict)
+    tenants_listed: bool = False
+    first_cycle_done: bool = False
+
+    def result(self, tenant_id: str, probe: str) -> ProbeResult | None:
+        return self.results.get((tenant_id, probe))
+
+    def failures(self) -> list[ProbeResult]:
+        return [r for r in self.results.values() if not r.success]
+
+
+class CredentialProber:
+    """Runs the probes of one credential and keeps its ``CredentialState`` current."""
+
+    def __init__(
+        self,
+        client: SophosClient,
+        clock: Clock,
+        owns_tenant: TenantFilter | None = None,
+    ) -> None:
+        self.client = client
+        self.state = CredentialState(name=client.name)
+        self._clock = clock
+        self._owns = owns_tenant or (lambda _tenant_id: True)
+
+    @property
+    def name(self) -> str:
+        return self.client.name
+
+    async def probe_token(self) -> ProbeResult:
+        """Fresh token issuance, on its own schedule: a revoked secret shows up within minutes
+        even while a cached token still works."""
+        started = self._clock.monotonic()
+        outcome, _ = await self.client.issue_token()
+        return self._record("", "token", outcome, started)
+
+    async def probe_whoami(self) -> ProbeResult:
+        started = self._clock.monotonic()
+        outcome, whoami = await self.client.whoami()
+        if whoami is not None:
+            self.state.whoami = whoami
+        return self._record("", "whoami", outcome, started)
+
+    async def refresh_tenants(self) -> ProbeResult | None:
+        """whoami, then the tenant list (partner / organization) or the tenant itself.
+
+        A failed list keeps the tenants known from before: a transient 503 must not make every
+        tenant's series vanish. Returns the tenant_list result, or None for tenant credentials.
+        """
+        await self.probe_whoami()
+        whoami = self.state.whoami
+        if whoami is None:
+            return None
+        if whoami.header is None:
+            self._set_tenants([tenant_from_whoami(whoami, self.name)])
+            return None
+        started = self._clock.monotonic()
+        outcome, tenants = await self.client.list_tenants(whoami)
+        result = self._record("", "tenant_list", outcome, started)
+        if tenants is not None:
+            self._set_tenants(tenants)
+        return result
+
+    async def probe_tenant(self, tenant_id: str) -> ProbeResult | None:
+        """The cheap per-tenant call; None when the tenant left the list meanwhile."""
+        tenant = self.state.probed.get(tenant_id)
+        if tenant is None:
+            return None
+        started = self._clock.monotonic()
+        outcome = await self.client.probe_tenant(tenant)
+        return self._record(tenant.id, "tenant", outcome, started, tenant)
+
+    def _set_tenants(self, tenants: list[Tenant]) -> None:
+        """Replace the tenant set: the shard's own, split into probed and skipped (with why)."""
+        mine = {t.id: t for t in tenants if self._owns(t.id)}
+        probed: dict[str, Tenant] = {}
+        skipped: dict[str, str] = {}
+        for tenant in mine.values():
+            reason = self._skip_reason(tenant)
+            if reason is None:
+                probed[tenant.id] = tenant
+            else:
+                skipped[tenant.id] = reason
+        self.state.tenants, self.state.probed, self.state.skipped = mine, probed, skipped
+        self.state.tenants_listed = True
+        self._forget_departed(mine)
+        for tenant_id, reason in skipped.items():
+            self._record_skipped(mine[tenant_id], reason)
+
+    def _skip_reason(self, tenant: Tenant) -> str | None:
+        if tenant.api_host is None:
+            return "not_activated"
+        try:
+            self.client.check_host(tenant.api_host)
+        except ValueError:
+            return "host_not_allowed"
+        return None
+
+    def _record_skipped(self, tenant: Tenant, reason: str) -> None:
+        """Report a tenant the agent will not call, once per change, with the reason."""
+        previous = self.state.result(tenant.id, "tenant")
+        outcome = Outcome(status_code=0, error_code=reason, message=_skip_message(reason))
+        self._record(tenant.id, "tenant", outcome, self._clock.monotonic(), tenant, quiet=True)
+        if previous is None or previous.cause != reason:
+            log.warning(
+                "tenant not probed: %s",
+                _skip_message(reason),
+                extra={"credential": self.name, "tenant_id": tenant.id, "cause": reason},
+            )
+
+    def _forget_departed(self, current: dict[str, Tenant]) -> None:
+        for key in [k for k in self.state.results if k[0] and k[0] not in current]:
+            del self.state.results[key]
+
+    def _record(
+        self,
+        tenant_id: str,
+        probe: str,
+        outcome: Outcome,
+        started: float,
+        tenant: Tenant | None = None,
+        *,
+        quiet: bool = False,
+    ) -> ProbeResult:
+        diagnosis = diagnose(probe, outcome, Context(tenant=tenant, token_age=self._token_age()))
+        result = ProbeResult(
+            credential=self.name,
+            tenant_id=tenant_id,
+            probe=probe,
+            success=diagnosis.cause == "ok",
+            status_code=outcome.status_code,
+            error_code=outcome.error_code,
+            cause=diagnosis.cause,
+            remedy=diagnosis.remedy,
+            message=outcome.message,
+            timestamp=self._clock.time(),
+            duration=max(0.0, self._clock.monotonic() - started),
+            ids=dict(outcome.ids),
+        )
+        self.state.results[(tenant_id, probe)] = result
+        if not result.success and not quiet:
+            _log_failure(result)
+        return result
+
+    def _token_age(self) -> float | None:
+        token = self.client.token
+        return None if token is None else self._clock.time() - token.issued_at
+
+
+def _skip_message(reason: str) -> str:
+    if reason == "not_activated":
+        return "tenant is not activated (no apiHost)"
+    return "tenant apiHost is not in allowed_api_hosts; nothing was sent there"
+
+
+def _log_failure(result: ProbeResult) -> None:
+    """One warning per failed probe, with the ids Sophos support asks for — in the log only."""
+    log.warning(
+        "probe failed: %s",
+        result.message or result.cause,
+        extra={
+            "credential": result.credential,
+            "tenant_id": result.tenant_id,
+            "probe": result.probe,
+            "status_code": result.status_code,
+            "error_code": result.error_code,
+            "cause": result.cause,
+            "hint": result.remedy,
+            **result.ids,
+        },
+    )

@@ -1,0 +1,243 @@
+"""When probes run: APScheduler jobs per credential, and a round-robin over its tenants.
+
+Per credential there are three jobs: the token probe (``token_probe_interval``), the tenant refresh
+(whoami + tenant list, ``tenant_refresh_interval``) and a tenant tick. The tick is not one job per
+tenant — 10,000 jobs would make APScheduler's own bookkeeping the bottleneck — but a short interval
+job that starts the probes whose slot has come: tenant *i* of *N* is due at ``i x period / N``
+within each period, so start-up is spread evenly and every tenant is probed once per period. Each
+tenant probe runs as its own task, so a hanging tenant never delays the next tick or any other
+tenant; the rate budget, not the scheduler, decides how fast calls actually leave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from agent.clock import Clock
+from agent.probes import CredentialProber
+
+log = logging.getLogger(__name__)
+
+MIN_TICK = 0.2
+MAX_TICK = 5.0
+MAX_CONCURRENT_TENANT_PROBES = 64
+
+
+@dataclass
+class TenantRotation:
+    """Round-robin position over a credential's probed tenants; survives tenant-list changes."""
+
+    order: list[str] = field(default_factory=list)
+    position: float = 0.0
+    in_flight: set[str] = field(default_factory=set)
+    pending_first: set[str] | None = None
+
+    def replace(self, tenant_ids: list[str]) -> None:
+        """New tenant set: keep the rotation going, drop departed ids, add newcomers at the end."""
+        current = set(tenant_ids)
+        kept = [t for t in self.order if t in current]
+        known = set(kept)
+        self.order = kept + sorted(t for t in tenant_ids if t not in known)
+        if self.order:
+            self.position %= len(self.order)
+        else:
+            self.position = 0.0
+        if self.pending_first is None:
+            self.pending_first = set(self.order)
+        else:
+            self.pending_first &= current
+
+    def due(self, elapsed: float, period: float) -> list[str]:
+        """The tenants whose slots fall within the last ``elapsed`` seconds."""
+        if not self.order or period <= 0:
+            return []
+        self.position += len(self.order) * elapsed / period
+        count = min(int(self.position), len(self.order))
+        self.position -= count
+        due = self.order[:count]
+        self.order = self.order[count:] + due
+        return due
+
+
+RefreshHook = Callable[[CredentialProber], None]
+
+
+class CredentialSchedule:
+    """The jobs of one credential, and the bookkeeping for readiness."""
+
+    def __init__(
+        self,
+        prober: CredentialProber,
+        clock: Clock,
+        period: Callable[[], float],
+        on_refresh: RefreshHook,
+        semaphore: asyncio.Semaphore,
+    ) -> None:
+        self.prober = prober
+        self._clock = clock
+        self._period = period
+        self._on_refresh = on_refresh
+        self._semaphore = semaphore
+        self.rotation = TenantRotation()
+        self._last_tick: float | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.token_done = False
+        self.refresh_done = False
+
+    @property
+    def name(self) -> str:
+        return self.prober.name
+
+    @property
+    def ready(self) -> bool:
+        """First cycle complete: token, refresh and every tenant once, whatever the outcomes."""
+        pending = self.rotation.pending_first
+        return self.token_done and self.refresh_done and (pending is None or not pending)
+
+    async def run_token(self) -> None:
+        try:
+            await self.prober.probe_token()
+        finally:
+            self.token_done = True
+
+    async def run_refresh(self) -> None:
+        try:
+            await self.prober.refresh_tenants()
+            self.rotation.replace(list(self.prober.state.probed))
+            self._on_refresh(self.prober)
+        finally:
+            if self.rotation.pending_first is None:
+                self.rotation.pending_first = set()
+            self.refresh_done = True
+            self.prober.state.first_cycle_done = self.ready
+
+    async def run_tick(self) -> None:
+        now = self._clock.monotonic()
+        elapsed = 0.0 if self._last_tick is None else now - self._last_tick
+        self._last_tick = now
+        for tenant_id in self.rotation.due(elapsed, self._period()):
+            if tenant_id not in self.rotation.in_flight:
+                self._start(tenant_id)
+
+    def _start(self, tenant_id: str) -> None:
+        self.rotation.in_flight.add(tenant_id)
+        task = asyncio.get_running_loop().create_task(self._probe(tenant_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _probe(self, tenant_id: str) -> None:
+        try:
+            async with self._semaphore:
+                await self.prober.probe_tenant(tenant_id)
+        except Exception:
+            log.exception("tenant probe crashed", extra={"credential": self.name})
+        finally:
+            self.rotation.in_flight.discard(tenant_id)
+            pending = self.rotation.pending_first
+            if pending is not None:
+                pending.discard(tenant_id)
+            self.prober.state.first_cycle_done = self.ready
+
+    async def drain(self, grace: float) -> None:
+        """Give in-flight probes a moment to finish, then cancel what is left."""
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=1.0)
+
+
+class ProbeScheduler:
+    """Owns the ``AsyncIOScheduler`` and one ``CredentialSchedule`` per credential."""
+
+    def __init__(
+        self,
+        schedules: list[CredentialSchedule],
+        token_interval: float,
+        refresh_interval: float,
+        tick: Callable[[CredentialSchedule], float],
+    ) -> None:
+        self.schedules = schedules
+        self._token_interval = token_interval
+        self._refresh_interval = refresh_interval
+        self._tick = tick
+        self._scheduler = AsyncIOScheduler(timezone=UTC)
+
+    def start(self) -> None:
+        now = datetime.now(UTC)
+        for schedule in self.schedules:
+            self._add(schedule.run_token, self._token_interval, f"token:{schedule.name}", now)
+            self._add(schedule.run_refresh, self._refresh_interval, f"refresh:{schedule.name}", now)
+            self._add(
+                schedule.run_tick,
+                self._tick(schedule),
+                f"tenants:{schedule.name}",
+                now + timedelta(seconds=0.5),
+            )
+        self._scheduler.start()
+
+    def _add(
+        self,
+        func: Callable[[], Coroutine[Any, Any, None]],
+        seconds: float,
+        job_id: str,
+        first: datetime,
+    ) -> None:
+        self._scheduler.add_job(
+            _guarded(func, job_id),
+            "interval",
+            seconds=seconds,
+            id=job_id,
+            next_run_time=first,
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=max(1, math.ceil(seconds)),
+        )
+
+    def retick(self, schedule: CredentialSchedule) -> None:
+        """Adjust a credential's tick after its tenant count or period changed."""
+        job = self._scheduler.get_job(f"tenants:{schedule.name}")
+        if job is not None:
+            job.reschedule("interval", seconds=self._tick(schedule))
+
+    @property
+    def ready(self) -> bool:
+        return all(s.ready for s in self.schedules)
+
+    async def stop(self, grace: float = 2.0) -> None:
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
+        await asyncio.gather(*(s.drain(grace) for s in self.schedules))
+
+
+def tick_seconds(period: float, tenants: int) -> float:
+    """Short enough that slots stay evenly spread, long enough not to spin: one tick per slot,
+    clamped to [MIN_TICK, MAX_TICK]."""
+    if tenants <= 0:
+        return MAX_TICK
+    return min(MAX_TICK, max(MIN_TICK, period / tenants))
+
+
+def _guarded(
+    func: Callable[[], Coroutine[Any, Any, None]], job_id: str
+) -> Callable[[], Coroutine[Any, Any, None]]:
+    """A job that logs its own crash instead of letting APScheduler swallow it silently."""
+
+    async def job() -> None:
+        try:
+            await func()
+        except Exception:
+            log.exception("scheduled job failed", extra={"job": job_id})
+
+    job.__name__ = job_id.replace(":", "_")
+    return job

@@ -1,0 +1,177 @@
+"""Sophos Central data as the agent uses it, parsed defensively from untrusted JSON.
+
+Everything here is built from API responses, so every field is checked for type, length and
+characters before it can become a label value or a URL the agent will call.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_REGION_HOST = re.compile(r"^api-([a-z0-9]{2,8})\.central\.sophos\.com$")
+MAX_LABEL_TEXT = 128
+MAX_PAGES = 1000
+
+
+class InvalidResponse(ValueError):
+    """A 2XX body that does not have the shape the API documents."""
+
+
+@dataclass(frozen=True)
+class Token:
+    """An access token; ``repr`` never shows the value."""
+
+    value: str = field(repr=False)
+    issued_at: float
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class WhoAmI:
+    id: str
+    id_type: str
+    global_url: str
+    data_region_url: str | None = None
+
+    @property
+    def header(self) -> tuple[str, str] | None:
+        """The id header that partner and organization calls must carry."""
+        if self.id_type == "partner":
+            return ("X-Partner-ID", self.id)
+        if self.id_type == "organization":
+            return ("X-Organization-ID", self.id)
+        return None
+
+
+@dataclass(frozen=True)
+class Tenant:
+    id: str
+    name: str
+    data_region: str = ""
+    billing_type: str = ""
+    api_host: str | None = None
+    data_geography: str = ""
+
+
+@dataclass(frozen=True)
+class TenantPage:
+    tenants: list[Tenant]
+    total_pages: int
+    skipped: int = 0
+
+
+def label_text(value: Any, limit: int = MAX_LABEL_TEXT) -> str:
+    """A string fit for a label value: printable, trimmed, bounded; anything else becomes ''."""
+    if not isinstance(value, str):
+        return ""
+    cleaned = "".join(ch if ch.isprintable() else " " for ch in value).strip()
+    return cleaned[:limit]
+
+
+def parse_token(body: Any, now: float) -> Token:
+    if not isinstance(body, dict):
+        raise InvalidResponse("token response is not a JSON object")
+    value = body.get("access_token")
+    if not isinstance(value, str) or not value or len(value) > 16384:
+        raise InvalidResponse("token response has no access_token")
+    expires_in = body.get("expires_in", 3600)
+    if isinstance(expires_in, bool) or not isinstance(expires_in, int | float):
+        raise InvalidResponse("token response has a non-numeric expires_in")
+    lifetime = min(max(float(expires_in), 0.0), 86400.0)
+    return Token(value=value, issued_at=now, expires_at=now + lifetime)
+
+
+def parse_whoami(body: Any) -> WhoAmI:
+    if not isinstance(body, dict):
+        raise InvalidResponse("whoami response is not a JSON object")
+    ident = body.get("id")
+    id_type = body.get("idType")
+    hosts = body.get("apiHosts")
+    if not isinstance(ident, str) or not _ID.match(ident):
+        raise InvalidResponse("whoami response has no valid id")
+    if id_type not in ("tenant", "partner", "organization"):
+        raise InvalidResponse("whoami response has an unknown idType")
+    if not isinstance(hosts, dict) or not _is_url(hosts.get("global")):
+        raise InvalidResponse("whoami response has no apiHosts.global")
+    region = hosts.get("dataRegion")
+    if id_type == "tenant" and not _is_url(region):
+        raise InvalidResponse("whoami response for a tenant has no apiHosts.dataRegion")
+    return WhoAmI(
+        id=ident,
+        id_type=str(id_type),
+        global_url=str(hosts["global"]).rstrip("/"),
+        data_region_url=str(region).rstrip("/") if _is_url(region) else None,
+    )
+
+
+def parse_tenant_page(body: Any) -> TenantPage:
+    """One page of ``/partner/v1/tenants`` or ``/organization/v1/tenants``.
+
+    Items that are not usable tenants (no valid id) are skipped and counted, not fatal: one broken
+    item must not hide the other ninety-nine.
+    """
+    if not isinstance(body, dict) or not isinstance(body.get("items"), list):
+        raise InvalidResponse("tenant list response has no items array")
+    tenants, skipped = [], 0
+    for item in body["items"]:
+        tenant = parse_tenant(item)
+        if tenant is None:
+            skipped += 1
+        else:
+            tenants.append(tenant)
+    return TenantPage(tenants=tenants, total_pages=_total_pages(body.get("pages")), skipped=skipped)
+
+
+def parse_tenant(item: Any) -> Tenant | None:
+    if not isinstance(item, dict):
+        return None
+    ident = item.get("id")
+    if not isinstance(ident, str) or not _ID.match(ident):
+        return None
+    api_host = item.get("apiHost")
+    return Tenant(
+        id=ident,
+        name=label_text(item.get("name")) or label_text(item.get("showAs")),
+        data_region=label_text(item.get("dataRegion"), 32),
+        billing_type=label_text(item.get("billingType"), 32),
+        api_host=str(api_host).rstrip("/") if _is_url(api_host) else None,
+        data_geography=label_text(item.get("dataGeography"), 32),
+    )
+
+
+def tenant_from_whoami(whoami: WhoAmI, name: str) -> Tenant:
+    """A tenant credential probes itself, on its own data-region host."""
+    return Tenant(
+        id=whoami.id,
+        name=name,
+        data_region=region_of(whoami.data_region_url or ""),
+        api_host=whoami.data_region_url,
+    )
+
+
+def region_of(url: str) -> str:
+    """``eu02`` from ``https://api-eu02.central.sophos.com``; '' when the host says nothing."""
+    host = url.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0].lower()
+    match = _REGION_HOST.match(host)
+    return match.group(1) if match else ""
+
+
+def _total_pages(pages: Any) -> int:
+    if not isinstance(pages, dict):
+        return 1
+    total = pages.get("total")
+    if isinstance(total, bool) or not isinstance(total, int) or total < 1:
+        return 1
+    return min(total, MAX_PAGES)
+
+
+def _is_url(value: Any) -> bool:
+    return (
+        isinstance(value, str)
+        and len(value) <= 2048
+        and (value.startswith("https://") or value.startswith("http://"))
+        and value.isprintable()
+    )
