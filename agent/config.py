@@ -328,8 +328,8 @@ def format_validation_error(exc: ValidationError, path: str | os.PathLike[str] |
     where = f"config file {path}" if path is not None else "configuration"
     lines = [f"invalid {where}:"]
     for error in exc.errors(include_url=False, include_input=False):
-        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
-        lines.append(f"  {key}: {_message(error)}")
+        key = ".".join(str(part) for part in error["loc"])
+        lines.append(f"  {key}: {_message(error)}" if key else f"  {_message(error)}")
     return "\n".join(lines)
 
 

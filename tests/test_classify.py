@@ -1,0 +1,214 @@
+"""Every body shape Sophos sends (and some it should not) becomes a bounded, label-safe outcome."""
+
+from __future__ import annotations
+
+import json
+import ssl
+
+import httpx
+import pytest
+
+from agent.classify import (
+    ErrorCodeGuard,
+    Outcome,
+    classify_exception,
+    classify_response,
+)
+from agent.diagnosis import Context, diagnose
+from agent.sophos import Tenant
+
+
+def body(**fields: object) -> bytes:
+    return json.dumps(fields).encode()
+
+
+CASES = [
+    # (description, status, body, expected error_code, expected ids)
+    (
+        "token success with errorCode success",
+        200,
+        body(
+            access_token="t",
+            token_type="bearer",
+            expires_in=3600,
+            errorCode="success",
+            message="OK",
+        ),
+        "",
+        {},
+    ),
+    (
+        "id host bad secret",
+        401,
+        body(
+            errorCode="oauth.invalid_client_secret",
+            message="Unauthorized",
+            trackingId="197a2922-65e4-4548-a0a1-79a13b12c8fc",
+        ),
+        "oauth.invalid_client_secret",
+        {"trackingId": "197a2922-65e4-4548-a0a1-79a13b12c8fc"},
+    ),
+    (
+        "central 401",
+        401,
+        body(error="Unauthorized", correlationId="cdf74ec9", requestId="0ca2e378"),
+        "Unauthorized",
+        {"correlationId": "cdf74ec9", "requestId": "0ca2e378"},
+    ),
+    (
+        "central 403",
+        403,
+        body(
+            error="Forbidden",
+            correlationId="c",
+            requestId="r",
+            createdAt="2020-01-14T16:29:46Z",
+            message="Access Denied",
+        ),
+        "Forbidden",
+        {"correlationId": "c", "requestId": "r"},
+    ),
+    (
+        "central 400",
+        400,
+        body(error="BadRequest", correlationId="c1"),
+        "BadRequest",
+        {"correlationId": "c1"},
+    ),
+    ("central 404", 404, body(error="resourceNotFound"), "resourceNotFound", {}),
+    ("errorCode wins over error", 401, body(errorCode="a.b", error="c"), "a.b", {}),
+    ("html 502 from a gateway", 502, b"<html><body>Bad Gateway</body></html>", "", {}),
+    ("empty 503", 503, b"", "", {}),
+    ("json that is not an object", 500, b"[1, 2, 3]", "", {}),
+    ("error code of the wrong type", 500, body(error=42, errorCode=None), "", {}),
+    (
+        "ids with hostile characters are dropped",
+        500,
+        body(error="X", correlationId="a\nb", requestId="x" * 500),
+        "X",
+        {},
+    ),
+    ("truncated json", 500, b'{"error": "Forb', "", {}),
+    ("deeply nested json", 500, b"[" * 100000 + b"]" * 100000, "", {}),
+    ("invalid utf-8", 500, b"\xff\xfe\x00garbage", "", {}),
+]
+
+
+@pytest.mark.parametrize(
+    ("status", "raw", "code", "ids"),
+    [c[1:] for c in CASES],
+    ids=[c[0] for c in CASES],
+)
+def test_response_classification(status: int, raw: bytes, code: str, ids: dict[str, str]) -> None:
+    outcome = classify_response(status, raw, {"content-type": "whatever"})
+    assert outcome.status_code == status
+    assert outcome.error_code == code
+    assert outcome.ids == ids
+    assert outcome.status_label == str(status)
+
+
+def test_retry_after_is_kept_for_the_budget() -> None:
+    outcome = classify_response(429, b"", httpx.Headers({"Retry-After": "7"}))
+    assert outcome.retry_after == "7"
+
+
+@pytest.mark.parametrize(
+    ("exc", "code"),
+    [
+        (httpx.ReadTimeout("slow"), "timeout"),
+        (httpx.ConnectTimeout("slow"), "timeout"),
+        (TimeoutError(), "timeout"),
+        (httpx.ConnectError("refused"), "connect_error"),
+        (ConnectionRefusedError(), "connect_error"),
+        (httpx.RemoteProtocolError("peer closed"), "protocol_error"),
+        (httpx.ReadError("reset"), "protocol_error"),
+        (httpx.DecodingError("bad gzip"), "protocol_error"),
+        (ValueError("anything else"), "protocol_error"),
+    ],
+)
+def test_no_answer_gets_status_0_and_a_transport_code(exc: BaseException, code: str) -> None:
+    outcome = classify_exception(exc)
+    assert (outcome.status_code, outcome.error_code) == (0, code)
+
+
+def test_tls_failure_inside_a_connect_error_is_a_tls_error() -> None:
+    inner = ssl.SSLCertVerificationError("certificate verify failed")
+    outer = httpx.ConnectError("[SSL: CERTIFICATE_VERIFY_FAILED]")
+    outer.__cause__ = inner
+    assert classify_exception(outer).error_code == "tls_error"
+
+
+@pytest.mark.parametrize(
+    "code", ["", "oauth.invalid_client_secret", "Forbidden", "a:b-c_d.e", "Z" * 64]
+)
+def test_guard_keeps_valid_codes(code: str) -> None:
+    assert ErrorCodeGuard().label(code) == code
+
+
+@pytest.mark.parametrize(
+    "code", ["1abc", "has space", "é", "a" * 65, "x\ny", "<html>", "a/b", "{}"]
+)
+def test_guard_turns_odd_codes_into_other(code: str) -> None:
+    assert ErrorCodeGuard().label(code) == "other"
+
+
+def test_guard_caps_distinct_values_at_100() -> None:
+    guard = ErrorCodeGuard()
+    labels = [guard.label(f"code{i}") for i in range(150)]
+    assert labels[:100] == [f"code{i}" for i in range(100)]
+    assert set(labels[100:]) == {"other"}
+    assert guard.label("code5") == "code5"  # a value seen before keeps its label
+    assert guard.label("timeout") == "timeout"  # transport codes never count against the cap
+
+
+def _tenant(billing: str) -> Tenant:
+    return Tenant(
+        id="t1", name="Acme", billing_type=billing, api_host="https://api-eu01.central.sophos.com"
+    )
+
+
+DIAGNOSES = [
+    ("token", Outcome(401, "oauth.invalid_client_secret"), None, "invalid_credentials"),
+    ("token", Outcome(400, "oauth.client_app_does_not_exist"), None, "invalid_credentials"),
+    ("whoami", Outcome(401, "Unauthorized"), None, "token_rejected"),
+    ("tenant", Outcome(401, "oauth.invalid_client_secret"), None, "invalid_credentials"),
+    ("tenant_list", Outcome(403, "Forbidden"), None, "partner_id_mismatch"),
+    ("tenant", Outcome(403, "Forbidden"), _tenant("trial"), "trial_account"),
+    ("tenant", Outcome(403, "Forbidden"), _tenant("term"), "partner_assistance_disabled"),
+    ("tenant", Outcome(403, "Forbidden"), _tenant("usage"), "forbidden"),
+    ("whoami", Outcome(403, "Forbidden"), None, "forbidden"),
+    ("tenant", Outcome(400, "BadRequest"), None, "bad_request"),
+    ("tenant", Outcome(404, "resourceNotFound"), None, "not_found"),
+    ("tenant", Outcome(429, "TooManyRequests"), None, "rate_limited"),
+    ("tenant", Outcome(500, ""), None, "sophos_server_error"),
+    ("tenant", Outcome(502, ""), None, "sophos_unavailable"),
+    ("tenant", Outcome(503, ""), None, "sophos_unavailable"),
+    ("tenant", Outcome(504, ""), None, "sophos_unavailable"),
+    ("tenant", Outcome(0, "timeout"), None, "network_error"),
+    ("token", Outcome(0, "tls_error"), None, "network_error"),
+    ("tenant", Outcome(0, "host_not_allowed"), None, "host_not_allowed"),
+    ("tenant", Outcome(0, "not_activated"), None, "not_activated"),
+    ("tenant", Outcome(200, ""), None, "ok"),
+    ("whoami", Outcome(200, "invalid_response"), None, "invalid_response"),
+]
+
+
+@pytest.mark.parametrize(("probe", "outcome", "tenant", "cause"), DIAGNOSES)
+def test_every_outcome_maps_to_one_cause(
+    probe: str, outcome: Outcome, tenant: Tenant | None, cause: str
+) -> None:
+    diagnosis = diagnose(probe, outcome, Context(tenant=tenant))
+    assert diagnosis.cause == cause
+    assert diagnosis.remedy
+
+
+def test_trial_403_is_reported_as_business_state() -> None:
+    diagnosis = diagnose("tenant", Outcome(403, "Forbidden"), Context(tenant=_tenant("trial")))
+    assert "not an outage" in diagnosis.remedy
+
+
+def test_401_with_a_fresh_token_points_at_headers_not_expiry() -> None:
+    fresh = diagnose("tenant", Outcome(401, "Unauthorized"), Context(token_age=5))
+    old = diagnose("tenant", Outcome(401, "Unauthorized"), Context(token_age=3000))
+    assert "header" in fresh.remedy and "moments ago" in fresh.remedy
+    assert "one hour" in old.remedy

@@ -1,0 +1,189 @@
+"""The configuration a user writes, and the exact message a mistake earns (the message is product)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from agent.cli import main
+from agent.config import ConfigError, load_settings, parse_duration
+
+DATA = Path(__file__).parent / "testdata" / "config"
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in list(os.environ):
+        if key.startswith("SOPHOS_EXPORTER_"):
+            monkeypatch.delenv(key)
+
+
+INVALID = [
+    ("invalid-budget-share.yml", "budget_share: must be greater than 0 and at most 1 (got 1.5)"),
+    (
+        "invalid-unknown-key.yml",
+        "probe_intervall: unknown key (check the spelling; see the configuration reference in "
+        "README.md)",
+    ),
+    (
+        "invalid-duration.yml",
+        "probe_interval: 'soon' is not a duration; use a number of seconds or units s, m, h, d "
+        "(e.g. 90s, 5m)",
+    ),
+    (
+        "invalid-http-url.yml",
+        "api_url: plain http:// is accepted only for loopback hosts; use https://",
+    ),
+    (
+        "invalid-no-secret.yml",
+        "credentials.0: set exactly one of client_secret or client_secret_file",
+    ),
+    (
+        "invalid-two-secrets.yml",
+        "credentials.0: set exactly one of client_secret or client_secret_file",
+    ),
+    ("invalid-no-credentials.yml", "credentials: required key is missing"),
+    ("invalid-duplicate-name.yml", "credentials: duplicate name 'a'"),
+    (
+        "invalid-credential-name.yml",
+        "credentials.0.name: must start with a letter or digit and use only letters, digits, '_', "
+        "'.', ':' or '-' (at most 64 characters); it becomes a label value",
+    ),
+    ("invalid-rate-window.yml", "rate_limits: unknown window '1w'; use 1s, 1m, 1h or 1d"),
+    ("invalid-rate-value.yml", "rate_limits: 1m: must be a positive whole number of calls"),
+    ("invalid-shard.yml", "shard: must be between 0 and total_shards - 1 (2)"),
+    (
+        "invalid-allowed-host.yml",
+        "allowed_api_hosts: 'https://*.sophos.com' is not a host name pattern (no scheme, port or "
+        "path: '*.sophos.com', '127.0.0.1')",
+    ),
+    (
+        "invalid-secret-file.yml",
+        "credentials.0: client_secret_file /nonexistent/secret is not a readable file",
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "problem"), INVALID, ids=[n for n, _ in INVALID])
+def test_invalid_config_names_the_key_and_the_problem(name: str, problem: str) -> None:
+    path = DATA / name
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    assert str(caught.value) == f"invalid config file {path}:\n  {problem}"
+
+
+def test_broken_yaml_says_where() -> None:
+    path = DATA / "invalid-yaml.yml"
+    with pytest.raises(ConfigError, match=r"is not valid YAML at line 2, column 1$"):
+        load_settings(path)
+
+
+def test_config_that_is_not_a_mapping_is_refused() -> None:
+    path = DATA / "invalid-not-mapping.yml"
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    assert str(caught.value) == f"config file {path} must be a mapping of keys to values"
+
+
+def test_missing_file_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"cannot read config file /nonexistent.yml"):
+        load_settings("/nonexistent.yml")
+
+
+def test_valid_config_applies_durations_limits_and_defaults() -> None:
+    settings = load_settings(DATA / "valid.yml")
+    assert settings.probe_interval == 90
+    assert settings.token_probe_interval == 300
+    assert settings.request_timeout == 7
+    assert settings.tenant_refresh_interval == 900
+    assert settings.rate_limits == {"1s": 10, "1m": 300, "1h": 1000, "1d": 50000}
+    assert settings.allowed_api_hosts == ["*.sophos.com"]
+    assert settings.auth_url == "https://id.sophos.com/api/v2/oauth2/token"
+    assert settings.credentials[0].secret() == "not-a-real-secret-value"
+
+
+def test_environment_overrides_the_file_including_nested_keys(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SOPHOS_EXPORTER_BUDGET_SHARE", "0.3")
+    monkeypatch.setenv("SOPHOS_EXPORTER_RATE_LIMITS__1H", "2000")
+    monkeypatch.setenv("SOPHOS_EXPORTER_PROBE_INTERVAL", "2m")
+    settings = load_settings(DATA / "valid.yml")
+    assert settings.budget_share == 0.3
+    assert settings.rate_limits["1h"] == 2000
+    assert settings.rate_limits["1m"] == 300
+    assert settings.probe_interval == 120
+
+
+def test_credentials_can_come_from_the_environment_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "SOPHOS_EXPORTER_CREDENTIALS",
+        '[{"name": "env-cred", "client_id": "abc", "client_secret": "def"}]',
+    )
+    settings = load_settings(None)
+    assert [c.name for c in settings.credentials] == ["env-cred"]
+
+
+def test_bad_environment_value_names_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOPHOS_EXPORTER_BUDGET_SHARE", "0")
+    with pytest.raises(ConfigError, match=r"budget_share: must be greater than 0 and at most 1"):
+        load_settings(DATA / "valid.yml")
+
+
+def test_secret_file_is_read_and_stripped(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("from-a-file\n")
+    cfg = tmp_path / "c.yml"
+    cfg.write_text(f"credentials: [{{name: a, client_id: x, client_secret_file: {secret}}}]\n")
+    assert load_settings(cfg).credentials[0].secret() == "from-a-file"
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("30s", 30),
+        ("5m", 300),
+        ("1h30m", 5400),
+        ("1d", 86400),
+        ("250ms", 0.25),
+        (45, 45),
+        ("12.5", 12.5),
+    ],
+)
+def test_durations_accept_prometheus_style_and_plain_seconds(text: object, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "5x", "m5", "-3", 0, True, "1h 30m"])
+def test_durations_refuse_nonsense(text: object) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+def test_config_check_masks_secrets_and_client_ids(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config", "check", "--config", str(DATA / "valid.yml")]) == 0
+    out = capsys.readouterr().out
+    assert "configuration OK" in out
+    assert "not-a-real-secret-value" not in out
+    assert "11111111-2222-3333-4444-555555555555" not in out
+    assert out.count("<masked>") == 2
+    assert "budget_share: 0.2" in out
+
+
+def test_config_check_exits_2_and_names_the_key(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config", "check", "--config", str(DATA / "invalid-budget-share.yml")]) == 2
+    err = capsys.readouterr().err
+    assert "budget_share: must be greater than 0 and at most 1 (got 1.5)" in err
+
+
+def test_rejected_secret_values_are_never_echoed(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yml"
+    cfg.write_text(
+        "credentials: [{name: a, client_id: x, client_secret: {nested: s3cr3t-canary}}]\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_settings(cfg)
+    assert "s3cr3t-canary" not in str(caught.value)
+    assert "credentials.0.client_secret" in str(caught.value)
