@@ -1,0 +1,214 @@
+"""The Sophos client's promises, checked against an in-process transport with a fake clock."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from agent.client import SophosClient
+from agent.clock import FakeClock
+from agent.config import Settings
+from agent.hosts import HostPolicy
+from agent.ratebudget import RateBudget
+from agent.sophos import Tenant
+
+AUTH = "https://id.sophos.com/api/v2/oauth2/token"
+API = "https://api.central.sophos.com"
+REGION = "https://api-eu01.central.sophos.com"
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+def settings(**extra: object) -> Settings:
+    return Settings(
+        credentials=[{"name": "c1", "client_id": "client-id-1", "client_secret": "secret-1"}],
+        rate_limits={"1s": 1000, "1m": 100000, "1h": 1000000, "1d": 10000000},
+        budget_share=1.0,
+        **extra,
+    )
+
+
+class Recorder:
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        return self.handler(request)
+
+    def to(self, host: str) -> list[httpx.Request]:
+        return [r for r in self.requests if r.url.host == host]
+
+
+def token_response(expires_in: int = 3600) -> httpx.Response:
+    return httpx.Response(
+        200, json={"access_token": "tok", "token_type": "bearer", "expires_in": expires_in}
+    )
+
+
+def make_client(
+    handler: Handler, clock: FakeClock, **extra: object
+) -> tuple[SophosClient, RateBudget]:
+    cfg = settings(**extra)
+    budget = RateBudget(cfg.rate_limits, cfg.budget_share, clock)
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler), follow_redirects=False)
+    policy = HostPolicy(cfg.allowed_api_hosts, fixed_urls=(cfg.auth_url, cfg.api_url))
+    client = SophosClient(cfg, cfg.credentials[0], http, budget, [], clock, policy)
+    return client, budget
+
+
+def default_handler(request: httpx.Request) -> httpx.Response:
+    if request.url.path.endswith("/oauth2/token"):
+        return token_response()
+    return httpx.Response(200, json={"items": []})
+
+
+async def test_token_is_cached_and_renewed_ahead_of_expiry() -> None:
+    clock = FakeClock()
+    rec = Recorder(default_handler)
+    client, _ = make_client(rec, clock)
+    tenant = Tenant(id="t1", name="T", api_host=REGION)
+    for _ in range(3):
+        await client.probe_tenant(tenant)
+    assert len(rec.to("id.sophos.com")) == 1
+    await clock.advance(3600 - 301)  # 301 s left: still good
+    await client.probe_tenant(tenant)
+    assert len(rec.to("id.sophos.com")) == 1
+    await clock.advance(2)  # 299 s left: within five minutes of expiry, renew before it lapses
+    await client.probe_tenant(tenant)
+    assert len(rec.to("id.sophos.com")) == 2
+
+
+async def test_token_request_carries_client_credentials_form() -> None:
+    rec = Recorder(default_handler)
+    client, _ = make_client(rec, FakeClock())
+    outcome, token = await client.issue_token()
+    assert outcome.ok and token is not None
+    form = dict(httpx.QueryParams(rec.requests[0].content.decode()))
+    assert form == {
+        "grant_type": "client_credentials",
+        "client_id": "client-id-1",
+        "client_secret": "secret-1",
+        "scope": "token",
+    }
+    assert "tok" not in repr(token)
+
+
+async def test_401_on_an_api_call_drops_the_cached_token() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/oauth2/token"):
+            return token_response()
+        return httpx.Response(401, json={"error": "Unauthorized"})
+
+    rec = Recorder(handler)
+    client, _ = make_client(rec, FakeClock())
+    tenant = Tenant(id="t1", name="T", api_host=REGION)
+    outcome = await client.probe_tenant(tenant)
+    assert outcome.status_code == 401 and client.token is None
+    await client.probe_tenant(tenant)
+    assert len(rec.to("id.sophos.com")) == 2
+
+
+async def test_tenant_host_outside_the_allowlist_receives_nothing() -> None:
+    rec = Recorder(default_handler)
+    client, _ = make_client(rec, FakeClock())
+    outcome = await client.probe_tenant(Tenant(id="t1", name="T", api_host="https://evil.example"))
+    assert outcome.error_code == "host_not_allowed"
+    assert rec.to("evil.example") == []
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["https://api-eu01.central.sophos.com.evil.example", "http://api-eu01.central.sophos.com"],
+)
+async def test_lookalike_and_plain_http_hosts_are_refused(host: str) -> None:
+    rec = Recorder(default_handler)
+    client, _ = make_client(rec, FakeClock())
+    outcome = await client.probe_tenant(Tenant(id="t1", name="T", api_host=host))
+    assert outcome.error_code == "host_not_allowed"
+    assert [r for r in rec.requests if "Authorization" in r.headers] == []
+
+
+async def test_redirects_are_never_followed_with_the_token() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/oauth2/token"):
+            return token_response()
+        if request.url.host == "api-eu01.central.sophos.com":
+            return httpx.Response(302, headers={"Location": "https://collector.example/steal"})
+        return httpx.Response(200, json={})
+
+    rec = Recorder(handler)
+    client, _ = make_client(rec, FakeClock())
+    outcome = await client.probe_tenant(Tenant(id="t1", name="T", api_host=REGION))
+    assert outcome.status_code == 302
+    assert rec.to("collector.example") == []
+
+
+async def test_huge_body_is_read_only_up_to_the_cap() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/oauth2/token"):
+            return token_response()
+        return httpx.Response(500, content=b"x" * 5_000_000)
+
+    client, _ = make_client(Recorder(handler), FakeClock(), max_response_bytes=4096)
+    seen: list[int] = []
+
+    class Capture:
+        def observe_call(self, record: object) -> None:
+            seen.append(len(record.raw_body))  # type: ignore[attr-defined]
+
+    client._observers.append(Capture())
+    outcome = await client.probe_tenant(Tenant(id="t1", name="T", api_host=REGION))
+    assert outcome.status_code == 500
+    assert seen[-1] == 4096
+
+
+async def test_429_pauses_only_this_credential_for_retry_after() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/oauth2/token"):
+            return token_response()
+        return httpx.Response(429, headers={"Retry-After": "30"}, json={"error": "TooManyRequests"})
+
+    clock = FakeClock()
+    client, budget = make_client(Recorder(handler), clock)
+    outcome = await client.probe_tenant(Tenant(id="t1", name="T", api_host=REGION))
+    assert outcome.status_code == 429
+    assert budget.paused_until("c1") == pytest.approx(clock.time() + 30, abs=1)
+    assert budget.pauses_total("c1") == 1
+    assert budget.paused_until("other") <= clock.time()
+
+
+async def test_tenant_list_follows_every_page() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/oauth2/token"):
+            return token_response()
+        page = int(request.url.params["page"])
+        assert request.headers["X-Partner-ID"] == "p1"
+        items = [
+            {"id": f"t{page}-{i}", "name": f"T{page}-{i}", "apiHost": REGION} for i in range(2)
+        ]
+        return httpx.Response(200, json={"items": items, "pages": {"current": page, "total": 3}})
+
+    client, _ = make_client(Recorder(handler), FakeClock())
+    from agent.sophos import WhoAmI
+
+    outcome, tenants = await client.list_tenants(WhoAmI("p1", "partner", API))
+    assert outcome.ok and tenants is not None
+    assert [t.id for t in tenants] == [f"t{p}-{i}" for p in (1, 2, 3) for i in range(2)]
+
+
+async def test_a_broken_page_fails_the_list_without_raising() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/oauth2/token"):
+            return token_response()
+        return httpx.Response(200, content=json.dumps({"items": "nope"}).encode())
+
+    client, _ = make_client(Recorder(handler), FakeClock())
+    from agent.sophos import WhoAmI
+
+    outcome, tenants = await client.list_tenants(WhoAmI("p1", "partner", API))
+    assert tenants is None and outcome.error_code == "invalid_response"
