@@ -192,15 +192,10 @@ def _no_signal_capture() -> Iterator[None]:
 
 
 def _pages() -> tuple[Any, Any]:
-    """The status and support pages, when their modules are present."""
-    try:
-        from agent.status_page import render_status_page
-    except ImportError:
-        render_status_page = None  # type: ignore[assignment]
-    try:
-        from agent.evidence import render_support_page
-    except ImportError:
-        render_support_page = None  # type: ignore[assignment]
+    """The human pages (imported here so that `check` and `config check` stay light)."""
+    from agent.evidence import render_support_page
+    from agent.status_page import render_status_page
+
     return render_status_page, render_support_page
 
 

@@ -19,6 +19,7 @@ from agent.classify import ErrorCodeGuard
 from agent.client import CallObserver, SophosClient, build_http_client
 from agent.clock import Clock, SystemClock
 from agent.config import Settings
+from agent.evidence import EvidenceRecorder
 from agent.hosts import HostPolicy
 from agent.logs import REDACTOR
 from agent.metrics import AgentMetrics, CredentialView
@@ -62,7 +63,8 @@ class Agent:
             total_shards=settings.total_shards,
             process_registry=prometheus_client.REGISTRY if process_metrics else None,
         )
-        self.observers: list[CallObserver] = [self.metrics, *extra_observers]
+        self.evidence = EvidenceRecorder(self.state_file, self.owner)
+        self.observers: list[CallObserver] = [self.metrics, self.evidence, *extra_observers]
         self._own_http = http is None
         self.http = http or build_http_client(settings)
         self.policy = HostPolicy(

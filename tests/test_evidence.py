@@ -1,0 +1,128 @@
+"""5XX support evidence: collected from the first 5XX on, persistent after three, kept on disk."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from agent.classify import classify_response
+from agent.cli import main
+from agent.client import CallRecord
+from agent.evidence import EvidenceRecorder, load_evidence, render_markdown
+from agent.statefile import StateFile
+
+CANARY_TOKEN = "canary-token-4242-do-not-leak"
+
+
+def call(status: int, at: float, probe: str = "tenant", body: bytes = b"") -> CallRecord:
+    raw = (
+        body
+        or json.dumps(
+            {
+                "error": "InternalServerError",
+                "correlationId": f"corr-{at:.0f}",
+                "requestId": "req-1",
+            }
+        ).encode()
+    )
+    return CallRecord(
+        credential="msp-main",
+        tenant_id="tenant-1" if probe == "tenant" else "",
+        probe=probe,
+        method="POST" if probe == "token" else "GET",
+        url="https://api-eu01.central.sophos.com/endpoint/v1/endpoints?pageSize=1&view=basic",
+        request_headers={"Authorization": "<redacted>", "X-Tenant-ID": "tenant-1"},
+        outcome=classify_response(status, raw, {"content-type": "application/json"}),
+        duration=0.1,
+        started_at=at,
+        response_headers={"content-type": "application/json", "set-cookie": "session=abc"},
+        raw_body=raw,
+    )
+
+
+def test_three_consecutive_5xx_make_a_probe_persistent(tmp_path: Path) -> None:
+    store = StateFile(tmp_path / "state.db")
+    recorder = EvidenceRecorder(store)
+    recorder.observe_call(call(200, 1.0))  # nothing recorded before the first 5XX
+    assert load_evidence(store) == []
+    recorder.observe_call(call(500, 10.0))
+    recorder.observe_call(call(503, 20.0))
+    (item,) = load_evidence(store)
+    assert not item.persistent and item.consecutive == 2
+    recorder.observe_call(call(502, 30.0))
+    (item,) = load_evidence(store)
+    assert item.persistent and item.consecutive == 3
+    assert (item.first_seen, item.last_seen, item.failures, item.calls) == (10.0, 30.0, 3, 3)
+    assert item.ids == {"correlationId": "corr-30", "requestId": "req-1"}
+    assert "set-cookie" not in item.response_headers
+
+
+def test_a_success_ends_the_streak_but_keeps_the_history(tmp_path: Path) -> None:
+    store = StateFile(tmp_path / "state.db")
+    recorder = EvidenceRecorder(store)
+    for at in (1.0, 2.0):
+        recorder.observe_call(call(500, at))
+    recorder.observe_call(call(200, 3.0))
+    recorder.observe_call(call(500, 4.0))
+    (item,) = load_evidence(store)
+    assert item.consecutive == 1 and not item.persistent
+    assert item.failures == 3 and item.calls == 4 and item.share == 0.75
+    assert item.last_ok == 3.0
+
+
+def test_evidence_survives_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    store = StateFile(path)
+    recorder = EvidenceRecorder(store)
+    for at in (1.0, 2.0, 3.0):
+        recorder.observe_call(call(500, at))
+    store.close()
+    reopened = StateFile(path)
+    recorder = EvidenceRecorder(reopened)
+    recorder.observe_call(call(200, 4.0))  # known key after restart: the success is counted
+    (item,) = load_evidence(reopened)
+    assert item.persistent and item.calls == 4 and item.consecutive == 0
+
+
+def test_markdown_has_the_subject_the_curl_and_no_secret(tmp_path: Path) -> None:
+    store = StateFile(tmp_path / "state.db")
+    recorder = EvidenceRecorder(store)
+    recorder.observe_call(call(500, 1.0, probe="token"))
+    text = render_markdown(load_evidence(store))
+    assert text.startswith("# Subject: New API 5xx error")
+    assert "curl -sS -X POST" in text
+    assert "client_secret=<redacted>" in text
+    assert "Bearer <redacted>" in text
+    assert CANARY_TOKEN not in text
+    assert "correlationId=corr-1" in text
+
+
+def write_config(tmp_path: Path, state: Path) -> Path:
+    cfg = tmp_path / "config.yml"
+    cfg.write_text(
+        f"state_file: {state}\n"
+        "credentials: [{name: msp-main, client_id: id-x, client_secret: secret-x}]\n"
+    )
+    return cfg
+
+
+def test_support_bundle_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    state = tmp_path / "state.db"
+    cfg = write_config(tmp_path, state)
+    assert main(["support-bundle", "--config", str(cfg)]) == 1
+    assert "no evidence yet" in capsys.readouterr().err
+    store = StateFile(state)
+    EvidenceRecorder(store).observe_call(call(503, 5.0, body=b"<html>Service Unavailable</html>"))
+    store.close()
+    out = tmp_path / "bundle.md"
+    assert main(["support-bundle", "--config", str(cfg), "--out", str(out)]) == 0
+    assert "<html>Service Unavailable</html>" in out.read_text()
+    assert main(["support-bundle", "--config", str(cfg), "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["subject"] == "New API 5xx error"
+    assert data["evidence"][0]["status"] == 503
+    bad = tmp_path / "bad.yml"
+    bad.write_text("budget_share: 7\n")
+    assert main(["support-bundle", "--config", str(bad)]) == 2
