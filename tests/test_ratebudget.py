@@ -1,0 +1,350 @@
+"""Window accounting, admission control and 429 pauses, all on a fake clock."""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import email.utils
+import random
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import pytest
+
+from agent.clock import FakeClock
+from agent.ratebudget import (
+    BACKOFF_BASE_SECONDS,
+    BACKOFF_CAP_SECONDS,
+    BUCKETS_PER_WINDOW,
+    DEFAULT_LIMITS,
+    MARGIN_SECONDS,
+    PRIORITY_CREDENTIAL,
+    PRIORITY_TENANT,
+    WINDOW_SECONDS,
+    RateBudget,
+    allowance_for,
+    parse_retry_after,
+)
+
+
+def make_budget(
+    clock: FakeClock,
+    share: float = 1.0,
+    limits: dict[str, int] | None = None,
+    seed: int = 7,
+) -> RateBudget:
+    return RateBudget(limits or DEFAULT_LIMITS, share, clock, rng=random.Random(seed))
+
+
+async def run_until(clock: FakeClock, done: Callable[[], bool], step: float, limit: float) -> None:
+    """Advance the fake clock in steps until ``done()``; fail rather than spin forever."""
+    spent = 0.0
+    while not done():
+        assert spent <= limit, f"not done after {limit}s of fake time"
+        await clock.advance(step)
+        spent += step
+
+
+async def settle() -> None:
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+def max_in_any_window(times: list[float], length: float) -> int:
+    """The most events in any half-open interval [t, t + length) (its start can be an event)."""
+    times = sorted(times)
+    return max((bisect.bisect_left(times, t + length) - i for i, t in enumerate(times)), default=0)
+
+
+# -- allowance and validation ------------------------------------------------------------------
+
+
+def test_allowance_is_floor_of_share_times_limit_but_at_least_one() -> None:
+    assert allowance_for(DEFAULT_LIMITS, 0.1) == {"1s": 1, "1m": 10, "1h": 100, "1d": 5000}
+    assert allowance_for({"1m": 100}, 0.29) == {"1m": 29}  # 0.29 * 100 is 28.999... in floats
+    assert allowance_for({"1s": 10}, 0.01) == {"1s": 1}
+
+
+@pytest.mark.parametrize(
+    ("limits", "share", "message"),
+    [
+        (DEFAULT_LIMITS, 0.0, "budget_share"),
+        (DEFAULT_LIMITS, 1.5, "budget_share"),
+        ({"5m": 10}, 0.5, "unknown rate window '5m'"),
+        ({"1m": 0}, 0.5, "window 1m must be >= 1"),
+    ],
+)
+def test_bad_limits_or_share_are_refused(
+    limits: dict[str, int], share: float, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        RateBudget(limits, share, FakeClock())
+
+
+def test_read_accessors_report_limits_allowance_and_zero_for_unknown_credentials() -> None:
+    budget = make_budget(FakeClock(), share=0.1)
+    assert budget.limits == DEFAULT_LIMITS
+    assert budget.allowance == {"1s": 1, "1m": 10, "1h": 100, "1d": 5000}
+    assert budget.calls("nobody") == {"1s": 0, "1m": 0, "1h": 0, "1d": 0}
+    assert budget.credentials() == []
+    assert budget.paused_until("nobody") == 0.0
+    assert budget.pauses_total("nobody") == 0
+
+
+# -- window edges ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("start_fraction", [0.0, 0.123, 0.5999, 0.6])
+async def test_a_call_counts_in_the_minute_until_window_plus_margin_and_no_longer(
+    start_fraction: float,
+) -> None:
+    clock = FakeClock(start=1_700_000_000.0 + start_fraction)
+    budget = make_budget(clock)
+    await budget.acquire("msp")
+
+    await clock.advance(59.999)
+    assert budget.calls("msp")["1m"] == 1
+    await clock.advance(60.999 - 59.999)
+    assert budget.calls("msp")["1m"] == 1, "must count for the window plus the 1 s margin"
+    await clock.advance(0.001 + 60 / BUCKETS_PER_WINDOW)
+    assert budget.calls("msp")["1m"] == 0, "at most one bucket width (1 %) longer"
+    assert budget.calls("msp")["1h"] == 1
+
+
+@pytest.mark.parametrize("window", list(WINDOW_SECONDS))
+async def test_every_window_holds_a_call_between_its_documented_bounds(window: str) -> None:
+    clock = FakeClock(start=1_700_000_000.37)
+    budget = make_budget(clock)
+    at_least, at_most = budget.hold_seconds(window)
+    assert at_least == WINDOW_SECONDS[window] + 1.0 == WINDOW_SECONDS[window] + MARGIN_SECONDS
+    await budget.acquire("msp")
+    await clock.advance(at_least - 1e-3)
+    assert budget.calls("msp")[window] == 1
+    await clock.advance(at_most - at_least + 2e-3)
+    assert budget.calls("msp")[window] == 0
+
+
+async def test_memory_stays_bounded_over_a_simulated_day_of_calls() -> None:
+    clock = FakeClock()
+    limits = {"1s": 10, "1m": 100, "1h": 5000, "1d": 200_000}
+    budget = make_budget(clock, limits=limits)
+    most = 0
+    for _ in range(86_400):  # one call per second for a day
+        await budget.acquire("msp")
+        await clock.advance(1.0)
+        most = max(most, budget.stored_buckets("msp"))
+    # 86,400 calls, yet per window at most (window + margin) / width + 1 buckets:
+    # 201 + 102 + 102 + 102 (one call a second fills about 2 + 62 + 101 + 101 of them)
+    assert 200 < most <= 510
+    day = budget.calls("msp")["1d"]
+    assert 86_400 <= day <= 86_400 + MARGIN_SECONDS + 86_400 / BUCKETS_PER_WINDOW
+
+
+# -- admission ---------------------------------------------------------------------------------
+
+
+async def test_burst_of_100_acquirers_never_exceeds_any_window_as_the_server_counts() -> None:
+    clock = FakeClock()
+    budget = make_budget(clock, share=0.5)  # allowance 5/s, 50/min, 500/h, 25000/d
+    admitted: list[float] = []
+
+    async def caller() -> None:
+        await budget.acquire("msp")
+        admitted.append(clock.time())
+
+    tasks = [asyncio.create_task(caller()) for _ in range(100)]
+    await settle()
+    await run_until(clock, lambda: len(admitted) == 100, step=0.5, limit=600)
+    await asyncio.gather(*tasks)
+
+    # the server counts at arrival; delays that differ by up to the 1 s margin must not matter
+    rng = random.Random(3)
+    arrivals = [t + rng.uniform(0.05, 1.049) for t in admitted]
+    for window, length in WINDOW_SECONDS.items():
+        allowed = budget.allowance[window]
+        assert max_in_any_window(admitted, length + MARGIN_SECONDS) <= allowed, window
+        assert max_in_any_window(arrivals, length) <= allowed, f"server view, {window}"
+    assert max_in_any_window(admitted, 60 + MARGIN_SECONDS) == 50, "the budget is used, too"
+    assert admitted[-1] - admitted[0] < 2 * (60 + MARGIN_SECONDS) + 2
+
+
+async def test_waiters_are_served_by_priority_then_first_come_first_served() -> None:
+    clock = FakeClock()
+    budget = make_budget(clock, share=0.1)  # one call per 1 s window
+    await budget.acquire("msp")
+    order: list[str] = []
+
+    async def caller(name: str, priority: int) -> None:
+        await budget.acquire("msp", priority=priority)
+        order.append(name)
+
+    names = [("tenant-a", PRIORITY_TENANT), ("tenant-b", PRIORITY_TENANT)]
+    names += [("token", PRIORITY_CREDENTIAL), ("tenant-c", PRIORITY_TENANT)]
+    names += [("whoami", PRIORITY_CREDENTIAL)]
+    tasks = []
+    for name, priority in names:
+        tasks.append(asyncio.create_task(caller(name, priority)))
+        await settle()
+    await run_until(clock, lambda: len(order) == 5, step=1.0, limit=120)
+    await asyncio.gather(*tasks)
+    assert order == ["token", "whoami", "tenant-a", "tenant-b", "tenant-c"]
+
+
+class CountingClock(FakeClock):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sleeps: list[float] = []
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        await super().sleep(seconds)
+
+
+async def test_a_waiter_sleeps_once_until_the_oldest_call_leaves_instead_of_polling() -> None:
+    clock = CountingClock()
+    budget = make_budget(clock, share=0.1, limits={"1m": 100})  # ten per minute
+    for _ in range(10):
+        await budget.acquire("msp")
+    waiter = asyncio.create_task(budget.acquire("msp"))
+    await settle()
+    await clock.advance(60 + MARGIN_SECONDS - 0.01)
+    assert not waiter.done()
+    await clock.advance(60 / BUCKETS_PER_WINDOW + 0.02)
+    assert waiter.done()
+    assert len(clock.sleeps) == 1
+    assert clock.sleeps[0] == pytest.approx(60 + MARGIN_SECONDS, abs=60 / BUCKETS_PER_WINDOW)
+
+
+async def test_a_newcomer_does_not_overtake_queued_waiters_when_room_appears() -> None:
+    clock = FakeClock()
+    budget = make_budget(clock)
+    budget.pause("msp", 10.0)
+    order: list[str] = []
+
+    async def newcomer() -> None:
+        await clock.sleep(10.0)  # wakes the instant the pause ends, before the queue is served
+        await budget.acquire("msp")
+        order.append("newcomer")
+
+    async def queued() -> None:
+        await budget.acquire("msp")
+        order.append("queued")
+
+    tasks = [asyncio.create_task(newcomer())]
+    await settle()
+    tasks.append(asyncio.create_task(queued()))
+    await settle()
+    await clock.advance(11)
+    await asyncio.gather(*tasks)
+    assert order == ["queued", "newcomer"]
+
+
+async def test_a_cancelled_waiter_gives_up_its_place_without_spending_a_call() -> None:
+    clock = FakeClock()
+    budget = make_budget(clock, share=0.1, limits={"1m": 100})
+    for _ in range(10):
+        await budget.acquire("msp")
+    gone = asyncio.create_task(budget.acquire("msp"))
+    stays = asyncio.create_task(budget.acquire("msp"))
+    await settle()
+    gone.cancel()
+    await run_until(clock, stays.done, step=1.0, limit=120)
+    assert gone.cancelled()
+    assert budget.calls("msp")["1m"] == 1, "only the waiter that stayed was recorded"
+
+
+# -- 429 pauses --------------------------------------------------------------------------------
+
+
+async def test_pause_honours_retry_after_seconds_and_acquire_waits_it_out() -> None:
+    clock = FakeClock()
+    budget = make_budget(clock)
+    assert budget.pause("msp", 30.0) == 30.0
+    assert budget.paused_until("msp") == clock.time() + 30.0
+    waiter = asyncio.create_task(budget.acquire("msp", priority=PRIORITY_CREDENTIAL))
+    await settle()
+    await clock.advance(29.9)
+    assert not waiter.done()
+    await clock.advance(0.2)
+    assert waiter.done()
+    assert budget.pauses_total("msp") == 1
+
+
+async def test_pause_honours_retry_after_given_as_an_http_date() -> None:
+    clock = FakeClock()
+    budget = make_budget(clock)
+    header = email.utils.format_datetime(
+        datetime.fromtimestamp(clock.time() + 120, UTC), usegmt=True
+    )
+    seconds = parse_retry_after(header, clock.time())
+    assert seconds == pytest.approx(120.0)
+    assert budget.pause("msp", seconds) == pytest.approx(120.0)
+    waiter = asyncio.create_task(budget.acquire("msp"))
+    await settle()
+    await clock.advance(119.5)
+    assert not waiter.done()
+    await clock.advance(1.0)
+    assert waiter.done()
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("30", 30.0),
+        (" 1.5 ", 1.5),
+        ("0", 0.0),
+        ("Tue, 14 Nov 2023 22:15:00 GMT", 100.0),  # FakeClock starts at 22:13:20 UTC
+        ("Tue, 14 Nov 2023 22:15:00", 100.0),  # no zone: taken as UTC
+        ("Tue, 14 Nov 2023 22:13:00 GMT", None),  # already past
+        ("-5", None),
+        ("soon", None),
+        ("nan", None),
+        ("inf", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_retry_after_values_parse_to_seconds_or_none(
+    value: str | None, expected: float | None
+) -> None:
+    assert parse_retry_after(value, FakeClock().time()) == expected
+
+
+def test_backoff_without_retry_after_grows_has_jitter_is_capped_and_resets() -> None:
+    budget = make_budget(FakeClock())
+    pauses = [budget.pause("msp", None) for _ in range(12)]
+    for n, length in enumerate(pauses, start=1):
+        ceiling = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (n - 1))
+        assert ceiling / 2 <= length <= ceiling, (n, length)
+    below_cap = pauses[:8]  # ceilings 2, 4, ..., 256: their jitter ranges do not overlap
+    assert below_cap == sorted(below_cap), "grows with consecutive 429s"
+    assert all(BACKOFF_CAP_SECONDS / 2 <= p <= BACKOFF_CAP_SECONDS for p in pauses[8:])
+
+    firsts = {budget.pause(f"cred-{i}", None) for i in range(10)}
+    assert len(firsts) == 10, "jitter: credentials do not come back in lockstep"
+
+    budget.note_success("msp")
+    assert BACKOFF_BASE_SECONDS / 2 <= budget.pause("msp", None) <= BACKOFF_BASE_SECONDS
+    assert budget.pauses_total("msp") == 13
+
+
+def test_a_later_shorter_pause_does_not_cut_a_running_one_short() -> None:
+    clock = FakeClock()
+    budget = make_budget(clock)
+    budget.pause("msp", 100.0)
+    budget.pause("msp", 5.0)
+    assert budget.paused_until("msp") == clock.time() + 100.0
+
+
+async def test_only_the_paused_credential_waits() -> None:
+    clock = FakeClock()
+    budget = make_budget(clock)
+    budget.pause("paused", 60.0)
+    paused = asyncio.create_task(budget.acquire("paused"))
+    other = asyncio.create_task(budget.acquire("other"))
+    await settle()
+    assert other.done()
+    assert not paused.done()
+    await clock.advance(61)
+    assert paused.done()
+    assert budget.credentials() == ["other", "paused"]
