@@ -1,0 +1,46 @@
+"""The built-in Sophos Central simulator (part of the product, not a test fixture).
+
+It imitates Sophos Central over real loopback HTTP closely enough to develop, demonstrate, test
+end to end and benchmark the exporter: the id host, the global API host, regional hosts, a raw
+host for transport-level faults and a rogue listener that must never see a token.
+
+    sim = Simulator(build_scenario("demo"), host="127.0.0.1", port=0)
+    await sim.start()
+    ...
+    await sim.stop()
+"""
+
+from agent.simulator.model import (
+    BASIC_FAULTS,
+    CHAOS_FAULTS,
+    DEFAULT_RATE_LIMITS,
+    FAULT_NAMES,
+    TRANSPORT_FAULTS,
+    Credential,
+    Scenario,
+    Tenant,
+)
+from agent.simulator.scenarios import SCENARIO_NAMES, build_scenario, tagged
+from agent.simulator.serve import serve, write_agent_config
+from agent.simulator.simulator import Simulator
+from agent.simulator.traffic import TrafficStats, busiest_window, window_seconds
+
+__all__ = [
+    "BASIC_FAULTS",
+    "CHAOS_FAULTS",
+    "DEFAULT_RATE_LIMITS",
+    "FAULT_NAMES",
+    "SCENARIO_NAMES",
+    "TRANSPORT_FAULTS",
+    "Credential",
+    "Scenario",
+    "Simulator",
+    "Tenant",
+    "TrafficStats",
+    "build_scenario",
+    "busiest_window",
+    "serve",
+    "tagged",
+    "window_seconds",
+    "write_agent_config",
+]

@@ -1,0 +1,137 @@
+"""The bodies Sophos Central answers with, good and bad.
+
+Error bodies come in the two shapes the troubleshooting guide shows: ``{errorCode, message,
+trackingId}`` from the id host and ``{error, message, correlationId, requestId, createdAt}`` from
+the API hosts. Fault bodies imitate what sits in front of the API (an nginx-style gateway page,
+an empty 503) and what a careless client chokes on (a huge body, deeply nested JSON).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from functools import cache
+from typing import Any
+
+from agent.simulator.model import Credential, Tenant
+from agent.simulator.wire import Reply, json_reply
+
+CENTRAL_ERRORS: dict[int, tuple[str, str]] = {
+    400: ("BadRequest", "Bad Request"),
+    401: ("Unauthorized", "Unauthorized"),
+    403: ("Forbidden", "Access Denied"),
+    404: ("resourceNotFound", "Resource not found"),
+    405: ("MethodNotAllowed", "Method Not Allowed"),
+    429: ("TooManyRequests", "Too Many Requests"),
+    500: ("InternalServerError", "An internal error occurred"),
+    503: ("ServiceUnavailable", "Service Unavailable"),
+}
+
+HTML_502 = (
+    b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+    b"<center><h1>502 Bad Gateway</h1></center>\r\n</body>\r\n</html>\r\n"
+)
+
+WRONG_TYPE_HTML = (
+    b"<!DOCTYPE html><html><head><title>Maintenance</title></head>"
+    b"<body><p>We'll be back shortly.</p></body></html>"
+)
+
+BAD_GZIP = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03this is not a deflate stream at all"
+
+HUGE_BODY_BYTES = 6 * 1024 * 1024
+DEEP_JSON_DEPTH = 50_000
+
+
+def new_id() -> str:
+    """A random correlation / request / tracking id (not part of the deterministic scenario)."""
+    return str(uuid.uuid4())
+
+
+def iso_timestamp(epoch_seconds: float) -> str:
+    """``2020-01-14T16:29:46.556Z`` like Central's ``createdAt``."""
+    stamp = datetime.fromtimestamp(epoch_seconds, UTC).isoformat(timespec="milliseconds")
+    return stamp.replace("+00:00", "Z")
+
+
+def central_error(
+    status: int,
+    now: float,
+    message: str | None = None,
+    headers: tuple[tuple[str, str], ...] = (),
+) -> Reply:
+    """An API-host error body; ``message`` overrides the generic one for the status."""
+    error, default_message = CENTRAL_ERRORS.get(status, ("Error", "Error"))
+    body = {
+        "error": error,
+        "message": message or default_message,
+        "correlationId": new_id(),
+        "requestId": new_id(),
+        "createdAt": iso_timestamp(now),
+    }
+    return json_reply(status, body, headers)
+
+
+def oauth_error(status: int, error_code: str, message: str) -> Reply:
+    """An id-host error body."""
+    return json_reply(status, {"errorCode": error_code, "message": message, "trackingId": new_id()})
+
+
+def token_body(access_token: str, lifetime: int) -> dict[str, Any]:
+    return {
+        "access_token": access_token,
+        "token_type": "bearer",
+        "expires_in": lifetime,
+        "errorCode": "success",
+        "message": "OK",
+        "trackingId": new_id(),
+    }
+
+
+def tenant_item(tenant: Tenant, owner: Credential, api_host: str | None) -> dict[str, Any]:
+    """A tenant as ``/partner/v1/tenants`` and ``/organization/v1/tenants`` list it."""
+    item: dict[str, Any] = {
+        "id": tenant.id,
+        "showAs": tenant.name,
+        "name": tenant.name,
+        "dataGeography": tenant.data_geography,
+        "dataRegion": tenant.data_region,
+        "billingType": tenant.billing_type,
+        owner.id_type: {"id": owner.id},
+        "apiHost": api_host,
+        "status": "active" if api_host is not None else "pendingActivation",
+    }
+    return item
+
+
+def endpoint_items(tenant: Tenant, count: int) -> list[dict[str, Any]]:
+    """The first ``count`` endpoints of a tenant, derived from its id so they never change."""
+    namespace = uuid.UUID(tenant.id)
+    short = tenant.id[:8]
+    return [
+        {
+            "id": str(uuid.uuid5(namespace, f"endpoint-{i}")),
+            "type": "computer" if i % 4 else "server",
+            "hostname": f"ws-{short}-{i:03d}",
+        }
+        for i in range(min(count, tenant.endpoints))
+    ]
+
+
+@cache
+def huge_body() -> bytes:
+    """Several MB of valid JSON: a client must cap what it reads, not trust the server."""
+    padding = "x" * 1000
+    item = (
+        f'{{"id":"00000000-0000-4000-8000-000000000000","type":"computer","hostname":"{padding}"}}'
+    )
+    count = HUGE_BODY_BYTES // (len(item) + 1) + 1
+    items = ",".join([item] * count)
+    return f'{{"items":[{items}],"pages":{{"size":{count},"maxSize":500}}}}'.encode()
+
+
+@cache
+def deep_json() -> bytes:
+    """Valid JSON nested far beyond any parser's recursion limit."""
+    depth = DEEP_JSON_DEPTH
+    return b'{"items":' + b"[" * depth + b"]" * depth + b',"pages":{}}'

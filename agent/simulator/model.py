@@ -1,0 +1,191 @@
+"""What a simulated Sophos Central holds: credentials, their tenants, faults and limits.
+
+A ``Scenario`` is plain data so that tests can build one by hand as easily as ``build_scenario``
+builds the named ones. Where a tenant is served is derived, not stored: a tenant that is not
+activated has no host, a rogue tenant lives on the rogue listener, a tenant whose *scenario* fault
+breaks HTTP itself (``TRANSPORT_FAULTS``) lives on the raw faulty host, and every other tenant on
+regional host ``region % regions``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+IdType = Literal["partner", "organization", "tenant"]
+
+BASIC_FAULTS: tuple[str, ...] = (
+    "trial_403",
+    "no_partner_assistance_403",
+    "not_found_404",
+    "server_error_500",
+    "html_502",
+    "empty_503",
+    "slow",
+    "reset",
+)
+"""What real tenants do to a prober, one per ``cause`` the agent can diagnose."""
+
+CHAOS_FAULTS: tuple[str, ...] = (
+    "truncated",
+    "stall",
+    "bad_gzip",
+    "wrong_content_type",
+    "huge_body",
+    "deep_json",
+)
+"""Broken answers that a robust client must survive without crashing or hanging."""
+
+FAULT_NAMES: tuple[str, ...] = BASIC_FAULTS + CHAOS_FAULTS
+
+TRANSPORT_FAULTS: frozenset[str] = frozenset({"reset", "truncated", "stall"})
+"""Faults below HTTP; tenants that start with one are placed on the raw faulty host."""
+
+DEFAULT_RATE_LIMITS: dict[str, int] = {"1s": 10, "1m": 100, "1h": 1000, "1d": 50000}
+
+REGIONS: tuple[tuple[str, str], ...] = (
+    ("eu01", "IE"),
+    ("us03", "US"),
+    ("eu02", "DE"),
+    ("us01", "US"),
+    ("ca01", "CA"),
+    ("au01", "AU"),
+    ("jp01", "JP"),
+    ("br01", "BR"),
+    ("in01", "IN"),
+)
+"""(dataRegion, dataGeography) pairs as Sophos names them; regional host i serves REGIONS[i]."""
+
+
+@dataclass(slots=True)
+class Tenant:
+    """A customer tenant. ``region`` indexes the regional hosts (and ``REGIONS``)."""
+
+    id: str
+    name: str
+    region: int = 0
+    billing_type: str = "usage"
+    activated: bool = True
+    rogue: bool = False
+    endpoints: int = 3
+
+    @property
+    def data_region(self) -> str:
+        return REGIONS[self.region % len(REGIONS)][0]
+
+    @property
+    def data_geography(self) -> str:
+        return REGIONS[self.region % len(REGIONS)][1]
+
+
+@dataclass(slots=True)
+class Credential:
+    """An API credential and the tenants it may reach.
+
+    ``id`` is what whoami returns: the partner or organization id, or for a tenant credential the
+    id of its single tenant. ``agent_secret`` is the secret handed to the agent when it differs
+    from the one the id host accepts (a revoked key).
+    """
+
+    name: str
+    client_id: str
+    client_secret: str
+    id_type: IdType
+    id: str
+    tenants: list[Tenant] = field(default_factory=list)
+    agent_secret: str | None = None
+
+    @property
+    def configured_secret(self) -> str:
+        """The secret the generated agent config carries."""
+        return self.client_secret if self.agent_secret is None else self.agent_secret
+
+
+@dataclass(slots=True)
+class Scenario:
+    """A whole simulated Sophos Central.
+
+    ``faults`` maps tenant id to fault name at start; ``slow_seconds`` is how long the ``slow``
+    fault waits (keep it above the agent's request timeout); ``agent_overrides`` are extra keys
+    for the generated agent config (shorter intervals, a larger budget share for the demo).
+    """
+
+    name: str
+    credentials: list[Credential]
+    faults: dict[str, str] = field(default_factory=dict)
+    regions: int = 2
+    rate_limits: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_RATE_LIMITS))
+    token_lifetime: int = 3600
+    max_page_size: int = 100
+    slow_seconds: float = 15.0
+    outage: bool = False
+    agent_overrides: dict[str, Any] = field(default_factory=dict)
+
+    def credential(self, name: str) -> Credential:
+        for cred in self.credentials:
+            if cred.name == name:
+                return cred
+        raise KeyError(f"no credential named {name!r}")
+
+    def tenants(self) -> Iterator[Tenant]:
+        """Every tenant once, in credential order."""
+        seen: set[str] = set()
+        for cred in self.credentials:
+            for tenant in cred.tenants:
+                if tenant.id not in seen:
+                    seen.add(tenant.id)
+                    yield tenant
+
+    def tenant(self, tenant_id: str) -> Tenant:
+        for tenant in self.tenants():
+            if tenant.id == tenant_id:
+                return tenant
+        raise KeyError(f"no tenant with id {tenant_id!r}")
+
+    def tenant_by_name(self, name: str) -> Tenant:
+        for tenant in self.tenants():
+            if tenant.name == name:
+                return tenant
+        raise KeyError(f"no tenant named {name!r}")
+
+    def tenants_with_fault(self, fault: str) -> list[Tenant]:
+        """Tenants that start with ``fault``, in listing order."""
+        return [t for t in self.tenants() if self.faults.get(t.id) == fault]
+
+    def validate(self) -> None:
+        """Refuse a scenario the simulator could not serve consistently, naming the problem."""
+        _check_positive(self)
+        _check_credentials(self.credentials)
+        known = {t.id for t in self.tenants()}
+        for tenant_id, fault in self.faults.items():
+            if tenant_id not in known:
+                raise ValueError(f"faults: unknown tenant id {tenant_id!r}")
+            if fault not in FAULT_NAMES:
+                raise ValueError(f"faults: unknown fault {fault!r} (known: {FAULT_NAMES})")
+
+
+def _check_positive(scenario: Scenario) -> None:
+    if scenario.regions < 1:
+        raise ValueError("regions must be at least 1")
+    if scenario.max_page_size < 1:
+        raise ValueError("max_page_size must be at least 1")
+    if scenario.token_lifetime < 1:
+        raise ValueError("token_lifetime must be at least 1")
+    for label, limit in scenario.rate_limits.items():
+        if limit < 1:
+            raise ValueError(f"rate_limits[{label!r}] must be at least 1")
+
+
+def _check_credentials(credentials: list[Credential]) -> None:
+    names: set[str] = set()
+    client_ids: set[str] = set()
+    for cred in credentials:
+        if cred.name in names:
+            raise ValueError(f"duplicate credential name {cred.name!r}")
+        if cred.client_id in client_ids:
+            raise ValueError(f"credential {cred.name!r}: duplicate client_id")
+        names.add(cred.name)
+        client_ids.add(cred.client_id)
+        if cred.id_type == "tenant" and (len(cred.tenants) != 1 or cred.tenants[0].id != cred.id):
+            raise ValueError(f"credential {cred.name!r}: a tenant credential is its one tenant")
