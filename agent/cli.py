@@ -10,7 +10,7 @@ import logging
 import signal
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -142,6 +142,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"error: cannot serve on {listen}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAILED
+    except KeyboardInterrupt:
+        pass
     return EXIT_OK
 
 
@@ -153,50 +155,23 @@ async def serve_agent(
     stop: asyncio.Event | None = None,
 ) -> None:
     """Run agent and HTTP server until SIGTERM/SIGINT (or ``stop``), then shut down cleanly."""
-    from agent.runtime import Agent
-    from agent.server import build_app, parse_listen_address
-    from agent.webconfig import make_uvicorn_server
+    from agent.server import AgentService
 
-    host, port = parse_listen_address(listen)
-    agent = Agent(settings)
-    app = build_app(agent, *_pages())
-    server = make_uvicorn_server(app, host, port, web_config)
-    server.capture_signals = _no_signal_capture  # type: ignore[method-assign]
+    service = AgentService(settings, listen, web_config)
     stop = stop or asyncio.Event()
     _install_signal_handlers(stop)
-    agent.start()
-    serving = asyncio.create_task(server.serve())
-    log.info("listening", extra={"address": listen, "version": __version__})
     try:
-        while not server.started and not serving.done():  # noqa: ASYNC110 - uvicorn has no event
-            await asyncio.sleep(0.02)
-        if serving.done():
-            serving.result()
-            raise OSError(f"server stopped while starting on {listen}")
-        if started is not None:
-            started.set()
-        await _wait_either(stop, serving)
+        await service.start()
+    except SystemExit:  # uvicorn exits when it cannot bind
+        raise OSError(f"cannot listen on {listen}") from None
+    log.info("listening", extra={"address": listen, "version": __version__})
+    if started is not None:
+        started.set()
+    try:
+        await _wait_either(stop, service.serving)
     finally:
         log.info("shutting down")
-        server.should_exit = True
-        await agent.stop(grace=2.0)
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(serving, timeout=5)
-
-
-@contextlib.contextmanager
-def _no_signal_capture() -> Iterator[None]:
-    """uvicorn would re-raise SIGTERM after shutdown (exit 143); we handle signals ourselves and
-    exit 0 as the contract asks."""
-    yield
-
-
-def _pages() -> tuple[Any, Any]:
-    """The human pages (imported here so that `check` and `config check` stay light)."""
-    from agent.evidence import render_support_page
-    from agent.status_page import render_status_page
-
-    return render_status_page, render_support_page
+        await service.stop(grace=2.0)
 
 
 async def _wait_either(stop: asyncio.Event, serving: asyncio.Task[None]) -> None:

@@ -118,6 +118,7 @@ class SophosClient:
         self._policy = policy
         self._token: Token | None = None
         self._token_lock = asyncio.Lock()
+        self.in_flight = 0
         self.last_token_outcome: Outcome | None = None
 
     @property
@@ -253,12 +254,15 @@ class SophosClient:
         started = self._clock.monotonic()
         response_headers: dict[str, str] = {}
         body = b""
+        self.in_flight += 1
         try:
             async with asyncio.timeout(self.settings.request_timeout):
                 status, response_headers, body = await self._send(method, url, headers, form)
             outcome = classify_response(status, body, response_headers)
         except Exception as exc:  # a broken peer must never take the agent down
             outcome = classify_exception(exc)
+        finally:
+            self.in_flight -= 1
         duration = self._clock.monotonic() - started
         self._after_call(outcome)
         record = CallRecord(

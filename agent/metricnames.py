@@ -23,6 +23,7 @@ RATE_LIMIT_ALLOWED_CALLS = "sophos_central_rate_limit_allowed_calls"
 RATE_LIMIT_PAUSES_TOTAL = "sophos_central_rate_limit_pauses_total"
 TENANTS = "sophos_central_tenants"
 PROBE_DURATION_SECONDS = "sophos_central_probe_duration_seconds"
+API_REQUESTS_IN_FLIGHT = "sophos_central_api_requests_in_flight"
 
 CONTRACT_METRICS = (
     API_REQUESTS_TOTAL,

@@ -58,6 +58,11 @@ HELP: dict[str, tuple[str, str]] = {
     ),
     m.RATE_LIMIT_UTILIZATION_RATIO: ("gauge", "Calls in the trailing window / the window's limit."),
     m.RATE_LIMIT_PAUSES_TOTAL: ("counter", "Pauses of the credential after a 429 answer."),
+    m.API_REQUESTS_IN_FLIGHT: (
+        "gauge",
+        "Calls admitted by the rate budget and not answered yet (they already count in "
+        "rate_limit_calls, not yet in api_requests_total).",
+    ),
     m.TENANT_INFO: ("gauge", "Every tenant listed for the credential (1), probed or not."),
     m.TENANTS: ("gauge", "Tenants of the credential by state (probed, not_activated, ...)."),
     m.WHOAMI_INFO: ("gauge", "The identity whoami reported for the credential."),
@@ -118,6 +123,7 @@ class CredentialView:
     whoami: WhoAmI | None
     probe_interval: float
     budget_key: str
+    in_flight: int = 0
 
 
 class AgentMetrics:
@@ -272,6 +278,14 @@ class AgentMetrics:
             ),
         )
         _render_budget(out, views, budget)
+        _family(
+            out,
+            m.API_REQUESTS_IN_FLIGHT,
+            (
+                f"{m.API_REQUESTS_IN_FLIGHT}{labels(credential=v.state.name)} {v.in_flight}\n"
+                for v in views
+            ),
+        )
 
     def _render_tenants(self, out: list[str], views: list[CredentialView]) -> None:
         _header(out, m.TENANT_INFO)

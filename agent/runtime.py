@@ -180,6 +180,7 @@ class Agent:
                 whoami=p.state.whoami,
                 probe_interval=self.period(p.name),
                 budget_key=p.name,
+                in_flight=p.client.in_flight,
             )
             for p in self.probers
         ]

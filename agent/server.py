@@ -6,8 +6,11 @@ consistent state; the renderer is fast enough (see bench/) that this costs the p
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import html
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -15,8 +18,12 @@ from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from agent import __version__
+from agent.config import Settings
+from agent.evidence import render_support_page
 from agent.metrics import gzip_bytes
 from agent.runtime import Agent
+from agent.status_page import render_status_page
+from agent.webconfig import WebConfig, bound_port, make_uvicorn_server, wait_started
 
 CONTENT_TYPE_METRICS = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -102,3 +109,55 @@ def landing_page() -> str:
         f"<h1>Sophos Central Exporter</h1><p>Version {html.escape(__version__)}</p>"
         f"<ul>{items}</ul></body></html>"
     )
+
+
+class AgentService:
+    """An agent and its HTTP server, started and stopped together.
+
+    ``port`` may be 0 (tests): the bound port is known after ``start``.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        listen: str | None = None,
+        web_config: WebConfig | None = None,
+        **agent_options: Any,
+    ) -> None:
+        self.agent = Agent(settings, **agent_options)
+        host, port = parse_listen_address(listen or settings.web_listen_address)
+        app = build_app(self.agent, render_status_page, render_support_page)
+        self.server = make_uvicorn_server(app, host, port, web_config)
+        self.server.capture_signals = _no_signal_capture  # type: ignore[method-assign]
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def port(self) -> int:
+        return bound_port(self.server)
+
+    @property
+    def serving(self) -> asyncio.Task[None]:
+        assert self._task is not None, "not started"
+        return self._task
+
+    async def start(self, deadline: float = 10.0) -> None:
+        """Bind the listener, then start probing; raises OSError when the address is taken."""
+        self._task = asyncio.get_running_loop().create_task(self.server.serve())
+        async with asyncio.timeout(deadline):
+            await wait_started(self.server, self._task)
+        self.agent.start()
+
+    async def stop(self, grace: float = 2.0) -> None:
+        """Finish in-flight probes briefly, then close the listener."""
+        self.server.should_exit = True
+        await self.agent.stop(grace=grace)
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(self._task, timeout=5)
+
+
+@contextlib.contextmanager
+def _no_signal_capture() -> Iterator[None]:
+    """uvicorn would re-raise SIGTERM after its shutdown (exit 143); the CLI handles signals and
+    exits 0, as the contract asks."""
+    yield

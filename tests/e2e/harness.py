@@ -1,0 +1,92 @@
+"""A running simulator + agent pair on loopback, for end-to-end tests and benchmarks."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from agent.config import Settings, load_settings
+from agent.logs import setup_logging
+from agent.server import AgentService
+from agent.simulator import Scenario, Simulator
+
+
+@dataclass
+class Stack:
+    sim: Simulator
+    service: AgentService
+    settings: Settings
+    config_path: Path
+    logs: io.StringIO
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.service.port}"
+
+    async def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        async with httpx.AsyncClient(timeout=10) as client:
+            return await client.get(self.base_url + path, **kwargs)
+
+    async def metrics(self) -> dict[str, list[tuple[str, dict[str, str], float]]]:
+        """Scraped samples by metric family name: (sample name, labels, value)."""
+        text = (await self.get("/metrics")).text
+        return parse_metrics(text)
+
+
+def parse_metrics(text: str) -> dict[str, list[tuple[str, dict[str, str], float]]]:
+    families: dict[str, list[tuple[str, dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        name = family.name + ("_total" if family.type == "counter" else "")
+        families[name] = [(s.name, dict(s.labels), s.value) for s in family.samples]
+    return families
+
+
+async def start_stack(scenario: Scenario, tmp: Path, **overrides: Any) -> Stack:
+    sim = Simulator(scenario, host="127.0.0.1", port=0)
+    await sim.start()
+    config = {
+        **sim.agent_config(),
+        "state_file": str(tmp / "state.db"),
+        "web_listen_address": "127.0.0.1:0",
+        **overrides,
+    }
+    path = tmp / "config.yml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    logs = io.StringIO()
+    setup_logging("json", "info", stream=logs)
+    settings = load_settings(path)
+    service = AgentService(settings, process_metrics=False)
+    await service.start()
+    return Stack(sim, service, settings, path, logs)
+
+
+async def stop_stack(stack: Stack) -> None:
+    await stack.service.stop(grace=0.5)
+    await stack.sim.stop()
+    logging.getLogger().handlers.clear()
+
+
+async def wait_for(
+    condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.1
+) -> Any:
+    """Poll an (async or plain) condition until it is truthy; fail with ``what`` after timeout."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = condition()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(interval)
