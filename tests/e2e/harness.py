@@ -76,11 +76,11 @@ async def stop_stack(stack: Stack) -> None:
 
 
 async def wait_for(
-    condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.1
+    condition: Callable[[], Any], within: float, what: str, interval: float = 0.1
 ) -> Any:
     """Poll an (async or plain) condition until it is truthy; fail with ``what`` after timeout."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + within
     while True:
         value = condition()
         if asyncio.iscoroutine(value):
@@ -88,5 +88,5 @@ async def wait_for(
         if value:
             return value
         if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            raise AssertionError(f"timed out after {within} s waiting for {what}")
         await asyncio.sleep(interval)
