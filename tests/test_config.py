@@ -1,4 +1,4 @@
-"""The configuration a user writes, and the exact message a mistake earns (the message is product)."""
+"""The configuration a user writes, and the exact message each mistake earns."""
 
 from __future__ import annotations
 
