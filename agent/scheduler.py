@@ -60,7 +60,7 @@ class TenantRotation:
         if not self.order or period <= 0:
             return []
         self.position += len(self.order) * elapsed / period
-        count = min(int(self.position), len(self.order))
+        count = min(int(self.position + 1e-9), len(self.order))  # float sums fall just short
         self.position -= count
         due = self.order[:count]
         self.order = self.order[count:] + due
