@@ -1,0 +1,232 @@
+"""The Grafana dashboards: generated from code, complete, and made only of valid, known queries."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from agent import metricnames
+from tools import gen_dashboards
+
+ROOT = Path(__file__).resolve().parent.parent
+DASHBOARDS = sorted((ROOT / "dashboards").glob("*.json"))
+PROVISIONING = ROOT / "dashboards" / "provisioning"
+VARIABLES = ("datasource", "job", "instance", "credential", "tenant")
+EXPECTED_UIDS = {
+    "sophos-central-overview.json": "sophos-central-overview",
+    "sophos-central-tenants.json": "sophos-central-tenants",
+}
+# Grafana variables and what they become for an offline parse.
+SUBSTITUTIONS = {
+    "$__rate_interval": "5m",
+    "$__interval": "1m",
+    "$__range": "1h",
+    "${datasource}": "prometheus",
+}
+STANDARD_METRICS = {"up"}
+KEYWORDS = {"and", "or", "unless", "bool", "offset", "inf", "nan"}
+HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
+
+
+def load(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def panel_exprs(model: dict[str, Any]) -> list[str]:
+    return [t["expr"] for p in model["panels"] for t in p.get("targets", [])]
+
+
+def variable_queries(model: dict[str, Any]) -> list[str]:
+    queries = []
+    for var in model["templating"]["list"]:
+        if var["type"] == "query":
+            query = var["query"]
+            queries.append(query["query"] if isinstance(query, dict) else query)
+    return queries
+
+
+def selector_of_label_values(query: str) -> str:
+    match = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", query)
+    assert match, f"not a label_values() query: {query}"
+    return match.group(1)
+
+
+def substitute(expr: str) -> str:
+    for variable, value in SUBSTITUTIONS.items():
+        expr = expr.replace(variable, value)
+    return re.sub(r"\$\{?\w+\}?", ".*", expr)
+
+
+def recording_rules() -> set[str]:
+    names = set()
+    for path in (ROOT / "alerts").glob("*.rules.yml"):
+        for group in yaml.safe_load(path.read_text(encoding="utf-8"))["groups"]:
+            names.update(rule["record"] for rule in group["rules"] if "record" in rule)
+    return names
+
+
+def known_metrics() -> set[str]:
+    names = {
+        value
+        for value in vars(metricnames).values()
+        if isinstance(value, str) and value.startswith(metricnames.PREFIX)
+    }
+    histogram = metricnames.API_REQUEST_DURATION_SECONDS
+    names |= {histogram + suffix for suffix in HISTOGRAM_SUFFIXES}
+    return names | recording_rules() | STANDARD_METRICS
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression selects (good enough for our own dashboards)."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # string literals
+    text = re.sub(r"\{[^}]*\}", "", text)  # label matchers
+    text = re.sub(r"\[[^\]]*\]", "", text)  # range selectors
+    text = re.sub(
+        r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text
+    )  # label lists
+    names = set()
+    for match in re.finditer(r"(?<![\w:.])([A-Za-z_:][\w:]*)(\s*\()?", text):
+        name, is_call = match.group(1), match.group(2)
+        if is_call or name.lower() in KEYWORDS:
+            continue
+        names.add(name)
+    return names
+
+
+def all_panels() -> list[tuple[str, dict[str, Any]]]:
+    return [(path.name, panel) for path in DASHBOARDS for panel in load(path)["panels"]]
+
+
+# --- generated, committed, in sync ----------------------------------------------------------
+
+
+def test_committed_dashboards_equal_the_generator_output() -> None:
+    stale = gen_dashboards.stale()
+    assert stale == [], "run `uv run python -m tools.gen_dashboards` and commit the result"
+    assert {p.name for p in DASHBOARDS} == set(gen_dashboards.dashboards())
+
+
+# --- the model -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_dashboard_model(path: Path) -> None:
+    model = load(path)
+    assert model["uid"] == EXPECTED_UIDS[path.name], "uids are stable: links depend on them"
+    assert model["schemaVersion"] <= 42
+    assert model["title"] and model["description"]
+    variables = {v["name"]: v for v in model["templating"]["list"]}
+    assert tuple(variables) == VARIABLES
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    for name in VARIABLES[1:]:
+        assert variables[name]["type"] == "query"
+        assert variables[name]["datasource"]["uid"] == "${datasource}"
+    for query in variable_queries(model):
+        selector_of_label_values(query)
+    ids = [p["id"] for p in model["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids are unique"
+
+
+def test_dashboard_uids_are_unique() -> None:
+    uids = [load(path)["uid"] for path in DASHBOARDS]
+    assert len(uids) == len(set(uids))
+    assert all(len(uid) <= 40 for uid in uids)
+
+
+@pytest.mark.parametrize(
+    ("dashboard", "panel"), all_panels(), ids=lambda v: v if isinstance(v, str) else v["title"]
+)
+def test_panel_has_title_description_unit_and_uses_the_datasource_variable(
+    dashboard: str, panel: dict[str, Any]
+) -> None:
+    assert panel["title"], dashboard
+    assert panel["description"], f"{dashboard}: {panel['title']} has no description"
+    assert panel["fieldConfig"]["defaults"]["unit"], f"{dashboard}: {panel['title']} has no unit"
+    assert panel["datasource"]["uid"] == "${datasource}"
+    assert panel["targets"], f"{dashboard}: {panel['title']} has no query"
+    for target in panel["targets"]:
+        assert target["datasource"]["uid"] == "${datasource}"
+
+
+# --- the queries -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_queries_use_only_known_metric_names(path: Path) -> None:
+    model = load(path)
+    known = known_metrics()
+    exprs = panel_exprs(model) + [selector_of_label_values(q) for q in variable_queries(model)]
+    unknown = {name: expr for expr in exprs for name in metric_names(expr) if name not in known}
+    assert unknown == {}, "metric names neither in agent/metricnames.py nor recorded in alerts/"
+
+
+def test_metric_name_extraction() -> None:
+    expr = (
+        'topk by (credential) (1, sum by (le) (rate(foo_bucket{a="b{c}", d=~"$x"}[$__rate_interval]'
+        ')) * on (x) group_left (y) bar:baz:rate5m{z="1"} or up offset 5m) - time()'
+    )
+    assert metric_names(expr) == {"foo_bucket", "bar:baz:rate5m", "up"}
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_range_queries_use_grafana_intervals(path: Path) -> None:
+    """rate() over $__rate_interval; increase() also over $__range (totals for the time range)."""
+    windows = {
+        "rate": {"$__rate_interval"},
+        "irate": {"$__rate_interval"},
+        "increase": {"$__rate_interval", "$__range"},
+    }
+    for expr in panel_exprs(load(path)):
+        for function, window in re.findall(r"\b(rate|irate|increase)\([^\[]*\[([^\]]+)\]", expr):
+            assert window in windows[function], f"{function}(...[{window}]) in {expr}"
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_every_query_parses_with_promtool(path: Path, tmp_path: Path) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail(
+            "promtool not found on PATH; install it with: apt-get install -y prometheus",
+            pytrace=False,
+        )
+    model = load(path)
+    exprs = panel_exprs(model) + [selector_of_label_values(q) for q in variable_queries(model)]
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard-queries",
+                "rules": [
+                    {"record": f"dashboard:query_{n}", "expr": substitute(expr)}
+                    for n, expr in enumerate(exprs)
+                ],
+            }
+        ]
+    }
+    rule_file = tmp_path / "queries.rules.yml"
+    rule_file.write_text(yaml.safe_dump(rules, sort_keys=False), encoding="utf-8")
+    result = subprocess.run(
+        [promtool, "check", "rules", str(rule_file)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- provisioning ----------------------------------------------------------------------------
+
+
+def test_provisioning_files() -> None:
+    provider = yaml.safe_load((PROVISIONING / "dashboards.yml").read_text(encoding="utf-8"))
+    assert provider["apiVersion"] == 1
+    [entry] = provider["providers"]
+    assert entry["type"] == "file"
+    assert entry["options"]["path"]
+    datasources = yaml.safe_load((PROVISIONING / "datasource.yml").read_text(encoding="utf-8"))
+    assert datasources["apiVersion"] == 1
+    assert [d["type"] for d in datasources["datasources"]] == ["prometheus"]
