@@ -59,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     simulate = sub.add_parser("simulate", help="run the Sophos Central simulator alone")
     simulate.add_argument("--listen", default=f"127.0.0.1:{DEMO_SIMULATOR_PORT}")
     simulate.add_argument("--scenario", default="demo")
+    simulate.add_argument(
+        "--agent-config",
+        default=None,
+        help="also write a ready exporter config (with the simulator's own secrets) to this file",
+    )
 
     bundle = sub.add_parser("support-bundle", help="write the evidence for a 5XX support case")
     _config_arg(bundle)
@@ -269,7 +274,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     setup_logging("logfmt", "info")
     host, port = parse_listen_address(args.listen)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_until_signal(serve(args.scenario, host, port)))
+        asyncio.run(
+            _until_signal(serve(args.scenario, host, port, agent_config_path=args.agent_config))
+        )
     return EXIT_OK
 
 
