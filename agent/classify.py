@@ -24,6 +24,7 @@ TRANSPORT_CODES = ("timeout", "connect_error", "tls_error", "protocol_error")
 _ID_KEYS = ("trackingId", "correlationId", "requestId")
 _ID_VALUE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _MAX_MESSAGE = 300
+_MAX_ERROR_CODE = 128
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,8 @@ class ErrorCodeGuard:
     def label(self, code: str) -> str:
         if code == "":
             return ""
-        if not ERROR_CODE_PATTERN.match(code):
+        # fullmatch: with match(), "$" also matches before a trailing newline.
+        if not ERROR_CODE_PATTERN.fullmatch(code):
             return OTHER
         with self._lock:
             if code in self._seen:
@@ -138,13 +140,18 @@ def parse_json(body: bytes) -> Any:
 
 
 def error_code_of(parsed: Any) -> str:
-    """``errorCode``, else ``error``, else empty — only when it is a string."""
+    """``errorCode``, else ``error``, else empty — only when it is a string.
+
+    The raw code reaches the ``check`` table, the status page and the logs (the label goes through
+    ``ErrorCodeGuard``), so control characters become spaces and the length is bounded; a code
+    that was label-safe stays unchanged.
+    """
     if not isinstance(parsed, dict):
         return ""
     for key in ("errorCode", "error"):
         value = parsed.get(key)
         if isinstance(value, str) and value:
-            return value
+            return _printable(value)[:_MAX_ERROR_CODE]
     return ""
 
 
@@ -166,7 +173,7 @@ def _ids(parsed: Any) -> dict[str, str]:
     ids = {}
     for key in _ID_KEYS:
         value = parsed.get(key)
-        if isinstance(value, str) and _ID_VALUE.match(value):
+        if isinstance(value, str) and _ID_VALUE.fullmatch(value):
             ids[key] = value
     return ids
 
@@ -189,4 +196,9 @@ def _printable(text: str) -> str:
 
 
 def _exc_message(exc: BaseException) -> str:
-    return _printable(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+    name = type(exc).__name__
+    try:
+        text = str(exc)
+    except Exception:  # a broken __str__ must not turn a failed call into a crash
+        text = ""
+    return _printable(f"{name}: {text}" if text else name)

@@ -210,9 +210,17 @@ class SophosClient:
         if tenant.api_host is None:
             raise ValueError("tenant has no apiHost")
         url = f"{tenant.api_host}{self.settings.tenant_probe_path}"
-        outcome, _ = await self._api_call(
+        outcome, body = await self._api_call(
             "tenant", tenant.id, url, {"X-Tenant-ID": tenant.id}, priority=PRIORITY_TENANT
         )
+        if outcome.ok and not isinstance(outcome.body, dict):
+            # Every Central read answers a JSON object; an HTML maintenance page, a body cut at
+            # the cap or JSON nested past the parser's limit means something else answered.
+            if len(body) >= self.settings.max_response_bytes:
+                why = f"response body exceeds max_response_bytes ({len(body)} bytes read)"
+            else:
+                why = "response body is not a JSON object"
+            return _invalid(outcome, why)
         return outcome
 
     async def _api_call(

@@ -124,7 +124,7 @@ class Credential(BaseModel):
     @field_validator("name")
     @classmethod
     def _label_safe_name(cls, value: str) -> str:
-        if not _CREDENTIAL_NAME.match(value):
+        if not _CREDENTIAL_NAME.fullmatch(value):
             raise ValueError(
                 "must start with a letter or digit and use only letters, digits, '_', '.', ':' "
                 "or '-' (at most 64 characters); it becomes a label value"

@@ -6,11 +6,14 @@ characters before it can become a label value or a URL the agent will call.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_URL_HOST = re.compile(r"[a-z0-9._:-]{1,253}")
 _REGION_HOST = re.compile(r"^api-([a-z0-9]{2,8})\.central\.sophos\.com$")
 MAX_LABEL_TEXT = 128
 MAX_PAGES = 1000
@@ -68,7 +71,7 @@ def label_text(value: Any, limit: int = MAX_LABEL_TEXT) -> str:
     if not isinstance(value, str):
         return ""
     cleaned = "".join(ch if ch.isprintable() else " " for ch in value).strip()
-    return cleaned[:limit]
+    return cleaned[:limit].rstrip()
 
 
 def parse_token(body: Any, now: float) -> Token:
@@ -80,7 +83,15 @@ def parse_token(body: Any, now: float) -> Token:
     expires_in = body.get("expires_in", 3600)
     if isinstance(expires_in, bool) or not isinstance(expires_in, int | float):
         raise InvalidResponse("token response has a non-numeric expires_in")
-    lifetime = min(max(float(expires_in), 0.0), 86400.0)
+    # Python's json accepts NaN, Infinity and integers too large for a float; NaN would make
+    # the token never fresh and the expiry gauge unrenderable.
+    try:
+        seconds = float(expires_in)
+    except OverflowError:
+        seconds = math.inf if expires_in > 0 else 0.0
+    if math.isnan(seconds):
+        raise InvalidResponse("token response has a non-numeric expires_in")
+    lifetime = min(max(seconds, 0.0), 86400.0)
     return Token(value=value, issued_at=now, expires_at=now + lifetime)
 
 
@@ -90,7 +101,7 @@ def parse_whoami(body: Any) -> WhoAmI:
     ident = body.get("id")
     id_type = body.get("idType")
     hosts = body.get("apiHosts")
-    if not isinstance(ident, str) or not _ID.match(ident):
+    if not isinstance(ident, str) or not _ID.fullmatch(ident):
         raise InvalidResponse("whoami response has no valid id")
     if id_type not in ("tenant", "partner", "organization"):
         raise InvalidResponse("whoami response has an unknown idType")
@@ -129,7 +140,7 @@ def parse_tenant(item: Any) -> Tenant | None:
     if not isinstance(item, dict):
         return None
     ident = item.get("id")
-    if not isinstance(ident, str) or not _ID.match(ident):
+    if not isinstance(ident, str) or not _ID.fullmatch(ident):
         return None
     api_host = item.get("apiHost")
     return Tenant(
@@ -155,7 +166,7 @@ def tenant_from_whoami(whoami: WhoAmI, name: str) -> Tenant:
 def region_of(url: str) -> str:
     """``eu02`` from ``https://api-eu02.central.sophos.com``; '' when the host says nothing."""
     host = url.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0].lower()
-    match = _REGION_HOST.match(host)
+    match = _REGION_HOST.fullmatch(host)
     return match.group(1) if match else ""
 
 
@@ -169,9 +180,20 @@ def _total_pages(pages: Any) -> int:
 
 
 def _is_url(value: Any) -> bool:
-    return (
+    """An absolute http(s) URL with a host; whether the agent may call it is the host policy's
+    decision, not this one's."""
+    if not (
         isinstance(value, str)
         and len(value) <= 2048
         and (value.startswith("https://") or value.startswith("http://"))
         and value.isprintable()
-    )
+        and " " not in value
+    ):
+        return False
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError:  # e.g. an unbalanced IPv6 bracket
+        return False
+    host = parts.hostname or ""
+    return bool(_URL_HOST.fullmatch(host)) and parts.username is None
