@@ -62,7 +62,8 @@ def build_app(
     async def readyz(_: Request) -> Response:
         if agent.ready:
             return PlainTextResponse("ready\n")
-        pending = [p.name for p in agent.probers if not p.state.first_cycle_done]
+        schedules = agent.scheduler.schedules if agent.scheduler is not None else []
+        pending = [s.name for s in schedules if not s.ready] or [p.name for p in agent.probers]
         text = "waiting for the first probe cycle of: " + ", ".join(pending) + "\n"
         return PlainTextResponse(text, status_code=503)
 
