@@ -21,6 +21,7 @@ from agent.classify import Outcome, classify_exception, classify_response
 from agent.clock import Clock
 from agent.config import Credential, Settings
 from agent.hosts import HostNotAllowed, HostPolicy
+from agent.logs import REDACTOR
 from agent.ratebudget import PRIORITY_CREDENTIAL, PRIORITY_TENANT, parse_retry_after
 from agent.sophos import (
     InvalidResponse,
@@ -147,6 +148,7 @@ class SophosClient:
             token = parse_token(outcome.body, self._clock.time())
         except InvalidResponse as exc:
             return _invalid(outcome, str(exc)), None
+        REDACTOR.add_transient(token.value)  # should an answer ever echo it, logs mask it
         self._token = token
         return outcome, token
 

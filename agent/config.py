@@ -11,6 +11,7 @@ import ipaddress
 import math
 import os
 import re
+import ssl
 import stat
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -218,6 +219,15 @@ class Settings(BaseSettings):
     def _ca_exists(cls, value: Path | None) -> Path | None:
         if value is not None and not value.is_file():
             raise ValueError(f"{value} is not a readable file")
+        if value is not None:
+            # Load it now: a bad bundle found when the HTTP client is built is a traceback.
+            try:
+                ssl.create_default_context().load_verify_locations(cafile=str(value))
+            except (ssl.SSLError, OSError, ValueError) as exc:
+                reason = getattr(exc, "reason", None) or exc.__class__.__name__
+                raise ValueError(
+                    f"{value} is not a PEM file of CA certificates ({reason})"
+                ) from None
         return value
 
     @field_validator("budget_share")

@@ -143,11 +143,13 @@ class EvidenceRecorder:
 
     def _record_failure(self, key: tuple[str, str, str], record: CallRecord) -> None:
         now = record.started_at
+        # A server may echo what it was sent: every part of the answer passes the redactor.
         headers = {
-            k: v
+            k: REDACTOR(v)
             for k, v in record.response_headers.items()
             if k.lower() not in _HIDDEN_RESPONSE_HEADERS
         }
+        ids = {k: REDACTOR(v) for k, v in record.outcome.ids.items()}
         body = record.raw_body.decode("utf-8", errors="replace")[:MAX_BODY_CHARS]
         values = (
             self._owner,
@@ -163,7 +165,7 @@ class EvidenceRecorder:
             record.outcome.status_code,
             json.dumps(headers),
             REDACTOR(body),
-            json.dumps(record.outcome.ids),
+            json.dumps(ids),
         )
         self._store.execute(_UPSERT_FAILURE, values)
         if key not in self._tracked:

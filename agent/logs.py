@@ -13,9 +13,11 @@ import logging
 import re
 import sys
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
     "message",
@@ -27,24 +29,62 @@ _MASK = "<redacted>"
 
 
 class Redactor:
-    """Knows the secrets of this process and masks them in text."""
+    """Knows the secrets of this process and masks them in text.
 
-    def __init__(self) -> None:
+    Secrets (client ids and secrets) are kept for the life of the process; issued tokens are
+    *transient*: only the most recent ``transient_limit`` are kept, so a long-running agent that
+    renews tokens every hour does not grow without bound. Each value is also matched the way it
+    looks once escaped into a JSON or logfmt line or URL-encoded into a form body.
+    """
+
+    def __init__(self, transient_limit: int = 1024) -> None:
         self._secrets: set[str] = set()
+        self._transient: OrderedDict[str, None] = OrderedDict()
+        self._transient_limit = transient_limit
+        self._ordered: tuple[str, ...] = ()
         self._lock = threading.Lock()
 
     def add(self, values: Iterable[str]) -> None:
         with self._lock:
-            self._secrets.update(v for v in values if v and len(v) >= 4)
+            for value in values:
+                self._secrets.update(_variants(value))
+            self._reorder()
+
+    def add_transient(self, value: str) -> None:
+        """Remember a short-lived secret (an access token) among the most recent ones."""
+        with self._lock:
+            for variant in _variants(value):
+                self._transient[variant] = None
+                self._transient.move_to_end(variant)
+            while len(self._transient) > self._transient_limit:
+                self._transient.popitem(last=False)
+            self._reorder()
+
+    def _reorder(self) -> None:
+        # Longest first, so that a secret containing another is masked whole.
+        self._ordered = tuple(sorted({*self._secrets, *self._transient}, key=len, reverse=True))
 
     def __call__(self, text: str) -> str:
         text = _BEARER.sub(r"\1" + _MASK, text)
-        with self._lock:
-            secrets = sorted(self._secrets, key=len, reverse=True)
-        for secret in secrets:
+        for secret in self._ordered:
             if secret in text:
                 text = text.replace(secret, _MASK)
         return text
+
+
+def _variants(value: str) -> set[str]:
+    """``value`` raw, JSON-escaped (as JSON and logfmt lines carry it) and URL-encoded (as a
+    token request's form body carries it); too-short values are not masked at all."""
+    if not value or len(value) < 4:
+        return set()
+    forms = {
+        value,
+        json.dumps(value)[1:-1],
+        json.dumps(value, ensure_ascii=False)[1:-1],
+        quote_plus(value),
+        quote(value, safe=""),
+    }
+    return {form for form in forms if len(form) >= 4}
 
 
 REDACTOR = Redactor()
