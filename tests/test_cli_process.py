@@ -1,0 +1,405 @@
+"""The command line as an operator meets it: real processes, real signals, real exit codes.
+
+``run`` serves until SIGTERM or SIGINT and then exits 0; a configuration it cannot use is exit 2
+with the key named; ``check`` is 0 / 1 / 2; ``simulate`` and ``demo`` serve and stop on SIGTERM.
+Every wait is bounded; output goes to files so that no pipe can fill up and stall a child.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from agent.simulator import Simulator, build_scenario
+
+PYTHON = (sys.executable, "-m", "agent")
+STOP_WITHIN = 10.0
+"""SIGTERM to exit: the agent allows in-flight probes 2 s, the listener a few more."""
+BIG_LIMITS = {"1s": 1000, "1m": 60_000, "1h": 10_000_000, "1d": 100_000_000}
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def free_port_block(count: int) -> int:
+    """A base port with ``count`` consecutive free ports (the simulator's fixed-port layout)."""
+    rng = random.Random()
+    for _ in range(50):
+        base = rng.randrange(20_000, 60_000)
+        sockets = []
+        try:
+            for offset in range(count):
+                sock = socket.socket()
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", base + offset))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise AssertionError(f"no block of {count} free ports found")
+
+
+def cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """Run the CLI to completion."""
+    return subprocess.run(
+        [*PYTHON, *args], capture_output=True, text=True, timeout=timeout, env=ENV, check=False
+    )
+
+
+class Child:
+    """A long-running CLI process with stdout and stderr in files."""
+
+    def __init__(self, process: asyncio.subprocess.Process, out: Path, err: Path) -> None:
+        self.process = process
+        self.out_path, self.err_path = out, err
+
+    @classmethod
+    async def start(cls, tmp: Path, *args: str) -> Child:
+        out, err = tmp / "stdout", tmp / "stderr"
+        with out.open("wb") as stdout, err.open("wb") as stderr:
+            process = await asyncio.create_subprocess_exec(
+                *PYTHON, *args, stdout=stdout, stderr=stderr, env=ENV
+            )
+        return cls(process, out, err)
+
+    @property
+    def stdout(self) -> str:
+        return self.out_path.read_text(encoding="utf-8", errors="replace")
+
+    @property
+    def stderr(self) -> str:
+        return self.err_path.read_text(encoding="utf-8", errors="replace")
+
+    async def wait_for_output(
+        self, predicate: Callable[[], bool], within: float, what: str
+    ) -> None:
+        deadline = time.monotonic() + within
+        while not predicate():
+            if self.process.returncode is not None:
+                raise AssertionError(
+                    f"exited {self.process.returncode} before {what}\n{self.stderr[-3000:]}"
+                )
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {within} s waiting for {what}")
+            await asyncio.sleep(0.05)
+
+    async def stop(self, sig: signal.Signals = signal.SIGTERM) -> tuple[int, float]:
+        """Send ``sig``; the exit code and how long the process took to exit."""
+        started = time.monotonic()
+        self.process.send_signal(sig)
+        try:
+            code = await asyncio.wait_for(self.process.wait(), STOP_WITHIN)
+        except TimeoutError:
+            self.process.kill()
+            await self.process.wait()
+            raise AssertionError(f"still running {STOP_WITHIN} s after {sig.name}") from None
+        return code, time.monotonic() - started
+
+    async def kill(self) -> None:
+        if self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+
+
+async def wait_http(url: str, within: float, accept: Callable[[httpx.Response], bool]) -> str:
+    deadline = time.monotonic() + within
+    async with httpx.AsyncClient(timeout=5) as client:
+        while True:
+            try:
+                response = await client.get(url)
+                if accept(response):
+                    return response.text
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {within} s waiting for {url}")
+            await asyncio.sleep(0.1)
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    scenario = build_scenario("healthy")
+    scenario.rate_limits.update(BIG_LIMITS)
+    simulator = Simulator(scenario, host="127.0.0.1", port=0)
+    await simulator.start()
+    yield simulator
+    await simulator.stop()
+
+
+def write_config(path: Path, data: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    path.chmod(0o600)
+    return path
+
+
+def sim_config(sim: Simulator, tmp: Path, **extra: Any) -> Path:
+    data = {
+        **sim.agent_config(),
+        "state_file": str(tmp / "state.db"),
+        "probe_interval": "2s",
+        "budget_share": 1.0,
+        **extra,
+    }
+    return write_config(tmp / "config.yml", data)
+
+
+# -- run -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sig", "argv"),
+    [
+        (signal.SIGTERM, ("run",)),
+        (signal.SIGINT, ()),  # run is the default command
+    ],
+    ids=["SIGTERM", "SIGINT-default-command"],
+)
+async def test_run_becomes_ready_and_exits_0_on_signal(
+    sim: Simulator, tmp_path: Path, sig: signal.Signals, argv: tuple[str, ...]
+) -> None:
+    config = sim_config(sim, tmp_path)
+    port = free_port()
+    child = await Child.start(
+        tmp_path, *argv, "--config", str(config), "--web.listen-address", f"127.0.0.1:{port}"
+    )
+    try:
+        await wait_http(f"http://127.0.0.1:{port}/readyz", 30, lambda r: r.status_code == 200)
+        metrics = await wait_http(f"http://127.0.0.1:{port}/metrics", 5, lambda r: r.is_success)
+        assert 'sophos_central_probe_success{credential="msp-healthy"' in metrics
+        code, took = await child.stop(sig)
+    finally:
+        await child.kill()
+    assert code == 0, child.stderr[-3000:]
+    assert took < 5.0, f"took {took:.1f} s to stop"
+    assert "shutting down" in child.stderr
+    assert "Traceback" not in child.stderr
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="defect in agent/server.py: uvicorn's sys.exit(3) on a failed bind escapes the serve "
+    "task through asyncio.run, so cmd_run's OSError handler never runs (exit 3, a logged "
+    "traceback, no 'cannot serve on' message)",
+)
+async def test_run_on_a_taken_port_fails_with_a_message(sim: Simulator, tmp_path: Path) -> None:
+    config = sim_config(sim, tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = await asyncio.to_thread(
+            cli, "run", "--config", str(config), "--web.listen-address", f"127.0.0.1:{port}"
+        )
+    assert result.returncode == 1
+    assert f"cannot serve on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+CREDENTIALS = "credentials: [{name: a, client_id: x, client_secret: y}]\n"
+BAD_CONFIGS = {
+    # the key the message must name: the file
+    "budget_share": "budget_share: 2\n" + CREDENTIALS,
+    "credentials.0": "credentials: [{name: a, client_id: x}]\n",  # no secret at all
+    "probe_intervall": "probe_intervall: 30s\n" + CREDENTIALS,  # a typo
+    "rate_limits": "rate_limits: {1w: 5}\n" + CREDENTIALS,
+}
+
+
+BAD_CONFIG_CASES = [
+    *((command, "budget_share") for command in ("run", "check", "config check", "support-bundle")),
+    *(("config check", key) for key in BAD_CONFIGS if key != "budget_share"),
+]
+
+
+@pytest.mark.parametrize(("command", "key"), BAD_CONFIG_CASES)
+def test_a_bad_config_is_exit_2_naming_the_key(tmp_path: Path, command: str, key: str) -> None:
+    path = tmp_path / "bad.yml"
+    path.write_text(BAD_CONFIGS[key])
+    path.chmod(0o600)
+    result = cli(*command.split(), "--config", str(path))
+    assert result.returncode == 2, result.stderr
+    assert key in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_bad_web_config_is_exit_2_naming_the_key(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path / "config.yml",
+        {
+            "state_file": str(tmp_path / "s.db"),
+            "credentials": [{"name": "a", "client_id": "x", "client_secret": "y"}],
+        },
+    )
+    web = tmp_path / "web.yml"
+    web.write_text("tls_server_config:\n  cert_file: missing.pem\n  key_file: missing.key\n")
+    result = cli("run", "--config", str(config), "--web.config.file", str(web))
+    assert result.returncode == 2
+    assert "tls_server_config.cert_file" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# -- config check --------------------------------------------------------------------------------
+
+
+def test_config_check_prints_the_effective_config_masked_and_exits_0(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path / "config.yml",
+        {
+            "budget_share": 0.2,
+            "credentials": [{"name": "a", "client_id": "id-1234567", "client_secret": "s-7654321"}],
+        },
+    )
+    result = cli("config", "check", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"configuration OK ({path})")
+    shown = yaml.safe_load(result.stdout.split("\n", 1)[1])
+    assert shown["budget_share"] == 0.2
+    assert shown["credentials"][0]["client_secret"] == "<masked>"
+    assert "id-1234567" not in result.stdout and "s-7654321" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        (lambda d: d / "missing.yml", "cannot read config file"),
+        (lambda d: d, "cannot read config file"),  # a directory
+        (lambda d: (d / "x.yml", (d / "x.yml").write_text("a: [1,\n"))[0], "not valid YAML"),
+        (lambda d: (d / "x.yml", (d / "x.yml").write_text("- a\n- b\n"))[0], "must be a mapping"),
+        (lambda d: (d / "x.yml", (d / "x.yml").write_text("{}\n"))[0], "credentials"),
+    ],
+    ids=["missing", "directory", "bad-yaml", "not-a-mapping", "no-credentials"],
+)
+def test_an_unusable_config_file_is_exit_2(
+    tmp_path: Path, setup: Callable[[Path], Path], message: str
+) -> None:
+    result = cli("config", "check", "--config", str(setup(tmp_path)))
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# -- check ---------------------------------------------------------------------------------------
+
+
+async def test_check_is_0_when_every_probe_succeeds(sim: Simulator, tmp_path: Path) -> None:
+    config = sim_config(sim, tmp_path)
+    result = await asyncio.to_thread(cli, "check", "--config", str(config))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 failed" in result.stdout
+    assert result.stdout.splitlines()[0].split() == [
+        "CREDENTIAL",
+        "TENANT",
+        "TENANT",
+        "ID",
+        "PROBE",
+        "STATUS",
+        "ERROR",
+        "CODE",
+        "CAUSE",
+        "HINT",
+    ]
+
+
+@pytest.mark.parametrize("name", ["missing.yml", "."])
+def test_check_is_2_when_the_config_cannot_be_read(tmp_path: Path, name: str) -> None:
+    result = cli("check", "--config", str(tmp_path / name))
+    assert result.returncode == 2
+    assert "cannot read config file" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+async def test_check_is_1_when_a_probe_fails(sim: Simulator, tmp_path: Path) -> None:
+    tenant = sim.scenario.credential("msp-healthy").tenants[3]
+    sim.set_fault(tenant.id, "server_error_500")
+    config = sim_config(sim, tmp_path)
+    result = await asyncio.to_thread(cli, "check", "--config", str(config))
+    assert result.returncode == 1
+    (line,) = [row for row in result.stdout.splitlines() if tenant.id in row]
+    assert "500" in line and "sophos_server_error" in line and "support-bundle" in line
+    assert "1 failed" in result.stdout
+
+
+# -- simulate and demo ---------------------------------------------------------------------------
+
+
+async def test_simulate_serves_the_api_on_the_given_port_and_stops_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    port = free_port_block(5)  # main, two regions, the faulty host, the rogue listener
+    child = await Child.start(
+        tmp_path, "simulate", "--listen", f"127.0.0.1:{port}", "--scenario", "healthy"
+    )
+    try:
+        await child.wait_for_output(lambda: "\n" in child.stdout, 20, "the announcement line")
+        announcement = json.loads(child.stdout.splitlines()[0])
+        assert announcement["api_url"] == f"http://127.0.0.1:{port}"
+        assert announcement["scenario"] == "healthy"
+        cred = build_scenario("healthy").credential("msp-healthy")  # same seed, same secrets
+        async with httpx.AsyncClient(timeout=5) as client:
+            token = await client.post(
+                announcement["auth_url"],
+                data={
+                    "grant_type": "client_credentials",
+                    "client_id": cred.client_id,
+                    "client_secret": cred.client_secret,
+                    "scope": "token",
+                },
+            )
+            assert token.status_code == 200
+            bearer = {"Authorization": f"Bearer {token.json()['access_token']}"}
+            whoami = await client.get(f"http://127.0.0.1:{port}/whoami/v1", headers=bearer)
+        assert whoami.json()["idType"] == "partner"
+        assert cred.client_secret not in child.stdout + child.stderr
+        code, _ = await child.stop()
+    finally:
+        await child.kill()
+    assert code == 0
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))  # the port is free again
+
+
+async def test_demo_prints_where_to_look_serves_metrics_and_stops_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    child = await Child.start(tmp_path, "demo", "--web.listen-address", f"127.0.0.1:{port}")
+    try:
+        await child.wait_for_output(lambda: "Press Ctrl-C" in child.stdout, 30, "the demo banner")
+        banner = child.stdout
+        assert f"metrics:      http://127.0.0.1:{port}/metrics" in banner
+        assert f"status page:  http://127.0.0.1:{port}/status" in banner
+        metrics = await wait_http(
+            f"http://127.0.0.1:{port}/metrics",
+            30,
+            lambda r: r.status_code == 200 and "sophos_central_probe_success{" in r.text,
+        )
+        assert 'probe="token"' in metrics
+        status = await wait_http(f"http://127.0.0.1:{port}/status", 5, lambda r: r.is_success)
+        assert "Credential msp-main" in status
+        code, took = await child.stop()
+    finally:
+        await child.kill()
+    assert code == 0, child.stderr[-3000:]
+    assert took < 5.0
+    assert "Traceback" not in child.stderr
