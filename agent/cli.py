@@ -127,8 +127,13 @@ def warn_readable_secret(path: str | None, settings: Settings) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    settings = load_or_exit(args, shard=args.shard, total_shards=args.total_shards)
+    settings = load_or_exit(args)
     if settings is None:
+        return EXIT_CONFIG
+    try:
+        settings = apply_shard_flags(settings, args.shard, args.total_shards)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     setup_logging(settings.log_format, settings.log_level)
     warn_readable_secret(args.config, settings)
@@ -150,6 +155,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     return EXIT_OK
+
+
+def apply_shard_flags(settings: Settings, shard: int | None, total_shards: int | None) -> Settings:
+    """``--shard``/``--total-shards`` over the config keys and ``SOPHOS_EXPORTER_SHARD``.
+
+    Flags win over the environment and the file, as in every Prometheus exporter. They are
+    applied after loading because the settings loader lets the environment win over values
+    passed in, which would make ``--shard 2`` lose to a stray ``SOPHOS_EXPORTER_SHARD=0``.
+    """
+    if shard is None and total_shards is None:
+        return settings
+    shard = settings.shard if shard is None else shard
+    total = settings.total_shards if total_shards is None else total_shards
+    if total < 1:
+        raise ConfigError(f"--total-shards: must be at least 1 (got {total})")
+    if not 0 <= shard < total:
+        raise ConfigError(
+            f"--shard: must be between 0 and total_shards - 1 ({total - 1}), got {shard}"
+        )
+    return settings.model_copy(update={"shard": shard, "total_shards": total})
 
 
 async def serve_agent(

@@ -24,6 +24,7 @@ RATE_LIMIT_PAUSES_TOTAL = "sophos_central_rate_limit_pauses_total"
 TENANTS = "sophos_central_tenants"
 PROBE_DURATION_SECONDS = "sophos_central_probe_duration_seconds"
 API_REQUESTS_IN_FLIGHT = "sophos_central_api_requests_in_flight"
+TENANT_REFRESH_INTERVAL_SECONDS = "sophos_central_tenant_refresh_interval_seconds"
 
 CONTRACT_METRICS = (
     API_REQUESTS_TOTAL,

@@ -72,6 +72,11 @@ HELP: dict[str, tuple[str, str]] = {
         "Effective period between two probes of one tenant (probe_interval, stretched to fit the "
         "rate budget).",
     ),
+    m.TENANT_REFRESH_INTERVAL_SECONDS: (
+        "gauge",
+        "Effective period between two tenant-list refreshes (tenant_refresh_interval, stretched "
+        "so that the tenant list leaves room for tenant probes in the rate budget).",
+    ),
     m.SHARD_ORDINAL: ("gauge", "This process's shard number."),
     m.TOTAL_SHARDS: ("gauge", "How many shards split the tenants."),
 }
@@ -116,7 +121,12 @@ class BudgetView(Protocol):
 
 @dataclass(frozen=True)
 class CredentialView:
-    """One credential's state as a scrape sees it."""
+    """One credential's state as a scrape sees it.
+
+    ``window_calls`` are the calls made in each trailing window, exact at the window's edges
+    (``RateBudget.exact_calls``); without them the budget's own ``calls`` are shown.
+    ``refresh_interval`` is the effective tenant-refresh interval, not exported when None.
+    """
 
     state: CredentialState
     token: Token | None
@@ -124,6 +134,8 @@ class CredentialView:
     probe_interval: float
     budget_key: str
     in_flight: int = 0
+    refresh_interval: float | None = None
+    window_calls: Mapping[str, int] | None = None
 
 
 class AgentMetrics:
@@ -277,6 +289,16 @@ class AgentMetrics:
                 for v in views
             ),
         )
+        _family(
+            out,
+            m.TENANT_REFRESH_INTERVAL_SECONDS,
+            (
+                f"{m.TENANT_REFRESH_INTERVAL_SECONDS}{labels(credential=v.state.name)} "
+                f"{fmt(v.refresh_interval)}\n"
+                for v in views
+                if v.refresh_interval is not None
+            ),
+        )
         _render_budget(out, views, budget)
         _family(
             out,
@@ -319,7 +341,10 @@ class AgentMetrics:
 
 
 def _render_budget(out: list[str], views: list[CredentialView], budget: BudgetView) -> None:
-    calls = {v.state.name: budget.calls(v.budget_key) for v in views}
+    calls = {
+        v.state.name: v.window_calls if v.window_calls is not None else budget.calls(v.budget_key)
+        for v in views
+    }
     names = list(calls)
 
     def per_window(name: str, value: object) -> Iterable[str]:

@@ -1,16 +1,33 @@
-"""The effective probe period per tenant: as often as asked, as seldom as the budget requires.
+"""The effective probe period per tenant, and the tenant-list refresh interval that allows it.
 
-``probe_interval`` is a wish. Each credential also has a fixed overhead of credential-level calls
-(a token probe every ``token_probe_interval``, whoami and the tenant-list pages every
-``tenant_refresh_interval``, a token renewal about every hour), and what is left of the allowance
-in each window after a headroom for retries is shared by the tenants. The period is stretched
-until the *expected* calls fit every window::
+``probe_interval`` and ``tenant_refresh_interval`` are wishes. Each credential has a fixed cost of
+credential-level calls (a token probe every ``token_probe_interval``, a token renewal about every
+hour), a refresh cost (whoami and every tenant-list page, each ``tenant_refresh_interval``), and
+what is left of the allowance after a headroom is shared by the tenants. Everything is planned as
+a sustained rate, in calls per second, because that is what has to fit::
 
-    overhead_rate * window + tenants / period * window <= allowance * (1 - headroom)
+    fixed + (1 + pages) / refresh + tenants / period <= capacity
 
-Expected means averaged: bursts shorter than a window (all pages of a tenant refresh at once, a
-start-up) are absorbed by the admission control in ``ratebudget``, which never lets a window
-overflow; the plan only makes sure the sustained rate does not queue up without end.
+``capacity`` is the tightest window's ``allowance x (1 - headroom) / span``, where ``span`` is how
+long the admission control keeps a call on its books (the window, plus its safety margin, plus
+up to one bucket width, see ``ratebudget``): planning with the bare window would promise 1.7 %
+more than the minute window ever admits, and twice what the 1 s window admits.
+
+When the wishes do not fit, the budget is contended and the planner decides who gives way:
+
+1. The tenant list. Listing 10,000 tenants is 101 calls; every 15 minutes that is 404 calls an
+   hour, four times the default allowance (0.1 x 1000/h), and no tenant would ever be probed. So
+   the refresh interval is stretched, just enough for the tenants to keep ``probe_interval`` if
+   that is possible, and never further than the point where the refresh takes
+   ``REFRESH_SHARE`` of what the token probes leave.
+2. The tenants. Whatever the refresh leaves is shared by the tenants: ``period`` is stretched
+   until they fit.
+
+Expected means averaged: bursts shorter than a window (all pages of a refresh at once, a start-up)
+are absorbed by the admission control in ``ratebudget``, which never lets a window overflow; the
+plan makes sure the sustained rate does not queue up without end and that the exported period is
+the one that really happens. The headroom is small (5 %) because the admission control, not the
+plan, is what keeps the windows; a larger one would only leave capacity unused.
 
 The planner also gives the start offsets (``spread_offsets``) because it is what decides the shape
 of the schedule: tenants start evenly spread over one period instead of all at once.
@@ -25,7 +42,9 @@ from dataclasses import dataclass
 
 from agent.ratebudget import WINDOW_SECONDS
 
-DEFAULT_HEADROOM = 0.10
+DEFAULT_HEADROOM = 0.05
+REFRESH_SHARE = 0.25
+"""At most this share of what the token probes leave goes to the tenant list when contended."""
 TOKEN_LIFETIME_SECONDS = 3600.0
 TOKEN_RENEWAL_SECONDS = TOKEN_LIFETIME_SECONDS - 300.0
 """A cached token is renewed some minutes before it expires: about one call per 55 minutes."""
@@ -36,15 +55,21 @@ TENANT_PAGE_SIZE = 100
 class Plan:
     """The outcome of planning, with the numbers behind it for logs and the status page.
 
-    ``period`` is the seconds between two probes of one tenant. When ``overhead_fits`` is False the
-    credential-level probes alone exceed a window's usable allowance; ``period`` is then the bound
-    from the tenants alone (the admission control will still hold every call back as needed), and
-    the caller should warn with ``message``.
+    ``period`` is the seconds between two probes of one tenant, ``refresh_interval`` the seconds
+    between two tenant-list refreshes (whoami and every page). Per-window figures (``overhead``,
+    ``expected``, ``usable``) are calls per window length: ``usable`` is what the admission control
+    lets through in a window at a sustained rate, after the headroom. When ``overhead_fits`` is
+    False the token probes and renewals alone exceed a window's usable allowance; the plan is then
+    made as if they took nothing (the admission control still holds every call back as needed)
+    and the caller should warn with ``message``.
     """
 
     period: float
     requested: float
     stretched: bool
+    refresh_interval: float
+    refresh_requested: float
+    refresh_stretched: bool
     binding_window: str | None
     overhead_fits: bool
     overhead: dict[str, float]
@@ -84,41 +109,56 @@ def plan_probe_period(
     allowance: Mapping[str, int],
     headroom: float = DEFAULT_HEADROOM,
     token_renewal_interval: float = TOKEN_RENEWAL_SECONDS,
+    span: Mapping[str, float] | None = None,
 ) -> Plan:
-    """Plan one credential's tenant probing; ``tenants`` and ``allowance`` are this shard's."""
+    """Plan one credential's probing; ``tenants``, ``pages`` and ``allowance`` are this shard's.
+
+    ``span`` is how long a call occupies each window's ledger (``RateBudget.hold_seconds``'s upper
+    bound); without it, the bare window length.
+    """
     _validate(tenants, probe_interval, token_probe_interval, tenant_refresh_interval, headroom)
-    rate = overhead_rate(
-        token_probe_interval=token_probe_interval,
-        tenant_refresh_interval=tenant_refresh_interval,
-        tenant_list_pages=tenant_list_pages,
-        token_renewal_interval=token_renewal_interval,
-    )
-    usable = {w: a * (1 - headroom) for w, a in allowance.items()}
-    overhead = {w: rate * WINDOW_SECONDS[w] for w in allowance}
-    worst: str | None
-    starved = [w for w in allowance if overhead[w] >= usable[w]]
-    if starved:
-        worst = max(starved, key=lambda w: overhead[w] / usable[w])
-        bounds = {w: tenants * WINDOW_SECONDS[w] / usable[w] for w in allowance}
-    else:
-        bounds = {w: tenants * WINDOW_SECONDS[w] / (usable[w] - overhead[w]) for w in allowance}
-        worst = max(bounds, key=lambda w: bounds[w]) if bounds and tenants else None
-    period = max([probe_interval, *bounds.values()])
-    expected = {w: overhead[w] + tenants / period * WINDOW_SECONDS[w] for w in allowance}
+    spans = {w: float(WINDOW_SECONDS[w]) for w in allowance}
+    if span is not None:
+        spans.update({w: float(span[w]) for w in allowance if w in span})
+    capacity = {w: a * (1 - headroom) / spans[w] for w, a in allowance.items()}
+    fixed = 1 / token_probe_interval + 1 / token_renewal_interval
+    per_refresh = 1 + tenant_list_pages
+    tightest = min(capacity, key=lambda w: capacity[w]) if capacity else None
+    cap = capacity[tightest] if tightest is not None else math.inf
+
+    refresh, period = tenant_refresh_interval, probe_interval
+    left = cap - fixed
+    need = tenants / probe_interval
+    overhead_fits = left > 0
+    if not overhead_fits:
+        refresh = max(refresh, per_refresh / (REFRESH_SHARE * cap))
+        period = max(period, tenants / ((1 - REFRESH_SHARE) * cap))
+    elif per_refresh / refresh + need > left:
+        refresh_cap = per_refresh / (REFRESH_SHARE * left)
+        if left > need and per_refresh / (left - need) <= refresh_cap:
+            refresh = per_refresh / (left - need)  # the refresh alone makes room
+        else:
+            refresh = max(refresh, refresh_cap)
+            period = max(period, tenants / (left - per_refresh / refresh))
+
+    rate = fixed + per_refresh / refresh
+    contended = period > probe_interval or refresh > tenant_refresh_interval
+    binding = tightest if (tenants or contended or not overhead_fits) else None
     plan = Plan(
         period=period,
         requested=probe_interval,
         stretched=period > probe_interval,
-        binding_window=worst,
-        overhead_fits=not starved,
-        overhead=overhead,
-        expected=expected,
-        usable=usable,
+        refresh_interval=refresh,
+        refresh_requested=tenant_refresh_interval,
+        refresh_stretched=refresh > tenant_refresh_interval,
+        binding_window=binding,
+        overhead_fits=overhead_fits,
+        overhead={w: rate * WINDOW_SECONDS[w] for w in allowance},
+        expected={w: (rate + tenants / period) * WINDOW_SECONDS[w] for w in allowance},
+        usable={w: capacity[w] * WINDOW_SECONDS[w] for w in allowance},
         message="",
     )
-    message = _message(
-        plan, tenants, allowance, headroom, tenant_refresh_interval, tenant_list_pages
-    )
+    message = _message(plan, tenants, allowance, headroom, tenant_list_pages, fixed)
     return dataclasses.replace(plan, message=message)
 
 
@@ -136,28 +176,37 @@ def _message(
     tenants: int,
     allowance: Mapping[str, int],
     headroom: float,
-    refresh: float,
     pages: int,
+    fixed: float,
 ) -> str:
     w = plan.binding_window
     if w is None:
         return f"probe period {_human(plan.period)} for {tenants} tenants"
     budget = (
         f"the {w} window allows {allowance[w]} calls (budget_share x limit), "
-        f"{plan.usable[w]:.1f} after {headroom:.0%} headroom"
+        f"{plan.usable[w]:.1f} at a sustained rate after {headroom:.0%} headroom"
     )
     if not plan.overhead_fits:
         return (
-            f"credential-level probes alone need {plan.overhead[w]:.1f} calls per {w} "
-            f"but {budget}: "
-            f"tenant probes cannot keep up; raise tenant_refresh_interval (now {_human(refresh)}, "
-            f"{pages} tenant-list pages per refresh) or budget_share, or add shards"
+            f"token probes and renewals alone need {fixed * WINDOW_SECONDS[w]:.1f} calls per {w} "
+            f"but {budget}: tenant probes cannot keep up; raise token_probe_interval or "
+            f"budget_share (shards do not help: each lists and renews on its own)"
         )
+    changes = []
     if plan.stretched:
+        changes.append(
+            f"probe_interval {_human(plan.requested)} stretched to {_human(plan.period)}"
+        )
+    if plan.refresh_stretched:
+        changes.append(
+            f"tenant_refresh_interval {_human(plan.refresh_requested)} stretched to "
+            f"{_human(plan.refresh_interval)}"
+        )
+    if changes:
         return (
-            f"probe_interval {_human(plan.requested)} stretched to {_human(plan.period)} for "
-            f"{tenants} tenants: {budget}, of which credential-level probes take "
-            f"{plan.overhead[w]:.1f}; raise budget_share or rate_limits, or add shards"
+            f"{' and '.join(changes)} for {tenants} tenants ({pages} tenant-list pages per "
+            f"refresh): {budget}, of which credential-level probes take "
+            f"{plan.overhead[w]:.1f}; raise budget_share or rate_limits"
         )
     return (
         f"probe period {_human(plan.period)} for {tenants} tenants fits: tightest window {w} "

@@ -20,6 +20,15 @@ buckets of width ``window / BUCKETS_PER_WINDOW``, however many calls are made. A
 the bucket whose *end* is at or after it, so it leaves the window no earlier than it truly should
 (conservative, never an under-count) and at most one bucket width (1 % of the window) later.
 
+That conservative count is right for admission and wrong for the public gauge
+``sophos_central_rate_limit_calls``, which promises the calls made in the trailing window. So each
+credential also keeps the admission times of its calls in the longest window (``_CallLog``, eight
+bytes a call) and ``exact_calls`` counts them with the window's true edges: a call made at ``t``
+counts while ``now - t < window`` (half-open, as the server counts) and not a moment longer. The
+log is bounded by the admission itself: it never holds more than the longest window's allowance,
+plus the calls restored from the state file, which are known to the second (rounded up, so a
+restored call may count up to one second longer than it truly should).
+
 Timestamps are wall-clock seconds (``Clock.time``) because they are persisted in the state file and
 must mean the same after a restart; only sleeping uses relative durations.
 """
@@ -27,12 +36,14 @@ must mean the same after a restart; only sleeping uses relative durations.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import email.utils
 import heapq
 import itertools
 import logging
 import math
 import random
+from array import array
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -151,12 +162,52 @@ class _WindowCounter:
             self._total -= self._buckets.popleft()[1]
 
 
+class _CallLog:
+    """Admission times of the calls in the trailing ``keep`` seconds, oldest first.
+
+    One sorted array of floats for all windows: the exact count of a window is one binary search.
+    The pruned head is only an index until it is half of the array, so pruning is amortised O(1).
+    """
+
+    _COMPACT_AT = 1024
+
+    def __init__(self, keep: float) -> None:
+        self._keep = keep
+        self._times: array[float] = array("d")
+        self._head = 0
+
+    def add(self, ts: float, calls: int = 1) -> None:
+        times = self._times
+        if len(times) == self._head or ts >= times[-1]:
+            times.extend([ts] * calls)
+            return
+        # Out of order: a restored call rounded up past now, or a wall clock stepped back.
+        at = bisect.bisect_right(times, ts, self._head)
+        times[at:at] = array("d", [ts] * calls)
+
+    def count(self, now: float, length: float) -> int:
+        """Calls made at ``t`` with ``now - t < length``."""
+        self._prune(now)
+        return len(self._times) - bisect.bisect_right(self._times, now - length, self._head)
+
+    def __len__(self) -> int:
+        return len(self._times) - self._head
+
+    def _prune(self, now: float) -> None:
+        times = self._times
+        self._head = bisect.bisect_right(times, now - self._keep, self._head)
+        if self._head >= self._COMPACT_AT and 2 * self._head >= len(times):
+            del times[: self._head]
+            self._head = 0
+
+
 _Waiter = tuple[int, int, "asyncio.Future[None]"]
 
 
 @dataclass
 class _Credential:
     windows: dict[str, _WindowCounter]
+    log: _CallLog
     waiters: list[_Waiter] = field(default_factory=list)
     dispatcher: asyncio.Task[None] | None = None
     paused_until: float = 0.0
@@ -221,12 +272,28 @@ class RateBudget:
         return sorted(self._credentials)
 
     def calls(self, credential: str) -> dict[str, int]:
-        """Calls counted in each trailing window now, in-flight ones included (conservative)."""
+        """Calls counted in each trailing window now, in-flight ones included (conservative).
+
+        This is the admission view: a call counts for ``window + margin`` and up to one bucket
+        width more. For what the agent really made in the window, see ``exact_calls``.
+        """
         cred = self._credentials.get(credential)
         if cred is None:
             return dict.fromkeys(self._limits, 0)
         now = self._clock.time()
         return {w: c.count(now) for w, c in cred.windows.items()}
+
+    def exact_calls(self, credential: str) -> dict[str, int]:
+        """Calls admitted in each trailing window ``(now - window, now]``, in-flight ones included.
+
+        What ``sophos_central_rate_limit_calls`` reports: exact at both edges of every window
+        (calls restored after a restart are known to the second, rounded up).
+        """
+        cred = self._credentials.get(credential)
+        if cred is None:
+            return dict.fromkeys(self._limits, 0)
+        now = self._clock.time()
+        return {w: cred.log.count(now, WINDOW_SECONDS[w]) for w in self._limits}
 
     def stored_buckets(self, credential: str) -> int:
         """Buckets held for ``credential`` over all windows: bounded, whatever the call rate."""
@@ -237,6 +304,14 @@ class RateBudget:
         for counter in cred.windows.values():
             counter.count(now)
         return sum(len(c) for c in cred.windows.values())
+
+    def logged_calls(self, credential: str) -> int:
+        """Admission times held for ``exact_calls``: at most the longest window's allowance."""
+        cred = self._credentials.get(credential)
+        if cred is None:
+            return 0
+        cred.log.count(self._clock.time(), 0.0)
+        return len(cred.log)
 
     def paused_until(self, credential: str) -> float:
         """Wall-clock time until which ``credential`` is paused after a 429 (0.0: never)."""
@@ -304,7 +379,8 @@ class RateBudget:
         cred = self._credentials.get(credential)
         if cred is None:
             windows = {w: _WindowCounter(WINDOW_SECONDS[w], self._margin) for w in self._limits}
-            cred = _Credential(windows=windows)
+            longest = max((WINDOW_SECONDS[w] for w in self._limits), default=0)
+            cred = _Credential(windows=windows, log=_CallLog(longest))
             self._credentials[credential] = cred
         return cred
 
@@ -317,6 +393,7 @@ class RateBudget:
     def _record(self, credential: str, cred: _Credential, now: float) -> None:
         for counter in cred.windows.values():
             counter.add(now, 1)
+        cred.log.add(now)
         if self._store is not None:
             self._store.record_call(self._owner, credential, now)
 
@@ -350,8 +427,10 @@ class RateBudget:
         longest = max((WINDOW_SECONDS[w] for w in self._limits), default=0)
         since = self._clock.time() - longest - self._margin - longest / BUCKETS_PER_WINDOW
         for credential, second, calls in store.load_calls(self._owner, since):
-            for counter in self._credential(credential).windows.values():
+            cred = self._credential(credential)
+            for counter in cred.windows.values():
                 counter.add(float(second), calls)
+            cred.log.add(float(second), calls)
 
 
 def _fail_waiters(cred: _Credential, exc: BaseException) -> None:

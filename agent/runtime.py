@@ -16,7 +16,7 @@ import httpx
 import prometheus_client
 
 from agent.classify import ErrorCodeGuard
-from agent.client import CallObserver, SophosClient, build_http_client
+from agent.client import CallObserver, CallRecord, SophosClient, build_http_client
 from agent.clock import Clock, SystemClock
 from agent.config import Settings
 from agent.evidence import EvidenceRecorder
@@ -33,8 +33,39 @@ from agent.statefile import StateFile
 log = logging.getLogger(__name__)
 
 
+class ListingPages:
+    """Tenant-list pages per complete refresh, per credential, as the agent really read them.
+
+    The plan must count every page a refresh costs. A shard keeps only its own tenants but reads
+    every page of the list, so its page count cannot be derived from the tenants it keeps; it is
+    counted here, as the calls go out.
+    """
+
+    def __init__(self) -> None:
+        self._current: dict[str, int] = {}
+        self._last: dict[str, int] = {}
+
+    def observe_call(self, record: CallRecord) -> None:
+        if record.probe == "tenant_list":
+            self._current[record.credential] = self._current.get(record.credential, 0) + 1
+
+    def finish(self, credential: str, complete: bool) -> None:
+        """A refresh ended; its count becomes the credential's figure if it read every page."""
+        pages = self._current.pop(credential, 0)
+        if complete and pages:
+            self._last[credential] = pages
+
+    def last(self, credential: str) -> int | None:
+        """Pages of the last complete listing, None before the first one."""
+        return self._last.get(credential)
+
+
 class Agent:
-    """The exporter's moving parts for one configuration."""
+    """The exporter's moving parts for one configuration.
+
+    ``schedule_speed`` is clock seconds per real second for the scheduler's jobs (see
+    ``ProbeScheduler``): 1 with the real clock, more only with a benchmark's fast clock.
+    """
 
     def __init__(
         self,
@@ -43,9 +74,11 @@ class Agent:
         http: httpx.AsyncClient | None = None,
         extra_observers: Sequence[CallObserver] = (),
         process_metrics: bool = True,
+        schedule_speed: float = 1.0,
     ) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
+        self._schedule_speed = schedule_speed
         REDACTOR.add(_secrets(settings))
         self.state_file = StateFile(settings.state_file)
         self.owner = _owner(settings)
@@ -64,7 +97,13 @@ class Agent:
             process_registry=prometheus_client.REGISTRY if process_metrics else None,
         )
         self.evidence = EvidenceRecorder(self.state_file, self.owner)
-        self.observers: list[CallObserver] = [self.metrics, self.evidence, *extra_observers]
+        self.listing = ListingPages()
+        self.observers: list[CallObserver] = [
+            self.metrics,
+            self.evidence,
+            self.listing,
+            *extra_observers,
+        ]
         self._own_http = http is None
         self.http = http or build_http_client(settings)
         self.policy = HostPolicy(
@@ -108,6 +147,7 @@ class Agent:
             token_interval=self.settings.token_probe_interval,
             refresh_interval=self.settings.tenant_refresh_interval,
             tick=lambda s: tick_seconds(self.period(s.name), len(s.prober.state.probed)),
+            speed=self._schedule_speed,
         )
         self.scheduler.start()
 
@@ -127,30 +167,54 @@ class Agent:
         plan = self.plans.get(credential)
         return plan.period if plan is not None else self.settings.probe_interval
 
+    def refresh_interval(self, credential: str) -> float:
+        """The effective tenant-refresh interval (``tenant_refresh_interval``, maybe stretched)."""
+        plan = self.plans.get(credential)
+        return plan.refresh_interval if plan is not None else self.settings.tenant_refresh_interval
+
     def _after_refresh(self, prober: CredentialProber) -> None:
         self.metrics.prune(prober.name, prober.state.tenants)
-        self._replan(prober)
+        listed = prober.state.result("", "tenant_list")
+        self.listing.finish(prober.name, listed is not None and listed.success)
+        plan = self._replan(prober)
         if self.scheduler is not None:
             for schedule in self.scheduler.schedules:
                 if schedule.prober is prober:
                     self.scheduler.retick(schedule)
+                    self.scheduler.reschedule_refresh(schedule, plan.refresh_interval)
 
-    def _replan(self, prober: CredentialProber) -> None:
-        """Recompute the credential's probe period; warn once each time it becomes stretched."""
-        whoami = prober.state.whoami
-        lists = whoami is not None and whoami.header is not None
+    def _replan(self, prober: CredentialProber) -> Plan:
+        """Recompute the credential's probe period and refresh interval; warn once each time
+        either becomes stretched (or changes while stretched)."""
         plan = plan_probe_period(
             tenants=len(prober.state.probed),
             probe_interval=self.settings.probe_interval,
             token_probe_interval=self.settings.token_probe_interval,
             tenant_refresh_interval=self.settings.tenant_refresh_interval,
-            tenant_list_pages=pages_for(len(prober.state.tenants)) if lists else 0,
+            tenant_list_pages=self._pages(prober),
             allowance=self.budget.allowance,
+            span={w: self.budget.hold_seconds(w)[1] for w in self.budget.limits},
         )
         previous = self.plans.get(prober.name)
         self.plans[prober.name] = plan
-        if plan.stretched and (previous is None or previous.period != plan.period):
+        degraded = plan.stretched or plan.refresh_stretched or not plan.overhead_fits
+        changed = previous is None or (previous.period, previous.refresh_interval) != (
+            plan.period,
+            plan.refresh_interval,
+        )
+        if degraded and changed:
             log.warning(plan.message, extra={"credential": prober.name})
+        return plan
+
+    def _pages(self, prober: CredentialProber) -> int:
+        """Tenant-list pages per refresh: as counted, else estimated from the tenants kept."""
+        whoami = prober.state.whoami
+        if whoami is None or whoami.header is None:
+            return 0
+        counted = self.listing.last(prober.name)
+        if counted is not None:
+            return counted
+        return pages_for(len(prober.state.tenants) * self.settings.total_shards)
 
     # -- one-shot cycle (check) --------------------------------------------------------------
 
@@ -179,6 +243,8 @@ class Agent:
                 token=p.client.token,
                 whoami=p.state.whoami,
                 probe_interval=self.period(p.name),
+                refresh_interval=self.refresh_interval(p.name),
+                window_calls=self.budget.exact_calls(p.name),
                 budget_key=p.name,
                 in_flight=p.client.in_flight,
             )

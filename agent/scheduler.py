@@ -158,7 +158,13 @@ class CredentialSchedule:
 
 
 class ProbeScheduler:
-    """Owns the ``AsyncIOScheduler`` and one ``CredentialSchedule`` per credential."""
+    """Owns the ``AsyncIOScheduler`` and one ``CredentialSchedule`` per credential.
+
+    ``speed`` is clock seconds per real second. APScheduler runs on real time while everything
+    else runs on the agent's ``Clock``; with the real clock the speed is 1. A benchmark that runs
+    agent and simulator on a clock that runs faster (to cover hour and day windows in minutes)
+    passes the same factor so that token probes and refreshes keep their pace in clock time.
+    """
 
     def __init__(
         self,
@@ -166,49 +172,81 @@ class ProbeScheduler:
         token_interval: float,
         refresh_interval: float,
         tick: Callable[[CredentialSchedule], float],
+        speed: float = 1.0,
     ) -> None:
+        if speed <= 0:
+            raise ValueError(f"speed must be > 0, got {speed}")
         self.schedules = schedules
         self._token_interval = token_interval
         self._refresh_interval = refresh_interval
         self._tick = tick
+        self._speed = speed
+        self._refresh: dict[str, float] = {}
         self._scheduler = AsyncIOScheduler(timezone=UTC)
 
     def start(self) -> None:
         now = datetime.now(UTC)
         for schedule in self.schedules:
-            self._add(schedule.run_token, self._token_interval, f"token:{schedule.name}", now)
-            self._add(schedule.run_refresh, self._refresh_interval, f"refresh:{schedule.name}", now)
+            token, refresh = self._token_interval, self._refresh_interval
+            self._add(schedule.run_token, token / self._speed, f"token:{schedule.name}", now)
+            self._add(schedule.run_refresh, refresh / self._speed, f"refresh:{schedule.name}", now)
+            self._refresh[schedule.name] = refresh
             self._add(
                 schedule.run_tick,
-                self._tick(schedule),
+                self._tick_real(schedule),
                 f"tenants:{schedule.name}",
                 now + timedelta(seconds=0.5),
             )
         self._scheduler.start()
 
+    def refresh_interval(self, schedule: CredentialSchedule) -> float:
+        """The tenant-refresh interval the credential's job runs at now (clock seconds)."""
+        return self._refresh.get(schedule.name, self._refresh_interval)
+
+    def reschedule_refresh(self, schedule: CredentialSchedule, seconds: float) -> bool:
+        """Run the credential's tenant refresh every ``seconds`` from now on; False if unchanged.
+
+        The next refresh comes ``seconds`` after this call: it is made right after a refresh,
+        so the new interval starts where the last listing ended.
+        """
+        if seconds <= 0:
+            raise ValueError(f"refresh interval must be > 0, got {seconds}")
+        if self._refresh.get(schedule.name) == seconds:
+            return False
+        self._refresh[schedule.name] = seconds
+        job = self._scheduler.get_job(f"refresh:{schedule.name}")
+        if job is not None:
+            job.reschedule("interval", seconds=seconds / self._speed)
+        return True
+
+    def _tick_real(self, schedule: CredentialSchedule) -> float:
+        """The tick in real seconds: faster with a fast clock, but never a busy loop."""
+        return max(MIN_TICK, self._tick(schedule) / self._speed)
+
     def _add(
         self,
         func: Callable[[], Coroutine[Any, Any, None]],
-        seconds: float,
+        real: float,
         job_id: str,
         first: datetime,
     ) -> None:
+        """An interval job every ``real`` seconds of real time."""
         self._scheduler.add_job(
             _guarded(func, job_id),
             "interval",
-            seconds=seconds,
+            seconds=real,
             id=job_id,
             next_run_time=first,
             max_instances=1,
             coalesce=True,
-            misfire_grace_time=max(1, math.ceil(seconds)),
+            misfire_grace_time=max(1, math.ceil(real)),
         )
 
     def retick(self, schedule: CredentialSchedule) -> None:
         """Adjust a credential's tick after its tenant count or period changed."""
         job = self._scheduler.get_job(f"tenants:{schedule.name}")
         if job is not None:
-            job.reschedule("interval", seconds=self._tick(schedule))
+            job.reschedule("interval", seconds=self._tick_real(schedule))
 
     @property
     def ready(self) -> bool:

@@ -6,14 +6,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from agent.clock import FakeClock
 from agent.planner import (
+    REFRESH_SHARE,
     Plan,
     overhead_rate,
     pages_for,
     plan_probe_period,
     spread_offsets,
 )
-from agent.ratebudget import DEFAULT_LIMITS, WINDOW_SECONDS, allowance_for
+from agent.ratebudget import DEFAULT_LIMITS, WINDOW_SECONDS, RateBudget, allowance_for
 
 # defaults of the config: probe 60 s, token probe 5 min, tenant refresh 15 min
 DEFAULTS = {"probe_interval": 60.0, "token_probe_interval": 300.0, "tenant_refresh_interval": 900.0}
@@ -38,32 +40,70 @@ def hourly_overhead(pages: int, refresh: float = 900.0) -> float:
     return 3600 / 300 + (1 + pages) * 3600 / refresh + 3600 / RENEWAL
 
 
+TOKEN_PER_HOUR = 3600 / 300 + 3600 / RENEWAL  # token probe + renewal: 13.09 calls an hour
+
+
 def test_ten_tenants_fit_the_whole_budget_at_the_requested_interval() -> None:
     result = plan(10, share=1.0)
     assert result.period == 60.0
     assert not result.stretched
+    assert not result.refresh_stretched
+    assert result.refresh_interval == 900.0
     assert result.overhead_fits
-    assert result.binding_window == "1h"  # 600 tenant calls + 21 overhead of 900 usable
+    assert result.binding_window == "1h"  # 600 tenant calls + 21 overhead of 950 usable
     assert result.expected["1h"] == pytest.approx(600 + hourly_overhead(1))
     assert "60s for 10 tenants fits" in result.message
 
 
 def test_ten_tenants_at_a_tenth_of_the_default_limits_are_stretched_by_the_hour() -> None:
-    result = plan(10, share=0.1)  # 100 calls an hour, 90 after headroom
-    room = 90 - hourly_overhead(1)
+    result = plan(10, share=0.1)  # 100 calls an hour, 95 after headroom
+    room = 95 - hourly_overhead(1)
     assert result.period == pytest.approx(10 * 3600 / room)
     assert result.stretched
+    assert not result.refresh_stretched, "two pages every 15 min are within the refresh share"
     assert result.binding_window == "1h"
-    assert result.expected["1h"] == pytest.approx(90)
-    assert "stretched to 522s" in result.message
+    assert result.expected["1h"] == pytest.approx(95)
+    assert "stretched to 487s" in result.message
     assert "the 1h window allows 100 calls" in result.message
 
 
-def test_ten_thousand_tenants_with_default_limits_are_stretched_to_the_hour_bound() -> None:
+def test_ten_thousand_tenants_at_default_settings_stretch_the_refresh_then_the_period() -> None:
+    # 100 pages every 15 minutes alone would be 404 calls an hour against 95 usable
+    result = plan(10_000, share=0.1)
+    left = 95 - TOKEN_PER_HOUR
+    assert result.overhead_fits
+    assert result.binding_window == "1h"
+    assert result.refresh_stretched and result.stretched
+    assert 101 * 3600 / result.refresh_interval == pytest.approx(REFRESH_SHARE * left)
+    assert result.period == pytest.approx(10_000 * 3600 / ((1 - REFRESH_SHARE) * left))
+    assert result.expected["1h"] == pytest.approx(95)
+    assert result.overhead["1h"] == pytest.approx(TOKEN_PER_HOUR + REFRESH_SHARE * left)
+    assert result.message.startswith(
+        "probe_interval 60s stretched to 586016s (~6.8d) and tenant_refresh_interval "
+        "900s (~15.0min) stretched to 17756s (~4.9h) for 10000 tenants "
+        "(100 tenant-list pages per refresh)"
+    )
+    assert "shards" not in result.message, "sharding never adds budget"
+
+
+def test_the_refresh_stretches_only_as_far_as_the_requested_period_needs() -> None:
+    # 600 tenant calls an hour fit 950 usable once the refresh gives way a little
+    result = plan(10_000, share=1.0, probe_interval=60_000.0)
+    assert result.period == 60_000.0
+    assert not result.stretched
+    assert result.refresh_stretched
+    assert result.refresh_interval == pytest.approx(101 * 3600 / (950 - TOKEN_PER_HOUR - 600))
+    assert result.expected["1h"] == pytest.approx(950)
+    assert "tenant_refresh_interval 900s (~15.0min) stretched to 1079s" in result.message
+    assert "probe_interval" not in result.message
+
+
+def test_ten_thousand_tenants_with_a_daily_refresh_are_stretched_to_the_hour_bound() -> None:
     # 1000/h x 24 = 24,000 a day is below 50,000/d: under the seed's limits the hour always binds
     result = plan(10_000, share=0.1, tenant_refresh_interval=86400.0)
-    room = 90 - hourly_overhead(100, refresh=86400.0)
+    room = 95 - hourly_overhead(100, refresh=86400.0)
     assert result.binding_window == "1h"
+    assert not result.refresh_stretched
     assert result.period == pytest.approx(10_000 * 3600 / room)
     assert result.overhead_fits
 
@@ -74,20 +114,40 @@ def test_ten_thousand_tenants_are_stretched_to_the_day_bound_when_the_day_binds(
     result = plan(10_000, share=0.1, limits=limits, tenant_refresh_interval=86400.0)
     day_overhead = 86400 / 300 + 101 + 86400 / RENEWAL
     assert result.binding_window == "1d"
-    assert result.period == pytest.approx(10_000 * 86400 / (4500 - day_overhead))
-    assert result.expected["1d"] == pytest.approx(4500)
-    assert "stretched to 211515s (~2.4d)" in result.message
+    assert result.period == pytest.approx(10_000 * 86400 / (4750 - day_overhead))
+    assert result.expected["1d"] == pytest.approx(4750)
+    assert "stretched to 199316s (~2.3d)" in result.message
 
 
-def test_overhead_alone_exceeding_the_allowance_is_reported() -> None:
-    # 100 tenant-list pages every 15 minutes: 400 calls an hour against 90 usable
-    result = plan(10_000, share=0.1)
+def test_token_probes_alone_exceeding_the_allowance_are_reported() -> None:
+    # a hundredth of 1000/h is 10 calls an hour; the token probe alone makes 12
+    result = plan(10_000, share=0.01)
     assert not result.overhead_fits
     assert result.binding_window == "1h"
-    assert result.overhead["1h"] == pytest.approx(hourly_overhead(100))
-    assert result.period == pytest.approx(10_000 * 3600 / 90)  # the tenants' own bound
-    assert "credential-level probes alone need 417.1 calls per 1h" in result.message
-    assert "tenant_refresh_interval (now 900s (~15.0min), 100 tenant-list pages" in result.message
+    assert result.refresh_stretched and result.stretched
+    assert result.period == pytest.approx(10_000 * 3600 / ((1 - REFRESH_SHARE) * 9.5))
+    assert "token probes and renewals alone need 13.1 calls per 1h" in result.message
+    assert "raise token_probe_interval or budget_share" in result.message
+
+
+def test_the_plan_counts_a_call_for_as_long_as_the_admission_control_holds_it() -> None:
+    budget = RateBudget(DEFAULT_LIMITS, 1.0, FakeClock())
+    span = {w: budget.hold_seconds(w)[1] for w in WINDOW_SECONDS}
+    limits = {"1s": 10, "1m": 100, "1h": 1_000_000, "1d": 10_000_000}
+    result = plan_probe_period(
+        tenants=10_000,
+        probe_interval=60.0,
+        token_probe_interval=300.0,
+        tenant_refresh_interval=900.0,
+        tenant_list_pages=100,
+        allowance=allowance_for(limits, 1.0),
+        span=span,
+    )
+    # the minute's 100 calls stay on the books for 61.6 s, not 60 s
+    assert result.binding_window == "1m"
+    assert result.usable["1m"] == pytest.approx(95 * 60 / 61.6)
+    assert result.usable["1s"] == pytest.approx(9.5 / 2.01)
+    assert result.expected["1m"] == pytest.approx(result.usable["1m"])
 
 
 def test_no_tenants_keeps_the_requested_interval() -> None:
@@ -95,27 +155,36 @@ def test_no_tenants_keeps_the_requested_interval() -> None:
     assert result.period == 60.0
     assert result.binding_window is None
     assert not result.stretched
+    assert not result.refresh_stretched
 
 
 @given(
-    tenants=st.integers(min_value=1, max_value=50_000),
+    tenants=st.integers(min_value=0, max_value=50_000),
     share=st.floats(min_value=0.01, max_value=1.0),
     probe=st.floats(min_value=1.0, max_value=3600.0),
-    refresh=st.floats(min_value=900.0, max_value=86400.0),
+    refresh=st.floats(min_value=60.0, max_value=86400.0),
 )
-def test_the_planned_period_fits_every_window_and_is_tight_when_stretched(
+def test_the_planned_rates_fit_every_window_and_are_tight_when_stretched(
     tenants: int, share: float, probe: float, refresh: float
 ) -> None:
     result = plan(tenants, share, probe_interval=probe, tenant_refresh_interval=refresh)
     assert result.period >= probe
+    assert result.refresh_interval >= refresh
     if not result.overhead_fits:
         return
     for window in WINDOW_SECONDS:
         assert result.expected[window] <= result.usable[window] * (1 + 1e-9)
-    if result.stretched:
+    if result.stretched or result.refresh_stretched:
         assert result.binding_window is not None
         binding = result.binding_window
         assert result.expected[binding] == pytest.approx(result.usable[binding])
+    if result.refresh_stretched and result.stretched:
+        # the refresh gave way up to its share of what the token probes leave, and no further
+        binding = result.binding_window
+        assert binding is not None
+        left = result.usable[binding] / WINDOW_SECONDS[binding] - (1 / 300 + 1 / RENEWAL)
+        refresh_rate = (1 + pages_for(tenants)) / result.refresh_interval
+        assert refresh_rate == pytest.approx(REFRESH_SHARE * left)
 
 
 def test_overhead_rate_counts_token_whoami_pages_and_renewal() -> None:

@@ -348,3 +348,77 @@ async def test_only_the_paused_credential_waits() -> None:
     await clock.advance(61)
     assert paused.done()
     assert budget.credentials() == ["other", "paused"]
+
+
+# -- exact counts (what sophos_central_rate_limit_calls shows) ---------------------------------
+
+
+@pytest.mark.parametrize("window", list(WINDOW_SECONDS))
+@pytest.mark.parametrize("start", [1_700_000_000.5, 1_700_000_000.0])
+async def test_exact_count_holds_a_call_for_exactly_the_window_and_not_a_moment_longer(
+    window: str, start: float
+) -> None:
+    clock = FakeClock(start=start)  # binary fractions: the edge is hit exactly
+    budget = make_budget(clock)
+    await budget.acquire("msp")
+    length = WINDOW_SECONDS[window]
+
+    await clock.advance(length - 0.001)
+    assert budget.exact_calls("msp")[window] == 1
+    await clock.advance(0.001)
+    assert budget.exact_calls("msp")[window] == 0, "half-open: W after the call it is out"
+    assert budget.calls("msp")[window] == 1, "admission still holds it for the margin"
+
+
+async def test_exact_counts_match_a_brute_force_count_of_every_admitted_call() -> None:
+    clock = FakeClock(start=1_700_000_000.37)
+    limits = {"1s": 50, "1m": 400, "1h": 2000, "1d": 3000}
+    budget = make_budget(clock, limits=limits)
+    rng = random.Random(11)
+    admitted: list[float] = []
+    for _ in range(2500):
+        await budget.acquire("msp")
+        admitted.append(clock.time())
+        await clock.advance(rng.choice((0.0, 0.01, 0.3, 2.0, 45.0)))
+        if rng.random() < 0.05:
+            now = clock.time()
+            expected = {
+                w: sum(1 for t in admitted if now - t < length)
+                for w, length in WINDOW_SECONDS.items()
+            }
+            assert budget.exact_calls("msp") == expected
+    conservative, exact = budget.calls("msp"), budget.exact_calls("msp")
+    assert all(conservative[w] >= exact[w] for w in WINDOW_SECONDS)
+
+
+async def test_exact_counts_are_exact_between_calls_queued_at_the_edge() -> None:
+    clock = FakeClock(start=1_700_000_000.0)
+    budget = make_budget(clock, share=0.1, limits={"1m": 100})  # ten per minute
+    for _ in range(10):
+        await budget.acquire("msp")
+    waiter = asyncio.create_task(budget.acquire("msp"))
+    await settle()
+    await clock.advance(59.5)
+    assert budget.exact_calls("msp")["1m"] == 10
+    await clock.advance(0.5)
+    assert budget.exact_calls("msp")["1m"] == 0, "the ten calls are a minute old"
+    assert not waiter.done(), "admission waits out its margin before the eleventh"
+    await run_until(clock, waiter.done, step=0.1, limit=5)
+    assert budget.exact_calls("msp")["1m"] == 1
+
+
+async def test_the_exact_log_never_holds_more_than_the_longest_windows_allowance() -> None:
+    clock = FakeClock()
+    budget = make_budget(clock, limits={"1s": 10, "1m": 100, "1h": 600})
+    most = 0
+    waiter: asyncio.Task[None] | None = None
+    for _ in range(3 * 3600):  # three hours of a caller that wants one call a second
+        if waiter is None or waiter.done():
+            waiter = asyncio.create_task(budget.acquire("msp"))
+            await settle()
+        most = max(most, budget.logged_calls("msp"))
+        await clock.advance(1.0)
+    assert most == 600, "the hour's allowance, reached and never exceeded"
+    assert budget.exact_calls("msp")["1h"] <= 600
+    assert waiter is not None
+    waiter.cancel()
