@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tools.shorten_for import shorten_for_file
+from tools.shorten_for import duration_ms, scale_for_file, shorten_for_file
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "alerts"
@@ -174,6 +174,32 @@ def test_shorten_for_rewrites_every_for_and_keeps_the_rules_valid(tmp_path: Path
     for before, after in zip(original, shortened, strict=True):
         assert after["expr"] == before["expr"]
         assert after.get("for") == ("5s" if "for" in before else None)
+    result = run(binary("promtool"), "check", "rules", *map(str, tmp_path.glob("*.rules.yml")))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_scale_for_divides_every_for_and_keeps_their_order(tmp_path: Path) -> None:
+    for source in RULE_FILES:
+        scale_for_file(source, tmp_path / source.name, 60, interval="1s")
+    before = [
+        (r["alert"], duration_ms(r["for"]))
+        for p in RULE_FILES
+        for g in yaml.safe_load(p.read_text(encoding="utf-8"))["groups"]
+        for r in g["rules"]
+        if "alert" in r and "for" in r
+    ]
+    after = [
+        (r["alert"], duration_ms(r["for"]))
+        for p in sorted(tmp_path.glob("*.rules.yml"))
+        for g in yaml.safe_load(p.read_text(encoding="utf-8"))["groups"]
+        for r in g["rules"]
+        if "alert" in r and "for" in r
+    ]
+    assert [(name, ms // 60) for name, ms in before] == after
+    # The order the Alertmanager inhibition relies on: the outage fires first.
+    outage = min(ms for name, ms in after if name == "SophosCentralApiOutage")
+    persistent = min(ms for name, ms in after if name == "SophosCentralPersistent5xx")
+    assert outage < persistent
     result = run(binary("promtool"), "check", "rules", *map(str, tmp_path.glob("*.rules.yml")))
     assert result.returncode == 0, result.stdout + result.stderr
 
