@@ -103,16 +103,29 @@ class Context:
     token_age: float | None = None
 
 
+HEADER_401_REMEDY = (
+    "401 with a token issued moments ago: the token is not the problem. A required "
+    "header is missing or wrong (X-Tenant-ID for tenant calls, X-Partner-ID or "
+    "X-Organization-ID for lists), or the call went to another tenant's host."
+)
+"""The ``token_rejected`` remedy when the token was less than FRESH_TOKEN_SECONDS old."""
+
+REDIRECT_REMEDY = (
+    "3XX: the host answered with a redirect, which the agent never follows (it could carry the "
+    "bearer token to a host nobody approved). Check auth_url, api_url and any proxy or gateway "
+    "in between; Sophos Central's API does not redirect."
+)
+"""The ``bad_request`` remedy for a redirect: no cause fits better, the advice must differ."""
+
+
 def diagnose(probe: str, outcome: Outcome, context: Context | None = None) -> Diagnosis:
     cause = cause_of(probe, outcome, context or Context())
     remedy = REMEDIES[cause]
     age = context.token_age if context else None
     if cause == "token_rejected" and age is not None and age < FRESH_TOKEN_SECONDS:
-        remedy = (
-            "401 with a token issued moments ago: the token is not the problem. A required "
-            "header is missing or wrong (X-Tenant-ID for tenant calls, X-Partner-ID or "
-            "X-Organization-ID for lists), or the call went to another tenant's host."
-        )
+        remedy = HEADER_401_REMEDY
+    if cause == "bad_request" and 300 <= outcome.status_code < 400:
+        remedy = REDIRECT_REMEDY
     return Diagnosis(cause, remedy)
 
 
