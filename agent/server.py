@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import html
+import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -127,6 +128,7 @@ class AgentService:
     ) -> None:
         self.agent = Agent(settings, **agent_options)
         host, port = parse_listen_address(listen or settings.web_listen_address)
+        self._address = (host, port)
         app = build_app(self.agent, render_status_page, render_support_page)
         self.server = make_uvicorn_server(app, host, port, web_config)
         self.server.capture_signals = _no_signal_capture  # type: ignore[method-assign]
@@ -142,8 +144,13 @@ class AgentService:
         return self._task
 
     async def start(self, deadline: float = 10.0) -> None:
-        """Bind the listener, then start probing; raises OSError when the address is taken."""
-        self._task = asyncio.get_running_loop().create_task(self.server.serve())
+        """Bind the listener, then start probing; raises OSError when the address is taken.
+
+        We bind the socket ourselves: uvicorn's own bind failure ends in ``sys.exit``, which
+        would escape as a traceback instead of a one-line error.
+        """
+        sock = bind_socket(*self._address)
+        self._task = asyncio.get_running_loop().create_task(self.server.serve(sockets=[sock]))
         async with asyncio.timeout(deadline):
             await wait_started(self.server, self._task)
         self.agent.start()
@@ -155,6 +162,25 @@ class AgentService:
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(self._task, timeout=5)
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket for ``host:port`` (IPv4 or IPv6, as the host says)."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(address)
+        sock.listen(128)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 @contextlib.contextmanager

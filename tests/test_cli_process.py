@@ -196,12 +196,6 @@ async def test_run_becomes_ready_and_exits_0_on_signal(
     assert "Traceback" not in child.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect in agent/server.py: uvicorn's sys.exit(3) on a failed bind escapes the serve "
-    "task through asyncio.run, so cmd_run's OSError handler never runs (exit 3, a logged "
-    "traceback, no 'cannot serve on' message)",
-)
 async def test_run_on_a_taken_port_fails_with_a_message(sim: Simulator, tmp_path: Path) -> None:
     config = sim_config(sim, tmp_path)
     with socket.socket() as taken:
