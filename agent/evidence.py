@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shlex
 import sys
 from dataclasses import asdict, dataclass
@@ -253,6 +254,8 @@ def _markdown_item(item: Evidence, tenant_name: str) -> list[str]:
     tenant = f"{tenant_name} ({item.tenant_id})" if item.tenant_id else "-"
     headers = "\n".join(f"{k}: {v}" for k, v in item.response_headers.items())
     ids = ", ".join(f"{k}={v}" for k, v in item.ids.items()) or "none in the response"
+    request_fence = _fence(item.request)
+    response_fence = _fence(headers + item.response_body)
     return [
         f"## {item.credential} / {item.probe} / {tenant}",
         "",
@@ -266,20 +269,27 @@ def _markdown_item(item: Evidence, tenant_name: str) -> list[str]:
         "",
         "Request:",
         "",
-        "```sh",
+        f"{request_fence}sh",
         item.request,
-        "```",
+        request_fence,
         "",
         "Response:",
         "",
-        "```http",
+        f"{response_fence}http",
         f"HTTP {item.status}",
         headers,
         "",
         item.response_body or "(empty body)",
-        "```",
+        response_fence,
         "",
     ]
+
+
+def _fence(text: str) -> str:
+    """A code fence longer than any backtick run in ``text``: a response body that contains
+    ```` ``` ```` must not end the block early and inject Markdown into the support case."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    return "`" * max(3, longest + 1)
 
 
 def render_json(items: list[Evidence]) -> str:

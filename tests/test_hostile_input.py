@@ -727,3 +727,51 @@ async def test_a_tenant_answer_that_is_not_json_is_an_invalid_response_not_ok(
     outcome = await client.probe_tenant(Tenant(id="t1", name="T", api_host=REGION))
     assert diagnose("tenant", outcome).cause == cause
     assert message in outcome.message
+
+
+# -- support evidence of a hostile 5XX body ------------------------------------------------------
+
+
+@settings(max_examples=150)
+@given(
+    body=st.one_of(
+        hostile_text,
+        st.lists(
+            st.sampled_from(["```", "````", "`", "\n", "# Subject: fake", "x"]), max_size=12
+        ).map("".join),
+    ),
+    header=hostile_text.map(lambda t: t.replace("\n", " ")),
+)
+@example(body="ok\n```\n# Subject: injected\n```http\n", header="```")
+def test_a_5xx_body_stays_inside_its_code_block_in_the_support_bundle(
+    body: str, header: str
+) -> None:
+    from agent.evidence import Evidence, render_markdown
+
+    item = Evidence(
+        owner="",
+        credential="msp-main",
+        tenant_id="t1",
+        probe="tenant",
+        first_seen=1.7e9,
+        last_seen=1.7e9,
+        failures=3,
+        calls=3,
+        consecutive=3,
+        persistent=True,
+        last_ok=None,
+        request="curl -sS -X GET 'https://api-eu01.central.sophos.com/x'",
+        status=500,
+        response_headers={"x-echo": header},
+        response_body=body,
+        ids={},
+    )
+    lines = render_markdown([item]).split("\n")
+    start = next(i for i, line in enumerate(lines) if re.fullmatch(r"`{3,}http", line))
+    fence = lines[start].removesuffix("http")
+    end = lines.index(fence, start + 1)
+    inside = "\n".join(lines[start + 1 : end])
+    assert (body or "(empty body)") in inside
+    assert f"x-echo: {header}" in inside
+    outside = lines[:start] + lines[end + 1 :]
+    assert [line for line in outside if line.startswith("# ")] == ["# Subject: New API 5xx error"]
