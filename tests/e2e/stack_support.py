@@ -254,8 +254,8 @@ class Process:
 
 
 class RealStack:
-    """Simulator, agent, Prometheus, Alertmanager and the webhook, started in that order's
-    reverse dependencies; ``close()`` stops every one of them whatever happened."""
+    """The webhook, simulator, agent, Alertmanager and Prometheus, each started after what it
+    talks to; ``close()`` stops every one of them, whatever happened."""
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
