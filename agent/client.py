@@ -258,8 +258,34 @@ class SophosClient:
         form: Mapping[str, str] | None = None,
         priority: int = PRIORITY_CREDENTIAL,
     ) -> tuple[Outcome, bytes]:
-        """Send one request under the budget and a single deadline; classify, never raise."""
+        """Send one request under the budget and a single deadline; classify, never raise.
+
+        A GET whose pooled connection the server closed just as we reused it (no response at
+        all) is sent once more: that race is ours, not Sophos's, and must not read as an outage.
+        Both attempts pass admission and both are counted.
+        """
+        outcome, body, stale = await self._attempt(
+            probe, tenant_id, method, url, headers, form, priority
+        )
+        if stale and method == "GET":
+            outcome, body, _ = await self._attempt(
+                probe, tenant_id, method, url, headers, form, priority
+            )
+        return outcome, body
+
+    async def _attempt(
+        self,
+        probe: str,
+        tenant_id: str,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        form: Mapping[str, str] | None,
+        priority: int,
+    ) -> tuple[Outcome, bytes, bool]:
+        """One admitted request; the flag says the connection dropped before any response."""
         await self._budget.acquire(self._budget_key, priority)
+        stale = False
         started_wall = self._clock.time()
         started = self._clock.monotonic()
         response_headers: dict[str, str] = {}
@@ -271,6 +297,7 @@ class SophosClient:
             outcome = classify_response(status, body, response_headers)
         except Exception as exc:  # a broken peer must never take the agent down
             outcome = classify_exception(exc)
+            stale = _dropped_before_response(exc)
         finally:
             self.in_flight -= 1
         duration = self._clock.monotonic() - started
@@ -290,7 +317,7 @@ class SophosClient:
         )
         for observer in self._observers:
             observer.observe_call(record)
-        return outcome, body
+        return outcome, body, stale
 
     async def _send(
         self, method: str, url: str, headers: dict[str, str], form: Mapping[str, str] | None
@@ -316,6 +343,11 @@ class SophosClient:
             )
         elif outcome.answered and outcome.status_code < 500:
             self._budget.note_success(self._budget_key)
+
+
+def _dropped_before_response(exc: BaseException) -> bool:
+    """The keep-alive race: the server closed an idle pooled connection as we reused it."""
+    return isinstance(exc, httpx.RemoteProtocolError) and "without sending" in str(exc)
 
 
 def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:

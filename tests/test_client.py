@@ -212,3 +212,45 @@ async def test_a_broken_page_fails_the_list_without_raising() -> None:
 
     outcome, tenants = await client.list_tenants(WhoAmI("p1", "partner", API))
     assert tenants is None and outcome.error_code == "invalid_response"
+
+
+async def test_a_connection_dropped_before_any_response_is_retried_once() -> None:
+    attempts: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/oauth2/token"):
+            return token_response()
+        attempts.append(request.url.host)
+        if len(attempts) == 1:
+            raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+        return httpx.Response(200, json={"items": []})
+
+    clock = FakeClock()
+    client, budget = make_client(Recorder(handler), clock)
+    seen: list[str] = []
+
+    class Capture:
+        def observe_call(self, record: object) -> None:
+            seen.append(record.outcome.error_code or "ok")  # type: ignore[attr-defined]
+
+    client._observers.append(Capture())
+    outcome = await client.probe_tenant(Tenant(id="t1", name="T", api_host=REGION))
+    assert outcome.ok
+    assert len(attempts) == 2
+    assert seen == ["ok", "protocol_error", "ok"]  # token, the dropped attempt, the retry
+    assert budget.calls("c1")["1m"] == 3  # every attempt is counted against the budget
+
+
+async def test_other_protocol_errors_are_not_retried() -> None:
+    attempts: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/oauth2/token"):
+            return token_response()
+        attempts.append(1)
+        raise httpx.RemoteProtocolError("illegal status line")
+
+    client, _ = make_client(Recorder(handler), FakeClock())
+    outcome = await client.probe_tenant(Tenant(id="t1", name="T", api_host=REGION))
+    assert (outcome.status_code, outcome.error_code) == (0, "protocol_error")
+    assert len(attempts) == 1
