@@ -224,8 +224,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     settings = load_or_exit(args)
     if settings is None:
         return EXIT_CONFIG
-    setup_logging(settings.log_format, "error")
+    setup_logging(settings.log_format, "warning")
     warn_readable_secret(args.config, settings)
+    logging.getLogger().setLevel(logging.ERROR)  # the table says it all; no per-probe warnings
     return asyncio.run(run_check(settings, sys.stdout))
 
 

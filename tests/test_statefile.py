@@ -108,7 +108,10 @@ def test_sigkill_while_recording_loses_no_admitted_call(tmp_path: Path) -> None:
         if seen >= 300:
             break
     child.send_signal(signal.SIGKILL)
-    rest, _ = child.communicate(timeout=30)
+    # Read the rest through the same buffered reader: communicate() would read the pipe's fd
+    # directly and miss lines the loop above had already buffered.
+    rest = child.stdout.read()
+    child.wait(timeout=30)
     assert child.returncode == -signal.SIGKILL
     printed = max([seen, *(int(n) for n in rest.split())])
 
