@@ -187,3 +187,19 @@ def test_rejected_secret_values_are_never_echoed(tmp_path: Path) -> None:
         load_settings(cfg)
     assert "s3cr3t-canary" not in str(caught.value)
     assert "credentials.0.client_secret" in str(caught.value)
+
+
+def test_check_warns_when_an_inline_secret_is_readable_by_others(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "c.yml"
+    cfg.write_text(
+        "auth_url: http://127.0.0.1:9/api/v2/oauth2/token\napi_url: http://127.0.0.1:9\n"
+        f"state_file: {tmp_path / 's.db'}\nrequest_timeout: 2s\n"
+        "credentials: [{name: a, client_id: x, client_secret: inline-secret-value}]\n"
+    )
+    cfg.chmod(0o644)
+    assert main(["check", "--config", str(cfg)]) == 1  # nothing listens on port 9
+    captured = capsys.readouterr()
+    assert "readable by other users" in captured.err
+    assert "inline-secret-value" not in captured.err + captured.out
