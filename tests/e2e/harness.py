@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent.config import Settings, load_settings
 from agent.logs import setup_logging
 from agent.server import AgentService
-from agent.simulator import Scenario, Simulator
+from agent.simulator import Scenario, Simulator, tagged
 
 
 @dataclass
@@ -67,6 +67,34 @@ async def start_stack(scenario: Scenario, tmp: Path, **overrides: Any) -> Stack:
     service = AgentService(settings, process_metrics=False)
     await service.start()
     return Stack(sim, service, settings, path, logs)
+
+
+GENEROUS_LIMITS = {"1s": 1000, "1m": 60_000, "1h": 10_000_000, "1d": 100_000_000}
+"""Limits under which short test periods are never stretched and `check` runs beside the agent."""
+
+
+async def start_ready_stack(
+    scenario: Scenario, tmp: Path, within: float, **overrides: Any
+) -> Stack:
+    """A stack under ``GENEROUS_LIMITS`` whose first probe cycle is complete (/readyz 200)."""
+    scenario.rate_limits.update(GENEROUS_LIMITS)
+    stack = await start_stack(scenario, tmp, budget_share=1.0, **overrides)
+
+    async def ready() -> bool:
+        return (await stack.get("/readyz")).status_code == 200
+
+    try:
+        await wait_for(ready, within, "/readyz to turn 200 after the first full cycle")
+    except BaseException:
+        await stop_stack(stack)
+        raise
+    return stack
+
+
+def tenant_tagged(stack: Stack, tag: str) -> str:
+    """The id of the one scenario tenant whose name ends with ``[tag]``."""
+    (tenant,) = tagged(stack.sim.scenario, tag)
+    return tenant.id
 
 
 async def stop_stack(stack: Stack) -> None:

@@ -12,9 +12,9 @@ import pytest_asyncio
 
 from agent import metricnames as m
 from agent.cli import main, run_check
-from agent.simulator import build_scenario, tagged
+from agent.simulator import build_scenario
 from agent.simulator.wire import region_host
-from tests.e2e.harness import Stack, start_stack, stop_stack, wait_for
+from tests.e2e.harness import Stack, start_ready_stack, stop_stack, tenant_tagged
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -28,30 +28,17 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
     msp = scenario.credential("msp-main")
     msp.client_secret = CANARY_SECRET
     msp.client_id = CANARY_CLIENT_ID
-    # Generous limits: the 4 s period is not stretched, the first cycle is quick, and `check`
-    # (which shares the budget through the state file) is not held back by the running agent.
-    scenario.rate_limits.update({"1s": 1000, "1m": 60_000, "1h": 10_000_000, "1d": 100_000_000})
-    running = await start_stack(
+    running = await start_ready_stack(
         scenario,
         tmp_path_factory.mktemp("e2e"),
+        within=60,
         probe_interval="4s",
         request_timeout="1s",
         token_probe_interval="1m",
         tenant_refresh_interval="1m",
-        budget_share=1.0,
     )
-
-    async def ready() -> bool:
-        return (await running.get("/readyz")).status_code == 200
-
-    await wait_for(ready, 60, "/readyz to turn 200 after the first full cycle")
     yield running
     await stop_stack(running)
-
-
-def tenant_id(stack: Stack, tag: str) -> str:
-    (tenant,) = tagged(stack.sim.scenario, tag)
-    return tenant.id
 
 
 def one(samples: list[tuple[str, dict[str, str], float]], **labels: str) -> float:
@@ -95,15 +82,15 @@ async def test_each_fault_gets_its_status_error_code_and_cause(stack: Stack) -> 
         "rogue_host": "host_not_allowed",
     }
     for tag, cause in expected.items():
-        tid = tenant_id(stack, tag)
+        tid = tenant_tagged(stack, tag)
         assert one(families[m.PROBE_SUCCESS], tenant_id=tid, probe="tenant") == 0, tag
         assert one(families[m.PROBE_CAUSE_INFO], tenant_id=tid, cause=cause) == 1, tag
     requests = families[m.API_REQUESTS_TOTAL]
-    slow = tenant_id(stack, "slow")
+    slow = tenant_tagged(stack, "slow")
     assert one(requests, tenant_id=slow, status_code="0", error_code="timeout") >= 1
-    trial = tenant_id(stack, "trial_403")
+    trial = tenant_tagged(stack, "trial_403")
     assert one(requests, tenant_id=trial, status_code="403", error_code="Forbidden") >= 1
-    html = tenant_id(stack, "html_502")
+    html = tenant_tagged(stack, "html_502")
     assert one(requests, tenant_id=html, status_code="502", error_code="") >= 1
 
 
@@ -143,7 +130,7 @@ async def test_tenants_on_two_regional_hosts_are_probed_on_their_own_host(stack:
 async def test_host_outside_the_allowlist_never_sees_a_token(stack: Stack) -> None:
     assert stack.sim.rogue_requests == []
     families = await stack.metrics()
-    rogue = tenant_id(stack, "rogue_host")
+    rogue = tenant_tagged(stack, "rogue_host")
     assert [lbl for _, lbl, _ in families[m.API_REQUESTS_TOTAL] if lbl["tenant_id"] == rogue] == []
     assert one(families[m.TENANT_INFO], tenant_id=rogue) == 1
 
@@ -238,7 +225,7 @@ async def test_check_prints_every_probe_and_exits_1_on_failures(stack: Stack) ->
     assert code == 1
     assert "trial_account" in text and "not an outage" in text
     assert "oauth.invalid_client_secret" in text
-    assert tenant_id(stack, "slow") in text
+    assert tenant_tagged(stack, "slow") in text
 
 
 async def test_check_exits_0_when_everything_is_healthy(tmp_path: Path) -> None:

@@ -20,9 +20,9 @@ from agent.classify import Outcome
 from agent.cli import run_check
 from agent.diagnosis import HEADER_401_REMEDY, REDIRECT_REMEDY, REMEDIES, Context, diagnose
 from agent.evidence import load_evidence
-from agent.simulator import build_scenario, tagged
+from agent.simulator import build_scenario
 from agent.statefile import StateFile
-from tests.e2e.harness import Stack, start_stack, stop_stack, wait_for
+from tests.e2e.harness import Stack, start_ready_stack, stop_stack, tenant_tagged, wait_for
 
 IN_MODULE_LOOP = pytest.mark.asyncio(loop_scope="module")
 
@@ -108,27 +108,15 @@ def test_a_401_with_a_fresh_token_points_at_the_headers() -> None:
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
-    scenario = build_scenario("faults")
-    scenario.rate_limits.update({"1s": 1000, "1m": 60_000, "1h": 10_000_000, "1d": 100_000_000})
-    running = await start_stack(
-        scenario,
+    running = await start_ready_stack(
+        build_scenario("faults"),
         tmp_path_factory.mktemp("diagnosis"),
+        within=30,
         probe_interval="2s",
         request_timeout="1s",
-        budget_share=1.0,
     )
-
-    async def ready() -> bool:
-        return (await running.get("/readyz")).status_code == 200
-
-    await wait_for(ready, 30, "/readyz after the first cycle")
     yield running
     await stop_stack(running)
-
-
-def tenant_of(stack: Stack, tag: str) -> str:
-    (tenant,) = tagged(stack.sim.scenario, tag)
-    return tenant.id
 
 
 def json_log(stack: Stack) -> list[dict[str, object]]:
@@ -153,7 +141,7 @@ async def test_every_fault_has_one_cause_in_metrics_status_check_and_log(stack: 
     table = out.getvalue().splitlines()
     records = json_log(stack)
     for tag, cause in EXPECTED.items():
-        tid = tenant_of(stack, tag)
+        tid = tenant_tagged(stack, tag)
         remedy = REMEDIES[cause]
         assert causes[tid] == cause, (tag, causes[tid])
         row = re.search(
@@ -190,7 +178,7 @@ async def test_ids_go_to_the_log_never_to_labels(stack: Stack) -> None:
 async def test_5xx_evidence_counts_how_often_a_probe_fails_and_when_it_recovered(
     stack: Stack,
 ) -> None:
-    tid = tenant_of(stack, "server_error_500")
+    tid = tenant_tagged(stack, "server_error_500")
 
     def evidence() -> dict[str, object]:
         store = StateFile(stack.settings.state_file)

@@ -22,7 +22,7 @@ import pytest_asyncio
 from agent.diagnosis import REMEDIES
 from agent.metricnames import WINDOWS
 from agent.simulator import build_scenario, tagged
-from tests.e2e.harness import Stack, start_stack, stop_stack, wait_for
+from tests.e2e.harness import Stack, start_ready_stack, stop_stack
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -160,20 +160,13 @@ def read_screenshot(path: Path) -> bytes:
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
-    scenario = build_scenario("demo")
-    scenario.rate_limits.update({"1s": 1000, "1m": 60_000, "1h": 10_000_000, "1d": 100_000_000})
-    running = await start_stack(
-        scenario,
+    running = await start_ready_stack(
+        build_scenario("demo"),
         tmp_path_factory.mktemp("status-browser"),
+        within=60,
         probe_interval="5s",
         request_timeout="1s",
-        budget_share=1.0,
     )
-
-    async def ready() -> bool:
-        return (await running.get("/readyz")).status_code == 200
-
-    await wait_for(ready, 60, "/readyz to turn 200 after the first full cycle")
     yield running
     await stop_stack(running)
 
