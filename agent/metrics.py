@@ -4,7 +4,10 @@ Like prometheus-pve-exporter's collectors, the gauges are derived from the agent
 scrape, so a tenant that leaves the tenant list simply stops being exported. Unlike them, we render
 the text format ourselves: at 10,000 tenants a generic registry spends most of a scrape rebuilding
 label strings that have not changed. Here every series keeps its pre-rendered name-and-labels
-prefix, and the lines of an unchanged probe result are reused as they are.
+prefix (escaping is the expensive part, and label values change far less often than values), the
+lines of an unchanged probe result, tenant or counter are reused as they are, and a changed probe
+result only formats its numbers. bench/ measures it against a plain prometheus_client registry
+holding the same series.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from agent import metricnames as m
 from agent.classify import ErrorCodeGuard
 from agent.client import CallRecord
 from agent.probes import CredentialState, ProbeResult
-from agent.sophos import Token, WhoAmI
+from agent.sophos import Tenant, Token, WhoAmI
 
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _SOURCE = "Values come from the agent's scheduled probes, not from the scrape."
@@ -83,7 +86,9 @@ HELP: dict[str, tuple[str, str]] = {
 
 
 def escape(value: str) -> str:
-    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+    if "\\" in value or "\n" in value or '"' in value:
+        return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+    return value
 
 
 def labels(**pairs: str) -> str:
@@ -92,9 +97,39 @@ def labels(**pairs: str) -> str:
 
 def fmt(value: float) -> str:
     """Numbers as the text format wants them; integers without a fraction."""
-    if value == int(value) and abs(value) < 1e15:
+    if isinstance(value, int):
+        return str(value)
+    if value.is_integer() and abs(value) < 1e15:
         return str(int(value))
     return repr(float(value))
+
+
+class _Counter:
+    """One ``api_requests_total`` series: its count and its line, rendered again only when the
+    count changed since the last scrape."""
+
+    __slots__ = ("count", "line", "prefix")
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.count = 0
+        self.line = ""
+
+    def render(self) -> str:
+        if not self.line:
+            self.line = f"{self.prefix} {self.count}\n"
+        return self.line
+
+
+class _ResultLines:
+    """The four lines of one probe result, and the label set they share (which outlives it)."""
+
+    __slots__ = ("labels", "lines", "result")
+
+    def __init__(self, label_set: str) -> None:
+        self.labels = label_set
+        self.result: ProbeResult | None = None
+        self.lines: tuple[str, str, str, str] = ("", "", "", "")
 
 
 @dataclass
@@ -153,9 +188,10 @@ class AgentMetrics:
         self._total_shards = total_shards
         self._process_registry = process_registry
         self._lock = threading.Lock()
-        self._requests: dict[tuple[str, str, str, str, str], list[float | str]] = {}
+        self._requests: dict[tuple[str, str, str, str, str], _Counter] = {}
         self._durations: dict[tuple[str, str], _Histogram] = {}
-        self._line_cache: dict[tuple[str, str, str], tuple[ProbeResult, tuple[str, ...]]] = {}
+        self._line_cache: dict[tuple[str, str, str], _ResultLines] = {}
+        self._tenant_lines: dict[tuple[str, str], tuple[Tenant, str]] = {}
 
     # -- counters ----------------------------------------------------------------------------
 
@@ -178,8 +214,9 @@ class AgentMetrics:
                     status_code=key[3],
                     error_code=key[4],
                 )
-                entry = self._requests[key] = [0.0, prefix]
-            entry[0] = float(entry[0]) + 1
+                entry = self._requests[key] = _Counter(prefix)
+            entry.count += 1
+            entry.line = ""
             self._observe_duration(record.credential, record.probe, record.duration)
 
     def _observe_duration(self, credential: str, probe: str, seconds: float) -> None:
@@ -202,6 +239,9 @@ class AgentMetrics:
             stale = [k for k in self._line_cache if k[0] == credential and k[1] not in keep]
             for cache_key in stale:
                 del self._line_cache[cache_key]
+            left = [k for k in self._tenant_lines if k[0] == credential and k[1] not in keep]
+            for tenant_key in left:
+                del self._tenant_lines[tenant_key]
         return len(gone)
 
     # -- rendering ---------------------------------------------------------------------------
@@ -237,30 +277,29 @@ class AgentMetrics:
             _header(out, name)
             out.extend(block)
 
-    def _result_lines(self, result: ProbeResult) -> tuple[str, ...]:
+    def _result_lines(self, result: ProbeResult) -> tuple[str, str, str, str]:
         key = (result.credential, result.tenant_id, result.probe)
         cached = self._line_cache.get(key)
-        if cached is not None and cached[0] is result:
-            return cached[1]
-        lbl = labels(credential=result.credential, tenant_id=result.tenant_id, probe=result.probe)
-        cause = labels(
-            credential=result.credential,
-            tenant_id=result.tenant_id,
-            probe=result.probe,
-            cause=result.cause,
-        )
-        lines = (
+        if cached is None:
+            lbl = labels(
+                credential=result.credential, tenant_id=result.tenant_id, probe=result.probe
+            )
+            cached = self._line_cache[key] = _ResultLines(lbl)
+        elif cached.result is result:
+            return cached.lines
+        lbl = cached.labels
+        cached.result = result
+        cached.lines = (
             f"{m.PROBE_SUCCESS}{lbl} {1 if result.success else 0}\n",
             f"{m.PROBE_LAST_RUN_TIMESTAMP_SECONDS}{lbl} {fmt(result.timestamp)}\n",
             f"{m.PROBE_DURATION_SECONDS}{lbl} {fmt(result.duration)}\n",
-            f"{m.PROBE_CAUSE_INFO}{cause} 1\n",
+            f'{m.PROBE_CAUSE_INFO}{lbl[:-1]},cause="{escape(result.cause)}"}} 1\n',
         )
-        self._line_cache[key] = (result, lines)
-        return lines
+        return cached.lines
 
     def _render_requests(self, out: list[str]) -> None:
         _header(out, m.API_REQUESTS_TOTAL)
-        out.extend(f"{entry[1]} {fmt(float(entry[0]))}\n" for entry in self._requests.values())
+        out.extend([entry.render() for entry in self._requests.values()])
 
     def _render_histogram(self, out: list[str]) -> None:
         name = m.API_REQUEST_DURATION_SECONDS
@@ -311,16 +350,22 @@ class AgentMetrics:
 
     def _render_tenants(self, out: list[str], views: list[CredentialView]) -> None:
         _header(out, m.TENANT_INFO)
+        cache = self._tenant_lines
         for view in views:
+            name = view.state.name
             for tenant in view.state.tenants.values():
-                lbl = labels(
-                    credential=view.state.name,
-                    tenant_id=tenant.id,
-                    tenant_name=tenant.name,
-                    data_region=tenant.data_region,
-                    billing_type=tenant.billing_type,
-                )
-                out.append(f"{m.TENANT_INFO}{lbl} 1\n")
+                key = (name, tenant.id)
+                cached = cache.get(key)
+                if cached is None or cached[0] is not tenant:
+                    lbl = labels(
+                        credential=name,
+                        tenant_id=tenant.id,
+                        tenant_name=tenant.name,
+                        data_region=tenant.data_region,
+                        billing_type=tenant.billing_type,
+                    )
+                    cached = cache[key] = (tenant, f"{m.TENANT_INFO}{lbl} 1\n")
+                out.append(cached[1])
         _header(out, m.TENANTS)
         for view in views:
             state = view.state

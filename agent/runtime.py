@@ -16,11 +16,12 @@ import httpx
 import prometheus_client
 
 from agent.classify import ErrorCodeGuard
-from agent.client import CallObserver, CallRecord, SophosClient, build_http_client
+from agent.client import CallObserver, CallRecord, SophosClient
 from agent.clock import Clock, SystemClock
 from agent.config import Settings
 from agent.evidence import EvidenceRecorder
 from agent.hosts import HostPolicy
+from agent.http11 import build_http11_client as build_http_client
 from agent.logs import REDACTOR
 from agent.metrics import AgentMetrics, CredentialView
 from agent.planner import Plan, pages_for, plan_probe_period
@@ -105,7 +106,7 @@ class Agent:
             *extra_observers,
         ]
         self._own_http = http is None
-        self.http = http or build_http_client(settings)
+        self.http = http or build_http_client(settings)  # agent.http11's lean transport
         self.policy = HostPolicy(
             settings.allowed_api_hosts, fixed_urls=(settings.auth_url, settings.api_url)
         )

@@ -7,6 +7,11 @@ job that starts the probes whose slot has come: tenant *i* of *N* is due at ``i 
 within each period, so start-up is spread evenly and every tenant is probed once per period. Each
 tenant probe runs as its own task, so a hanging tenant never delays the next tick or any other
 tenant; the rate budget, not the scheduler, decides how fast calls actually leave.
+
+The tenants one tick finds due do not start at once either: each waits for its own slot (one slot
+length after the one before), so probes leave at the planned pace instead of in bursts of a tick's
+worth. Bursts would not break the budget, but they cost CPU: every burst grows the connection
+pool, and httpcore scans the whole pool (a ``poll`` per idle connection) for every request.
 """
 
 from __future__ import annotations
@@ -123,18 +128,22 @@ class CredentialSchedule:
         now = self._clock.monotonic()
         elapsed = 0.0 if self._last_tick is None else now - self._last_tick
         self._last_tick = now
-        for tenant_id in self.rotation.due(elapsed, self._period()):
+        period = self._period()
+        slot = period / max(1, len(self.rotation.order))
+        for k, tenant_id in enumerate(self.rotation.due(elapsed, period)):
             if tenant_id not in self.rotation.in_flight:
-                self._start(tenant_id)
+                self._start(tenant_id, k * slot)
 
-    def _start(self, tenant_id: str) -> None:
+    def _start(self, tenant_id: str, delay: float = 0.0) -> None:
         self.rotation.in_flight.add(tenant_id)
-        task = asyncio.get_running_loop().create_task(self._probe(tenant_id))
+        task = asyncio.get_running_loop().create_task(self._probe(tenant_id, delay))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _probe(self, tenant_id: str) -> None:
+    async def _probe(self, tenant_id: str, delay: float = 0.0) -> None:
         try:
+            if delay > 0:
+                await self._clock.sleep(delay)
             async with self._semaphore:
                 await self.prober.probe_tenant(tenant_id)
         except Exception:

@@ -7,6 +7,7 @@ time matters.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from agent.planner import REFRESH_SHARE
 from agent.probes import CredentialState, ProbeResult
 from agent.ratebudget import DEFAULT_LIMITS, RateBudget
 from agent.runtime import Agent
+from agent.scheduler import CredentialSchedule
 from agent.simulator import build_scenario
 from agent.sophos import Tenant
 from tests.e2e.harness import parse_metrics, start_stack, stop_stack, wait_for
@@ -191,3 +193,50 @@ def test_a_page_of_ten_thousand_tenants_parses_with_every_series_once() -> None:
     assert 'Tenant "7" Müller\\GmbH' in names, "escaped and read back intact"
     failed = [s for s in families["sophos_central_probe_success"].samples if s.value == 0]
     assert len(failed) == 200
+
+
+# -- the tenants of one tick leave one slot apart -------------------------------------------------
+
+
+class RecordingProber:
+    """Notes the clock time each tenant probe starts at."""
+
+    name = "cred"
+
+    def __init__(self, tenants: list[str], clock: FakeClock) -> None:
+        self.state = CredentialState(name="cred")
+        self.state.probed = {t: Tenant(id=t, name=t) for t in tenants}
+        self.clock = clock
+        self.started: list[tuple[str, float]] = []
+
+    async def probe_token(self) -> None:
+        return None
+
+    async def refresh_tenants(self) -> None:
+        return None
+
+    async def probe_tenant(self, tenant_id: str) -> None:
+        self.started.append((tenant_id, self.clock.monotonic()))
+
+
+async def test_tenants_due_in_one_tick_start_one_slot_apart_not_in_a_burst() -> None:
+    clock = FakeClock()
+    prober = RecordingProber([f"t{i}" for i in range(100)], clock)
+    schedule = CredentialSchedule(
+        prober,  # type: ignore[arg-type]
+        clock,
+        period=lambda: 10.0,  # one slot every 0.1 s
+        on_refresh=lambda _p: None,
+        semaphore=asyncio.Semaphore(64),
+    )
+    await schedule.run_refresh()
+    await schedule.run_tick()
+    await clock.advance(1.0)
+    tick = clock.monotonic()
+    await schedule.run_tick()  # ten tenants are due
+    for _ in range(20):
+        await clock.advance(0.05)
+    starts = [at - tick for _, at in prober.started]
+    assert len(starts) == 10
+    assert starts == pytest.approx([0.1 * k for k in range(10)], abs=0.051)
+    await schedule.drain(grace=1.0)
