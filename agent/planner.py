@@ -204,8 +204,9 @@ def _message(
         )
     if changes:
         return (
-            f"{' and '.join(changes)} for {tenants} tenants ({pages} tenant-list pages per "
-            f"refresh): {budget}, of which credential-level probes take "
+            f"{' and '.join(changes)} for {tenants} tenants ({pages} tenant-list "
+            f"page{'' if pages == 1 else 's'} per refresh): {budget}, of which credential-level "
+            f"probes take "
             f"{plan.overhead[w]:.1f}; raise budget_share or rate_limits"
         )
     return (

@@ -12,8 +12,10 @@ import asyncio
 import contextlib
 import math
 import os
+import re
 import signal
 import socket
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -343,3 +345,27 @@ def test_a_shard_flag_out_of_range_exits_2(
     )
     assert main(["run", "--config", str(path), "--shard", "3", "--total-shards", "3"]) == 2
     assert "--shard: must be between 0 and total_shards - 1 (2), got 3" in capsys.readouterr().err
+
+
+def test_the_statefulset_example_takes_the_shard_from_the_pod_and_matches_replicas() -> None:
+    text = (Path(__file__).parents[2] / "docs" / "scaling.md").read_text(encoding="utf-8")
+    service, statefulset = yaml.safe_load_all(re.findall(r"```yaml\n(.*?)```", text, re.S)[0])
+    assert service["spec"]["clusterIP"] == "None"
+    spec = statefulset["spec"]
+    (container,) = spec["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["SOPHOS_EXPORTER_SHARD"]["valueFrom"]["fieldRef"]["fieldPath"] == (
+        "metadata.labels['apps.kubernetes.io/pod-index']"
+    )
+    assert int(env["SOPHOS_EXPORTER_TOTAL_SHARDS"]["value"]) == spec["replicas"]
+    # the fallback for clusters before 1.28: the ordinal from the pod name
+    fallback = yaml.safe_load("x:\n" + re.findall(r"```yaml\n(.*?)```", text, re.S)[1])["x"]
+    assert "--shard" in fallback["args"][0]
+    ordinal = subprocess.run(
+        ["/bin/sh", "-c", 'echo "${HOSTNAME##*-}"'],
+        env={"HOSTNAME": "sophos-central-exporter-12"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert ordinal == "12"

@@ -1,0 +1,246 @@
+"""c. CPU per probe: the agent against prometheus-blackbox-exporter, same endpoint, same headers.
+
+Both probe the simulator's cheap per-tenant call, ``GET {apiHost}/endpoint/v1/endpoints?pageSize=1
+&view=basic`` with ``Authorization: Bearer <token>`` and ``X-Tenant-ID``, on a regional host, over
+loopback. The simulator answers 401/403 unless both headers are right; every probe must succeed.
+
+- The agent (``bench.agentproc``, the same ``AgentService`` as ``run``) probes 1,000 tenants every
+  4 s on its own schedule. Its CPU is its own ``getrusage`` (user + system, all threads), read at
+  the start and end of a window on SIGUSR1, with the number of tenant probes it made meanwhile.
+- blackbox_exporter gets a generated module with the same two headers and is driven through
+  ``/probe?target=...&module=...`` by this process (whose CPU is not counted), two at a time, for
+  exactly as many probes as the agent made in the window before. Its CPU is the utime + stime
+  delta of its process in /proc.
+
+The two take turns, three rounds each, so both meet the same machine; the agent is stopped
+(SIGSTOP) while blackbox is measured and given a few seconds to settle after it continues. The
+simulator runs in a third process; its CPU is nobody's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import yaml
+
+from agent.simulator import build_scenario
+from bench.common import (
+    Child,
+    children,
+    cpu_split,
+    free_port,
+    read_yaml,
+    simulator_state,
+    spawn,
+    start_simulator,
+    wait_until,
+)
+
+TENANTS = 1000
+PERIOD = "4s"
+LIMITS = {"1s": 100_000, "1m": 1_000_000, "1h": 10_000_000, "1d": 100_000_000}
+BLACKBOX = "prometheus-blackbox-exporter"
+CONCURRENCY = 2
+PROBE_PATH = "/endpoint/v1/endpoints?pageSize=1&view=basic"
+ROUNDS = 3
+SETTLE_SECONDS = 3.0
+
+
+async def run(workdir: Path, window: float = 4.0) -> dict[str, Any]:
+    binary = shutil.which(BLACKBOX)
+    if binary is None:
+        return {"skipped": f"{BLACKBOX} is not installed"}
+    with children() as running:
+        sim = start_simulator(workdir, "scale-10k", LIMITS, tenants=TENANTS)
+        running.append(sim)
+        agent = _start_agent(workdir, sim)
+        running.append(agent)
+        blackbox, url = await _start_blackbox(workdir, sim, binary)
+        running.append(blackbox)
+        rounds = await _rounds(agent, blackbox, url, window)
+        statuses = await _regional_statuses(sim)
+    agent_cpu = sum(r["agent_cpu_seconds"] for r in rounds)
+    blackbox_cpu = sum(r["blackbox_cpu_seconds"] for r in rounds)
+    probes = sum(r["probes"] for r in rounds)
+    return {
+        "endpoint": PROBE_PATH,
+        "tenants": TENANTS,
+        "agent_probe_period": PERIOD,
+        "blackbox_concurrency": CONCURRENCY,
+        "blackbox_version": _version(binary),
+        "probes_each": probes,
+        "agent_cpu_seconds": agent_cpu,
+        "blackbox_cpu_seconds": blackbox_cpu,
+        "agent_cpu_ms_per_probe": agent_cpu / probes * 1000,
+        "blackbox_cpu_ms_per_probe": blackbox_cpu / probes * 1000,
+        "ratio_agent_to_blackbox": agent_cpu / blackbox_cpu,
+        "blackbox_failed_probes": sum(r["blackbox_failed"] for r in rounds),
+        "rounds": rounds,
+        "simulator_regional_statuses": statuses,
+    }
+
+
+def _start_agent(workdir: Path, sim: Child) -> Child:
+    return spawn(
+        "agent-cpu",
+        [
+            sys.executable,
+            "-m",
+            "bench.agentproc",
+            "--config",
+            sim.announcement["agent_config_path"],
+            "--set",
+            f"probe_interval={PERIOD}",
+            "--set",
+            "budget_share=1.0",
+            "--set",
+            f"state_file={workdir / 'agent-cpu.db'}",
+        ],
+        workdir,
+        announce=True,
+    )
+
+
+async def _snapshot(agent: Child) -> dict[str, Any]:
+    """The agent's own probe count and CPU time, asked for with SIGUSR1."""
+    agent.check()
+    stdout = agent.process.stdout
+    assert stdout is not None
+    agent.process.send_signal(signal.SIGUSR1)
+    line = await asyncio.wait_for(asyncio.to_thread(stdout.readline), timeout=30)
+    if not line:
+        agent.check()
+    snapshot: dict[str, Any] = json.loads(line)
+    return snapshot
+
+
+async def _rounds(agent: Child, blackbox: Child, url: str, window: float) -> list[dict[str, Any]]:
+    async def ready() -> bool:
+        return bool((await _snapshot(agent))["ready"])
+
+    await wait_until(ready, 120, "the agent's first probe cycle", every=0.5)
+    rounds = []
+    async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
+        await _drive(client, url, 200)  # blackbox warm-up: connections, GC, caches
+        for _ in range(ROUNDS):
+            agent.process.send_signal(signal.SIGCONT)
+            await asyncio.sleep(SETTLE_SECONDS)  # catch up on the slots missed while stopped
+            first = await _snapshot(agent)
+            await asyncio.sleep(window)
+            last = await _snapshot(agent)
+            agent.process.send_signal(signal.SIGSTOP)
+            probes = last["tenant_probes"] - first["tenant_probes"]
+            cpu0, sys0, wall0 = *cpu_split(blackbox.pid), time.monotonic()
+            failed = await _drive(client, url, probes)
+            cpu1, sys1, wall1 = *cpu_split(blackbox.pid), time.monotonic()
+            rounds.append(
+                {
+                    "probes": probes,
+                    "agent_cpu_seconds": last["cpu_seconds"] - first["cpu_seconds"],
+                    "agent_system_seconds": last["system_seconds"] - first["system_seconds"],
+                    "agent_wall_seconds": window,
+                    "blackbox_cpu_seconds": cpu1 - cpu0,
+                    "blackbox_system_seconds": sys1 - sys0,
+                    "blackbox_wall_seconds": wall1 - wall0,
+                    "blackbox_failed": failed,
+                }
+            )
+    agent.process.send_signal(signal.SIGCONT)
+    return rounds
+
+
+async def _start_blackbox(workdir: Path, sim: Child, binary: str) -> tuple[Child, str]:
+    agent_config = read_yaml(sim.announcement["agent_config_path"])
+    credential = agent_config["credentials"][0]
+    tenant = build_scenario("scale-10k").credential(credential["name"]).tenants[0]
+    target = sim.announcement["region_urls"][tenant.region] + PROBE_PATH
+    async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
+        response = await client.post(
+            agent_config["auth_url"],
+            data={
+                "grant_type": "client_credentials",
+                "client_id": credential["client_id"],
+                "client_secret": credential["client_secret"],
+                "scope": "token",
+            },
+        )
+        response.raise_for_status()
+        token = response.json()["access_token"]
+    config_path = workdir / "blackbox.yml"
+    module = {
+        "prober": "http",
+        "timeout": "5s",
+        "http": {
+            "method": "GET",
+            "valid_status_codes": [200],
+            "preferred_ip_protocol": "ip4",
+            "headers": {"Authorization": f"Bearer {token}", "X-Tenant-ID": tenant.id},
+        },
+    }
+    config_path.write_text(yaml.safe_dump({"modules": {"sophos_tenant": module}}))
+    config_path.chmod(0o600)
+    port = free_port()
+    child = spawn(
+        "blackbox",
+        [
+            binary,
+            f"--config.file={config_path}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+        ],
+        workdir,
+    )
+    base = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
+
+        async def up() -> bool:
+            child.check()
+            try:
+                return (await client.get(base + "/-/healthy")).is_success
+            except httpx.TransportError:
+                return False
+
+        await wait_until(up, 30, "blackbox_exporter to listen")
+    return child, f"{base}/probe?module=sophos_tenant&target={quote(target, safe='')}"
+
+
+async def _drive(client: httpx.AsyncClient, url: str, probes: int) -> int:
+    """``probes`` blackbox probes, CONCURRENCY at a time; returns how many did not succeed."""
+    queue = iter(range(probes))
+    failed = 0
+
+    async def worker() -> None:
+        nonlocal failed
+        for _ in queue:
+            body = (await client.get(url)).text
+            if "\nprobe_success 1" not in body or "probe_http_status_code 200" not in body:
+                failed += 1
+
+    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    return failed
+
+
+async def _regional_statuses(sim: Any) -> dict[str, int]:
+    state = await simulator_state(sim)
+    totals: dict[str, int] = {}
+    for host, stats in state["stats"]["hosts"].items():
+        if host.startswith("region-"):
+            for status, count in stats["statuses"].items():
+                totals[status] = totals.get(status, 0) + count
+    return totals
+
+
+def _version(binary: str) -> str:
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False)
+    text = (out.stdout or out.stderr).splitlines()
+    return text[0] if text else "unknown"
