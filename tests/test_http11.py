@@ -402,3 +402,16 @@ async def test_a_certificate_from_another_ca_is_a_tls_error(
         with pytest.raises(httpx.ConnectError) as caught:
             await http.get(url)
     assert classify_exception(caught.value).error_code == "tls_error"
+
+
+async def test_idle_connections_past_their_expiry_are_closed_not_reused(
+    serve: Callable[[Script], Awaitable[Server]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    holder: list[Server] = []
+    server = await serve(keep_answering(lambda: holder[0], answer(b"ok")))
+    holder.append(server)
+    async with client() as http:
+        assert (await http.get(server.url)).content == b"ok"
+        monkeypatch.setattr("agent.http11.KEEPALIVE_EXPIRY", 0.0)
+        assert (await http.get(server.url)).content == b"ok"
+    assert server.connections == 2
