@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import gzip
+import math
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -101,6 +102,10 @@ def fmt(value: float) -> str:
     """Numbers as the text format wants them; integers without a fraction."""
     if isinstance(value, int):
         return str(value)
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
     if value.is_integer() and abs(value) < 1e15:
         return str(int(value))
     return repr(float(value))

@@ -240,3 +240,21 @@ async def test_tenants_due_in_one_tick_start_one_slot_apart_not_in_a_burst() -> 
     assert len(starts) == 10
     assert starts == pytest.approx([0.1 * k for k in range(10)], abs=0.051)
     await schedule.drain(grace=1.0)
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (3, "3"),
+        (2.0, "2"),
+        (0.25, "0.25"),
+        (float("nan"), "NaN"),
+        (float("inf"), "+Inf"),
+        (float("-inf"), "-Inf"),
+        (1e20, "1e+20"),
+    ],
+)
+def test_sample_values_use_the_text_format_spelling(value: float, text: str) -> None:
+    from agent.metrics import fmt
+
+    assert fmt(value) == text
