@@ -46,7 +46,15 @@ async def test_metrics_show_the_exact_window_count_while_admission_still_holds_t
     settings = Settings(
         state_file=Path(":memory:"),
         budget_share=1.0,
-        credentials=[{"name": "msp", "client_id": "id", "client_secret": "secret"}],
+        # Realistic values: the redactor masks configured secrets process-wide, and a secret
+        # like "secret" would mask innocent text ("oauth.invalid_client_secret") in later tests.
+        credentials=[
+            {
+                "name": "msp",
+                "client_id": "scale-client-id-0001",
+                "client_secret": "scale-secret-9f8e7d6c",
+            }
+        ],
     )
     agent = Agent(settings, clock=clock, process_metrics=False)
     try:
