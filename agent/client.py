@@ -24,6 +24,7 @@ from agent.hosts import HostNotAllowed, HostPolicy
 from agent.logs import REDACTOR
 from agent.ratebudget import PRIORITY_CREDENTIAL, PRIORITY_TENANT, parse_retry_after
 from agent.sophos import (
+    TENANT_PAGE_SIZE,
     InvalidResponse,
     Tenant,
     Token,
@@ -193,7 +194,7 @@ class SophosClient:
         page, total = 1, 1
         outcome = Outcome(status_code=0, error_code="protocol_error")
         while page <= total:
-            url = f"{base}?page={page}&pageSize=100&pageTotal=true"
+            url = f"{base}?page={page}&pageSize={TENANT_PAGE_SIZE}&pageTotal=true"
             outcome, _ = await self._api_call("tenant_list", "", url, dict([header]))
             if not outcome.ok:
                 return outcome, None

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from agent.classify import Outcome
 from agent.sophos import Tenant
 
-TRANSPORT_CODES = ("timeout", "connect_error", "tls_error", "protocol_error")
 FRESH_TOKEN_SECONDS = 120.0
 
 REMEDIES: dict[str, str] = {

@@ -40,7 +40,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from agent.ratebudget import WINDOW_SECONDS
+from agent.config import WINDOW_SECONDS
+from agent.sophos import TENANT_PAGE_SIZE
 
 DEFAULT_HEADROOM = 0.05
 REFRESH_SHARE = 0.25
@@ -48,7 +49,6 @@ REFRESH_SHARE = 0.25
 TOKEN_LIFETIME_SECONDS = 3600.0
 TOKEN_RENEWAL_SECONDS = TOKEN_LIFETIME_SECONDS - 300.0
 """A cached token is renewed some minutes before it expires: about one call per 55 minutes."""
-TENANT_PAGE_SIZE = 100
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,14 @@ class ProbeResult:
     ids: dict[str, str] = field(default_factory=dict)
 
 
+_PROBE_ORDER = {"token": 0, "whoami": 1, "tenant_list": 2, "tenant": 3}
+
+
+def display_order(result: ProbeResult) -> tuple[int, str]:
+    """Credential-level probes first (what everything else depends on), then tenants by id."""
+    return (_PROBE_ORDER.get(result.probe, 9), result.tenant_id)
+
+
 @dataclass
 class CredentialState:
     """Everything known about one credential, replaced piecewise as probes finish."""

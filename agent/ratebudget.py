@@ -51,14 +51,15 @@ from datetime import UTC
 from typing import TYPE_CHECKING
 
 from agent.clock import Clock
+from agent.config import DEFAULT_RATE_LIMITS
+from agent.config import WINDOW_SECONDS as WINDOW_SECONDS  # re-exported for callers
 
 if TYPE_CHECKING:
     from agent.statefile import StateFile
 
 log = logging.getLogger(__name__)
 
-WINDOW_SECONDS: dict[str, int] = {"1s": 1, "1m": 60, "1h": 3600, "1d": 86400}
-DEFAULT_LIMITS: dict[str, int] = {"1s": 10, "1m": 100, "1h": 1000, "1d": 50000}
+DEFAULT_LIMITS = DEFAULT_RATE_LIMITS
 
 MARGIN_SECONDS = 1.0
 BUCKETS_PER_WINDOW = 100

@@ -25,7 +25,7 @@ from agent.http11 import build_http11_client as build_http_client
 from agent.logs import REDACTOR
 from agent.metrics import AgentMetrics, CredentialView
 from agent.planner import Plan, pages_for, plan_probe_period
-from agent.probes import CredentialProber, ProbeResult
+from agent.probes import CredentialProber, ProbeResult, display_order
 from agent.ratebudget import RateBudget
 from agent.scheduler import CredentialSchedule, ProbeScheduler, tick_seconds
 from agent.sharding import owns
@@ -229,7 +229,7 @@ class Agent:
         await prober.refresh_tenants()
         await asyncio.gather(*(self._bounded(prober, t) for t in list(prober.state.probed)))
         prober.state.first_cycle_done = True
-        return sorted(prober.state.results.values(), key=_result_order)
+        return sorted(prober.state.results.values(), key=display_order)
 
     async def _bounded(self, prober: CredentialProber, tenant_id: str) -> None:
         async with self._semaphore:
@@ -254,11 +254,6 @@ class Agent:
 
     def render_metrics(self) -> bytes:
         return self.metrics.render(self.views(), self.budget)
-
-
-def _result_order(result: ProbeResult) -> tuple[int, str, str]:
-    order = {"token": 0, "whoami": 1, "tenant_list": 2, "tenant": 3}
-    return (order.get(result.probe, 9), result.tenant_id, result.probe)
 
 
 def _owner(settings: Settings) -> str:

@@ -17,6 +17,7 @@ _URL_HOST = re.compile(r"[a-z0-9._:-]{1,253}")
 _REGION_HOST = re.compile(r"^api-([a-z0-9]{2,8})\.central\.sophos\.com$")
 MAX_LABEL_TEXT = 128
 MAX_PAGES = 1000
+TENANT_PAGE_SIZE = 100
 
 
 class InvalidResponse(ValueError):

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from agent import __version__
 from agent.metricnames import WINDOWS
-from agent.probes import CredentialState, ProbeResult
+from agent.probes import CredentialState, ProbeResult, display_order
 
 if TYPE_CHECKING:
     from agent.runtime import Agent
@@ -52,8 +52,8 @@ def render_status_page(agent: Agent) -> str:
 
 def _credential_section(agent: Agent, state: CredentialState, now: float) -> str:
     results = list(state.results.values())
-    failing = sorted((r for r in results if not r.success), key=_order)
-    healthy = sorted((r for r in results if r.success), key=_order)
+    failing = sorted((r for r in results if not r.success), key=display_order)
+    healthy = sorted((r for r in results if r.success), key=display_order)
     whoami = state.whoami
     identity = (
         f"{html.escape(whoami.id_type)} {html.escape(whoami.id)}" if whoami else "whoami pending"
@@ -125,8 +125,3 @@ def _age(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
-
-
-def _order(result: ProbeResult) -> tuple[int, str]:
-    order = {"token": 0, "whoami": 1, "tenant_list": 2, "tenant": 3}
-    return (order.get(result.probe, 9), result.tenant_id)
