@@ -7,6 +7,8 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import shlex
+import shutil
 import signal
 import sys
 import tempfile
@@ -324,18 +326,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 async def run_demo(listen: str, scenario: str, stop: asyncio.Event | None = None) -> int:
+    """The agent against the built-in simulator, from a temporary folder removed on the way out.
+
+    The folder holds the simulator's credentials and the agent's state file: both are throwaway,
+    and a demo that leaves secrets behind in /tmp would teach the wrong habit.
+    """
     from agent.simulator import Simulator, build_scenario
 
     sim = Simulator(build_scenario(scenario), host="127.0.0.1", port=0)
     await sim.start()
     workdir = Path(tempfile.mkdtemp(prefix="sophos-central-exporter-demo-"))
-    config = {**sim.agent_config(), "state_file": str(workdir / "state.db")}
-    config_path = workdir / "config.yml"
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    config_path.chmod(0o600)
-    settings = load_settings(config_path)
-    started = asyncio.Event()
     try:
+        config = {**sim.agent_config(), "state_file": str(workdir / "state.db")}
+        config_path = workdir / "config.yml"
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        config_path.chmod(0o600)
+        settings = load_settings(config_path)
+        started = asyncio.Event()
         runner = asyncio.create_task(serve_agent(settings, listen, None, started, stop))
         await asyncio.wait(
             {runner, asyncio.create_task(started.wait())}, return_when=asyncio.FIRST_COMPLETED
@@ -346,7 +353,20 @@ async def run_demo(listen: str, scenario: str, stop: asyncio.Event | None = None
         await runner
     finally:
         await sim.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
     return EXIT_OK
+
+
+def own_command() -> str:
+    """How to run this very program from any shell: an absolute path, so it works when pasted.
+
+    The demo runs inside the project's virtual environment, whose ``bin`` is not on a fresh
+    shell's PATH; the bare program name would be "command not found" there.
+    """
+    script = Path(sys.executable).parent / "sophos-central-exporter"
+    if script.is_file():
+        return shlex.quote(str(script))
+    return f"{shlex.quote(sys.executable)} -m agent"
 
 
 def _print_demo_banner(listen: str, simulator_url: str, config_path: Path) -> None:
@@ -360,8 +380,12 @@ def _print_demo_banner(listen: str, simulator_url: str, config_path: Path) -> No
         f"  support:      {base}/support\n"
         f"  readiness:    {base}/readyz\n"
         f"  simulator:    {simulator_url}\n"
-        f"  config used:  {config_path}\n"
-        "Try: sophos-central-exporter check --config " + str(config_path) + "\n"
+        f"  config used:  {config_path} (removed when the demo stops)\n"
+        "The simulator grants far larger rate limits than Sophos Central does, and the demo\n"
+        "probes every 30 s, so that every kind of failure shows within the first minute; the\n"
+        "first full cycle over all tenants takes about a minute. With real credentials the\n"
+        "default limits stretch the probe period to fit your tenants (see the README).\n"
+        f"Try, in another shell: {own_command()} check --config {shlex.quote(str(config_path))}\n"
         "Press Ctrl-C to stop.\n",
         flush=True,
     )

@@ -23,6 +23,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
     SecretStr,
     ValidationError,
     field_validator,
@@ -89,7 +90,30 @@ def _parse_duration_text(text: str) -> float:
     return total
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+def format_duration(seconds: float) -> str:
+    """Seconds as people write durations in the config (``30s``, ``5m``, ``1h30m``, ``250ms``).
+
+    ``config check`` prints the effective configuration; ``30.0`` would read as a bare number and
+    hide that the value was a duration at all.
+    """
+    millis = round(seconds * 1000)
+    if millis <= 0:
+        return "0s"
+    parts: list[str] = []
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        count, millis = divmod(millis, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    if millis:
+        parts.append(f"{millis}ms")
+    return "".join(parts)
+
+
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    PlainSerializer(format_duration, return_type=str, when_used="json"),
+]
 
 
 def is_loopback_host(host: str) -> bool:

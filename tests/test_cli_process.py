@@ -261,6 +261,8 @@ def test_config_check_prints_the_effective_config_masked_and_exits_0(tmp_path: P
         tmp_path / "config.yml",
         {
             "budget_share": 0.2,
+            "probe_interval": 90,
+            "request_timeout": "2.5s",
             "credentials": [{"name": "a", "client_id": "id-1234567", "client_secret": "s-7654321"}],
         },
     )
@@ -269,6 +271,10 @@ def test_config_check_prints_the_effective_config_masked_and_exits_0(tmp_path: P
     assert result.stdout.startswith(f"configuration OK ({path})")
     shown = yaml.safe_load(result.stdout.split("\n", 1)[1])
     assert shown["budget_share"] == 0.2
+    # Durations read as people write them, and the printed config loads back unchanged.
+    assert "probe_interval: 1m30s\n" in result.stdout
+    assert "request_timeout: 2s500ms\n" in result.stdout
+    assert "token_probe_interval: 5m\n" in result.stdout
     assert shown["credentials"][0]["client_secret"] == "<masked>"
     assert "id-1234567" not in result.stdout and "s-7654321" not in result.stdout
 
@@ -391,9 +397,40 @@ async def test_demo_prints_where_to_look_serves_metrics_and_stops_on_sigterm(
         assert 'probe="token"' in metrics
         status = await wait_http(f"http://127.0.0.1:{port}/status", 5, lambda r: r.is_success)
         assert "Credential msp-main" in status
+        command = printed_command(banner, "Try, in another shell: ")
+        pasted = await asyncio.to_thread(paste_in_fresh_shell, command)
+        config_path = Path(banner.split("config used:  ")[1].split(" (removed")[0])
+        assert await asyncio.to_thread(config_path.is_file)
         code, took = await child.stop()
     finally:
         await child.kill()
     assert code == 0, child.stderr[-3000:]
     assert took < 5.0
     assert "Traceback" not in child.stderr
+    # check exits 1: the demo scenario fails on purpose (bad secret, 403s, 5XX...).
+    assert pasted.returncode == 1, pasted.stderr[-2000:]
+    assert "msp-main" in pasted.stdout
+    assert "command not found" not in pasted.stderr
+    left_behind = await asyncio.to_thread(config_path.parent.exists)
+    assert not left_behind, "the demo left its secrets and state file behind"
+
+
+def printed_command(output: str, prefix: str) -> str:
+    """The command a program printed after ``prefix``, as a person would copy it."""
+    lines = [line for line in output.splitlines() if line.startswith(prefix)]
+    assert lines, f"no line starting with {prefix!r} in:\n{output}"
+    return lines[0].removeprefix(prefix)
+
+
+def paste_in_fresh_shell(command: str) -> subprocess.CompletedProcess[str]:
+    """Run ``command`` as pasted into a new login-less shell: no virtualenv, a bare PATH."""
+    fresh = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root")}
+    return subprocess.run(
+        ["/bin/sh", "-c", command],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env=fresh,
+        cwd="/",
+        check=False,
+    )

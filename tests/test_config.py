@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent.cli import main
-from agent.config import ConfigError, load_settings, parse_duration
+from agent.config import ConfigError, format_duration, load_settings, parse_duration
 
 DATA = Path(__file__).parent / "testdata" / "config"
 
@@ -153,6 +153,24 @@ def test_secret_file_is_read_and_stripped(tmp_path: Path) -> None:
     ],
 )
 def test_durations_accept_prometheus_style_and_plain_seconds(text: object, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (30, "30s"),
+        (60, "1m"),
+        (90, "1m30s"),
+        (900, "15m"),
+        (5400, "1h30m"),
+        (86400, "1d"),
+        (0.25, "250ms"),
+        (2.5, "2s500ms"),
+    ],
+)
+def test_durations_print_as_people_write_them_and_read_back(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
     assert parse_duration(text) == seconds
 
 
