@@ -1,0 +1,352 @@
+"""What the agent knows, arranged as a person reads it: one report for ``/status`` and ``check``.
+
+Both views answer "what is wrong and what do I do" and must agree to the word, so the arranging
+happens once, here: a summary first, then per credential its failures grouped by cause (the remedy
+once per group), business state apart from failures, healthy probes last. The renderers
+(``agent.status_page`` for HTML, ``agent.cli`` for the terminal and JSON) only lay it out.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from agent import __version__
+from agent.metricnames import WINDOWS
+from agent.probes import CredentialState, ProbeResult, display_order
+
+if TYPE_CHECKING:
+    from agent.runtime import Agent
+
+Kind = Literal["failure", "business", "not_run", "ok"]
+
+NO_ANSWER = "no answer"
+"""How a probe that got no HTTP response reads everywhere (the metrics say status_code "0")."""
+
+NOT_RUN_NO_TOKEN = "not run: no token"  # noqa: S105 - words, not a secret
+
+BUSINESS_CAUSES = frozenset(
+    {"trial_account", "partner_assistance_disabled", "not_activated"},
+)
+"""Causes that are the customer's or Sophos's business decision, not an outage: counted apart."""
+
+_KIND_ORDER: dict[str, int] = {"not_run": 0, "failure": 1, "business": 2, "ok": 3}
+_CODE_SPAN = re.compile(r"`([^`]+)`")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One probe's last result, with everything both views print."""
+
+    credential: str
+    tenant_id: str
+    tenant_name: str
+    probe: str
+    status: str
+    error_code: str
+    cause: str
+    kind: Kind
+    remedy: str
+    age_seconds: float
+
+    @property
+    def age(self) -> str:
+        return human_duration(self.age_seconds)
+
+
+@dataclass(frozen=True)
+class CauseGroup:
+    """Every probe of one credential failing for one cause: the remedy is said once."""
+
+    cause: str
+    kind: Kind
+    remedy: str
+    rows: list[Row]
+
+
+@dataclass(frozen=True)
+class WindowUse:
+    """One rate window: calls in it, the agent's own allowance and Sophos's limit."""
+
+    window: str
+    calls: int
+    allowance: int
+    limit: int
+
+    @property
+    def ratio(self) -> float:
+        return self.calls / self.limit if self.limit else 0.0
+
+    @property
+    def level(self) -> str:
+        """``over`` past the agent's allowance, ``high`` from 80 % of it, else empty."""
+        if self.calls > self.allowance:
+            return "over"
+        return "high" if self.calls >= 0.8 * self.allowance else ""
+
+
+@dataclass(frozen=True)
+class CredentialReport:
+    name: str
+    identity: str
+    tenants_listed: int
+    tenants_probed: int
+    period_seconds: float
+    token_failed: bool
+    token: Row | None
+    groups: list[CauseGroup]
+    healthy: list[Row]
+    windows: list[WindowUse]
+
+    def all_rows(self) -> list[Row]:
+        """Every probe of the credential: the failing token (shown on its own), groups, healthy."""
+        token = [self.token] if self.token_failed and self.token is not None else []
+        return token + [r for g in self.groups for r in g.rows] + self.healthy
+
+    @property
+    def problems(self) -> int:
+        """Failures (token included) that need someone; business state and not-run excluded."""
+        return sum(r.kind == "failure" for r in self.all_rows())
+
+
+@dataclass(frozen=True)
+class Attention:
+    """One line of "needs attention": a credential's failure group, with a few of its tenants."""
+
+    credential: str
+    cause: str
+    count: int
+    what: str
+    examples: list[str]
+
+    @property
+    def anchor(self) -> str:
+        return group_anchor(self.credential, self.cause)
+
+
+@dataclass(frozen=True)
+class Summary:
+    credentials: int
+    credentials_without_token: int
+    tenants: int
+    probes: int
+    failing: int
+    failing_by_cause: dict[str, int]
+    business: int
+    business_by_cause: dict[str, int]
+    not_run: int
+    healthy: int
+
+
+@dataclass(frozen=True)
+class Report:
+    version: str
+    generated_at: float
+    summary: Summary
+    credentials: list[CredentialReport] = field(default_factory=list)
+    attention: list[Attention] = field(default_factory=list)
+
+    def rows(self) -> list[Row]:
+        """Every row, in the order the report shows them."""
+        return [row for cred in self.credentials for row in cred.all_rows()]
+
+    def to_json(self) -> dict[str, Any]:
+        """A plain mapping for ``check --output json``: stable keys, no secrets."""
+        data = asdict(self)
+        for cred, original in zip(data["credentials"], self.credentials, strict=True):
+            for window, use in zip(cred["windows"], original.windows, strict=True):
+                window["utilization"] = round(use.ratio, 6)
+        return data
+
+
+def build_report(agent: Agent) -> Report:
+    """The report of a running (or just-run) agent."""
+    now = agent.clock.time()
+    creds = [_credential(agent, prober.state, now) for prober in agent.probers]
+    creds.sort(key=lambda c: (not c.token_failed, c.problems == 0, c.name))
+    return Report(__version__, now, _summary(creds), creds, _attention(creds))
+
+
+ATTENTION_EXAMPLES = 3
+
+
+def _attention(creds: list[CredentialReport]) -> list[Attention]:
+    """Failures only (business state and not-run are counted, not listed): token first."""
+    lines: list[Attention] = []
+    for cred in creds:
+        if cred.token_failed and cred.token is not None:
+            what = f"token issuance fails ({cred.token.status}); nothing else is run"
+            lines.append(Attention(cred.name, cred.token.cause, 1, what, []))
+        for group in cred.groups:
+            if group.kind != "failure":
+                continue
+            examples = [_who(r) for r in group.rows[:ATTENTION_EXAMPLES]]
+            what = f"{len(group.rows)} {'probe' if len(group.rows) == 1 else 'probes'}"
+            lines.append(Attention(cred.name, group.cause, len(group.rows), what, examples))
+    return lines
+
+
+def _who(row: Row) -> str:
+    if not row.tenant_id:
+        return row.probe
+    name = f"{row.tenant_name} ({row.tenant_id})" if row.tenant_name else row.tenant_id
+    return name if row.probe == "tenant" else f"{name} {row.probe}"
+
+
+def group_anchor(credential: str, cause: str) -> str:
+    return f"{credential}--{cause}"
+
+
+def _credential(agent: Agent, state: CredentialState, now: float) -> CredentialReport:
+    names = {t.id: t.name for t in state.tenants.values()}
+    token = state.result("", "token")
+    token_failed = token is not None and not token.success
+    rows = [
+        _row(r, names, now, token if token_failed else None)
+        for r in sorted(state.results.values(), key=display_order)
+    ]
+    whoami = state.whoami
+    return CredentialReport(
+        name=state.name,
+        identity=f"{whoami.id_type} {whoami.id}" if whoami else "identity not known yet",
+        tenants_listed=len(state.tenants),
+        tenants_probed=len(state.probed),
+        period_seconds=agent.period(state.name),
+        token_failed=token_failed,
+        token=next((r for r in rows if r.probe == "token"), None),
+        groups=_groups(
+            r for r in rows if r.kind != "ok" and not (token_failed and r.probe == "token")
+        ),
+        healthy=[r for r in rows if r.kind == "ok"],
+        windows=_windows(agent, state.name),
+    )
+
+
+def _row(result: ProbeResult, names: dict[str, str], now: float, token: ProbeResult | None) -> Row:
+    kind = _kind(result, token)
+    return Row(
+        credential=result.credential,
+        tenant_id=result.tenant_id,
+        tenant_name=names.get(result.tenant_id, ""),
+        probe=result.probe,
+        status=NOT_RUN_NO_TOKEN if kind == "not_run" else status_text(result.status_code),
+        error_code=result.error_code,
+        cause=result.cause,
+        kind=kind,
+        remedy="" if kind == "ok" else result.remedy,
+        age_seconds=max(0.0, now - result.timestamp),
+    )
+
+
+def _kind(result: ProbeResult, token: ProbeResult | None) -> Kind:
+    """A probe that failed only because no token could be had was not really run."""
+    if result.success:
+        return "ok"
+    if token is not None and result.probe != "token" and _same_failure(result, token):
+        return "not_run"
+    return "business" if result.cause in BUSINESS_CAUSES else "failure"
+
+
+def _same_failure(result: ProbeResult, token: ProbeResult) -> bool:
+    return (result.status_code, result.error_code, result.cause) == (
+        token.status_code,
+        token.error_code,
+        token.cause,
+    )
+
+
+def _groups(rows: Any) -> list[CauseGroup]:
+    """Rows grouped by (kind, cause): the token first, then by kind, then the biggest group."""
+    grouped: dict[tuple[Kind, str], list[Row]] = {}
+    for row in rows:
+        grouped.setdefault((row.kind, row.cause), []).append(row)
+    groups = [
+        CauseGroup(cause, kind, _group_remedy(kind, members), members)
+        for (kind, cause), members in grouped.items()
+    ]
+    groups.sort(
+        key=lambda g: (
+            not any(r.probe == "token" for r in g.rows),
+            _KIND_ORDER[g.kind],
+            -len(g.rows),
+            g.cause,
+        )
+    )
+    return groups
+
+
+def _group_remedy(kind: Kind, rows: list[Row]) -> str:
+    if kind == "not_run":
+        return "Nothing was sent: fix the token first (see the token probe above)."
+    return rows[0].remedy
+
+
+def _windows(agent: Agent, credential: str) -> list[WindowUse]:
+    calls = agent.budget.calls(credential)
+    return [
+        WindowUse(
+            window,
+            calls.get(window, 0),
+            agent.budget.allowance[window],
+            agent.budget.limits[window],
+        )
+        for window in WINDOWS
+    ]
+
+
+def _summary(creds: list[CredentialReport]) -> Summary:
+    kinds: dict[str, Counter[str]] = {kind: Counter() for kind in _KIND_ORDER}
+    for cred in creds:
+        for row in cred.all_rows():
+            kinds[row.kind][row.cause] += 1
+    failing, business = kinds["failure"], kinds["business"]
+    return Summary(
+        credentials=len(creds),
+        credentials_without_token=sum(c.token_failed for c in creds),
+        tenants=sum(c.tenants_listed for c in creds),
+        probes=sum(sum(counter.values()) for counter in kinds.values()),
+        failing=sum(failing.values()),
+        failing_by_cause=dict(failing.most_common()),
+        business=sum(business.values()),
+        business_by_cause=dict(business.most_common()),
+        not_run=sum(kinds["not_run"].values()),
+        healthy=sum(kinds["ok"].values()),
+    )
+
+
+def status_text(status_code: int) -> str:
+    """The HTTP status as people read it; no response at all is "no answer", not "0"."""
+    return NO_ANSWER if status_code == 0 else str(status_code)
+
+
+def human_duration(seconds: float) -> str:
+    """A duration in the largest unit that reads naturally: ``30 s``, ``16 min``, ``3.8 h``."""
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172_800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def plain_remedy(text: str) -> str:
+    """A remedy for the terminal: the Markdown code spans' backticks removed."""
+    return _CODE_SPAN.sub(r"\1", text)
+
+
+def remedy_parts(text: str) -> list[tuple[str, bool]]:
+    """A remedy split into (text, is_code) parts, so HTML shows code spans as code."""
+    parts: list[tuple[str, bool]] = []
+    pos = 0
+    for match in _CODE_SPAN.finditer(text):
+        if match.start() > pos:
+            parts.append((text[pos : match.start()], False))
+        parts.append((match.group(1), True))
+        pos = match.end()
+    if pos < len(text):
+        parts.append((text[pos:], False))
+    return parts
