@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import shlex
 import shutil
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import yaml
+from tabulate import tabulate
 
 from agent import __version__
 from agent.config import (
@@ -27,6 +29,7 @@ from agent.config import (
     load_settings,
 )
 from agent.logs import REDACTOR, setup_logging
+from agent.report import Report, Row, build_report, human_duration, plain_remedy
 
 log = logging.getLogger("agent")
 
@@ -51,8 +54,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--shard", type=int, default=None)
     run.add_argument("--total-shards", dest="total_shards", type=int, default=None)
 
-    check = sub.add_parser("check", help="run one probe cycle now and print a table")
+    check = sub.add_parser("check", help="run one probe cycle now and print a report")
     _config_arg(check)
+    check.add_argument(
+        "--output",
+        choices=("table", "json"),
+        default="table",
+        help="table for people (default), json for scripts",
+    )
+    check.add_argument(
+        "--failures-only",
+        action="store_true",
+        help="leave healthy probes out of the table",
+    )
 
     demo = sub.add_parser("demo", help="the agent against the built-in simulator")
     demo.add_argument("--web.listen-address", dest="listen", default=DEMO_LISTEN)
@@ -229,49 +243,88 @@ def cmd_check(args: argparse.Namespace) -> int:
     setup_logging(settings.log_format, "warning")
     warn_readable_secret(args.config, settings)
     logging.getLogger().setLevel(logging.ERROR)  # the table says it all; no per-probe warnings
-    return asyncio.run(run_check(settings, sys.stdout))
+    return asyncio.run(run_check(settings, sys.stdout, args.output, args.failures_only))
 
 
-async def run_check(settings: Settings, out: TextIO) -> int:
+async def run_check(
+    settings: Settings, out: TextIO, output: str = "table", failures_only: bool = False
+) -> int:
+    """One probe cycle now; the report as a table (or JSON); exit 1 if any probe failed."""
     from agent.runtime import Agent
 
     agent = Agent(settings, process_metrics=False)
     try:
-        results = await agent.run_cycle()
+        await agent.run_cycle()
     finally:
         await agent.stop(grace=0)
-    names = {t.id: t.name for p in agent.probers for t in p.state.tenants.values()}
-    rows = [
-        (
-            r.credential,
-            names.get(r.tenant_id, "") if r.tenant_id else "-",
-            r.tenant_id or "-",
-            r.probe,
-            str(r.status_code),
-            r.error_code or "-",
-            r.cause,
-            "-" if r.success else r.remedy,
-        )
-        for r in results
-    ]
-    header = ("CREDENTIAL", "TENANT", "TENANT ID", "PROBE", "STATUS", "ERROR CODE", "CAUSE", "HINT")
-    out.write(REDACTOR(format_table(header, rows)))
-    failed = [r for r in results if not r.success]
-    out.write(f"\n{len(results)} probes, {len(failed)} failed\n")
-    return EXIT_FAILED if failed else EXIT_OK
+    report = build_report(agent)
+    if output == "json":
+        text = json.dumps(report.to_json(), indent=2, ensure_ascii=False) + "\n"
+    else:
+        text = format_check(report, failures_only)
+    out.write(REDACTOR(text))
+    return EXIT_FAILED if any(row.kind != "ok" for row in report.rows()) else EXIT_OK
 
 
-def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Columns padded to width; the last column (the hint) is left to run on."""
-    widths = [len(h) for h in header]
-    for row in rows:
-        for i, cell in enumerate(row[:-1]):
-            widths[i] = min(max(widths[i], len(cell)), 48)
-    lines = []
-    for row in (header, *rows):
-        cells = [cell[:48].ljust(widths[i]) for i, cell in enumerate(row[:-1])]
-        lines.append("  ".join([*cells, row[-1]]).rstrip())
-    return "\n".join(lines) + "\n"
+CHECK_HEADER = (
+    "CREDENTIAL",
+    "TENANT",
+    "TENANT ID",
+    "PROBE",
+    "STATUS",
+    "ERROR CODE",
+    "CAUSE",
+    "HINT",
+)
+
+
+def format_check(report: Report, failures_only: bool = False) -> str:
+    """Summary first, then every probe that is not healthy, then (unless left out) the rest.
+
+    Columns are aligned by display width (``tabulate`` with ``wcwidth``), so tenant names in
+    Chinese or Japanese do not shift the columns after them.
+    """
+    rows = [r for r in report.rows() if not (failures_only and r.kind == "ok")]
+    table = tabulate(
+        [_check_row(r) for r in rows],
+        headers=CHECK_HEADER,
+        tablefmt="plain",
+        disable_numparse=True,
+    )
+    return "\n".join([*summary_lines(report), "", table, ""])
+
+
+def _check_row(row: Row) -> tuple[str, ...]:
+    return (
+        row.credential,
+        row.tenant_name or "-",
+        row.tenant_id or "-",
+        row.probe,
+        row.status,
+        row.error_code or "-",
+        row.cause,
+        "-" if row.kind == "ok" else plain_remedy(row.remedy),
+    )
+
+
+def summary_lines(report: Report) -> list[str]:
+    """The report's first lines: what failed, by cause, and how often each credential probes."""
+    s = report.summary
+    parts = [f"{s.probes} probes: {s.failing} failing{_by_cause(s.failing_by_cause)}"]
+    parts.append(f"{s.business} business state{_by_cause(s.business_by_cause)}")
+    if s.not_run:
+        parts.append(f"{s.not_run} not run: no token")
+    parts.append(f"{s.healthy} healthy")
+    periods = ", ".join(
+        f"{c.name} every {human_duration(c.period_seconds)}" for c in report.credentials
+    )
+    return ["; ".join(parts), f"Per-tenant probe period: {periods}"]
+
+
+def _by_cause(counts: dict[str, int]) -> str:
+    if not counts:
+        return ""
+    return " (" + ", ".join(f"{n} {cause}" for cause, n in counts.items()) + ")"
 
 
 # -- config check ------------------------------------------------------------------------------

@@ -32,6 +32,10 @@ BUSINESS_CAUSES = frozenset(
 )
 """Causes that are the customer's or Sophos's business decision, not an outage: counted apart."""
 
+NOT_PROBED = "not probed"
+_SKIP_CODES = frozenset({"not_activated", "host_not_allowed", "trial_account"})
+"""Error codes of tenants the agent decided not to call: no request, so no status either."""
+
 _KIND_ORDER: dict[str, int] = {"not_run": 0, "failure": 1, "business": 2, "ok": 3}
 _CODE_SPAN = re.compile(r"`([^`]+)`")
 
@@ -231,7 +235,9 @@ def _row(result: ProbeResult, names: dict[str, str], now: float, token: ProbeRes
         tenant_id=result.tenant_id,
         tenant_name=names.get(result.tenant_id, ""),
         probe=result.probe,
-        status=NOT_RUN_NO_TOKEN if kind == "not_run" else status_text(result.status_code),
+        status=NOT_RUN_NO_TOKEN
+        if kind == "not_run"
+        else status_text(result.status_code, result.error_code),
         error_code=result.error_code,
         cause=result.cause,
         kind=kind,
@@ -316,9 +322,12 @@ def _summary(creds: list[CredentialReport]) -> Summary:
     )
 
 
-def status_text(status_code: int) -> str:
-    """The HTTP status as people read it; no response at all is "no answer", not "0"."""
-    return NO_ANSWER if status_code == 0 else str(status_code)
+def status_text(status_code: int, error_code: str = "") -> str:
+    """The HTTP status as people read it: "no answer" rather than "0", "not probed" when the
+    agent sent nothing on purpose."""
+    if status_code != 0:
+        return str(status_code)
+    return NOT_PROBED if error_code in _SKIP_CODES else NO_ANSWER
 
 
 def human_duration(seconds: float) -> str:
