@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -306,8 +307,10 @@ async def test_check_is_0_when_every_probe_succeeds(sim: Simulator, tmp_path: Pa
     config = sim_config(sim, tmp_path)
     result = await asyncio.to_thread(cli, "check", "--config", str(config))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "0 failed" in result.stdout
-    assert result.stdout.splitlines()[0].split() == [
+    lines = result.stdout.splitlines()
+    assert re.fullmatch(r"\d+ probes: 0 failing; 0 business state; \d+ healthy", lines[0])
+    assert lines[1].startswith("Per-tenant probe period: msp-healthy every ")
+    assert lines[3].split() == [
         "CREDENTIAL",
         "TENANT",
         "TENANT",
@@ -335,9 +338,43 @@ async def test_check_is_1_when_a_probe_fails(sim: Simulator, tmp_path: Path) -> 
     config = sim_config(sim, tmp_path)
     result = await asyncio.to_thread(cli, "check", "--config", str(config))
     assert result.returncode == 1
-    (line,) = [row for row in result.stdout.splitlines() if tenant.id in row]
+    lines = result.stdout.splitlines()
+    assert "1 failing (1 sophos_server_error)" in lines[0]
+    (line,) = [row for row in lines if tenant.id in row]
     assert "500" in line and "sophos_server_error" in line and "support-bundle" in line
-    assert "1 failed" in result.stdout
+    assert "`" not in line  # the hint is plain text, not Markdown
+    # The failure comes before every healthy row.
+    healthy = [i for i, row in enumerate(lines) if re.search(r"\s200\s", row)]
+    assert healthy and lines.index(line) < min(healthy)
+
+
+async def test_check_failures_only_and_json_for_scripts(sim: Simulator, tmp_path: Path) -> None:
+    tenant = sim.scenario.credential("msp-healthy").tenants[2]
+    sim.set_fault(tenant.id, "not_found_404")
+    config = sim_config(sim, tmp_path)
+    short = await asyncio.to_thread(cli, "check", "--config", str(config), "--failures-only")
+    assert short.returncode == 1
+    rows = short.stdout.splitlines()[4:]
+    assert [r for r in rows if r.strip()] and all(tenant.id in r for r in rows if r.strip())
+
+    result = await asyncio.to_thread(cli, "check", "--config", str(config), "--output", "json")
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    summary = report["summary"]
+    assert (summary["failing"], summary["business"]) == (1, 0)
+    assert summary["probes"] == summary["healthy"] + 1
+    cred = report["credentials"][0]  # the credential with the failure comes first
+    assert cred["name"] == "msp-healthy" and cred["period_seconds"] > 0
+    (group,) = cred["groups"]
+    (row,) = group["rows"]
+    assert (row["tenant_id"], row["status"], row["probe"]) == (tenant.id, "404", "tenant")
+    assert row["cause"] == group["cause"] and group["remedy"]
+    assert {w["window"] for w in cred["windows"]} == {"1s", "1m", "1h", "1d"}
+    assert cred_secret(sim) not in result.stdout
+
+
+def cred_secret(sim: Simulator) -> str:
+    return sim.scenario.credential("msp-healthy").client_secret
 
 
 # -- simulate and demo ---------------------------------------------------------------------------

@@ -245,7 +245,7 @@ async def test_check_exits_0_when_everything_is_healthy(tmp_path: Path) -> None:
         )
         out = io.StringIO()
         assert await run_check(load_settings(path), out) == 0
-        assert "0 failed" in out.getvalue()
+        assert " 0 failing; 0 business state; " in out.getvalue().splitlines()[0]
     finally:
         await sim.stop()
 

@@ -5,7 +5,6 @@ fails; and docs/troubleshooting.md kept in step with the remedies the agent actu
 
 from __future__ import annotations
 
-import html
 import io
 import json
 import re
@@ -20,8 +19,10 @@ from agent.classify import Outcome
 from agent.cli import run_check
 from agent.diagnosis import HEADER_401_REMEDY, REDIRECT_REMEDY, REMEDIES, Context, diagnose
 from agent.evidence import load_evidence
+from agent.report import plain_remedy
 from agent.simulator import build_scenario
 from agent.statefile import StateFile
+from agent.status_page import remedy_html
 from tests.e2e.harness import Stack, start_ready_stack, stop_stack, tenant_tagged, wait_for
 
 IN_MODULE_LOOP = pytest.mark.asyncio(loop_scope="module")
@@ -144,13 +145,16 @@ async def test_every_fault_has_one_cause_in_metrics_status_check_and_log(stack: 
         tid = tenant_tagged(stack, tag)
         remedy = REMEDIES[cause]
         assert causes[tid] == cause, (tag, causes[tid])
-        row = re.search(
-            rf"<tr class='probe [^']*' data-cause='{cause}' data-tenant='{tid}'>.*?</tr>", status
+        group = re.search(
+            rf'<div class="group [^"]*" id="[^"]*--{cause}" data-cause="{cause}".*?</table>',
+            status,
+            re.S,
         )
-        assert row is not None, f"/status has no {cause} row for {tag}"
-        assert html.escape(remedy) in row.group(0)
+        assert group is not None, f"/status has no {cause} group for {tag}"
+        assert f'data-cause="{cause}" data-tenant="{tid}"' in group.group(0), tag
+        assert str(remedy_html(remedy)) in group.group(0)
         (line,) = [line for line in table if tid in line]
-        assert f" {cause} " in line and line.endswith(remedy), (tag, line)
+        assert f" {cause} " in line and line.endswith(plain_remedy(remedy)), (tag, line)
         logged = [r for r in records if r.get("tenant_id") == tid and r.get("cause") == cause]
         assert logged, f"no log line with cause {cause} for {tag}"
         assert logged[-1]["level"] == "warning"
