@@ -22,6 +22,7 @@ VARIABLES = ("datasource", "job", "instance", "credential", "tenant")
 EXPECTED_UIDS = {
     "sophos-central-overview.json": "sophos-central-overview",
     "sophos-central-tenants.json": "sophos-central-tenants",
+    "sophos-central-tenant-detail.json": "sophos-central-tenant-detail",
 }
 # Grafana variables and what they become for an offline parse.
 SUBSTITUTIONS = {
