@@ -293,7 +293,7 @@ def test_tenant_links_open_the_drill_down_of_that_row() -> None:
 
 def test_last_result_tells_not_probed_from_failed_and_ok(tmp_path: Path) -> None:
     """Evaluated by Prometheus's own engine (promtool test rules) on three tenants: one OK, one
-    answering 500, one without an API host. 1, 0 and -1 are what the value mappings colour."""
+    answering 500, one without an API host. 1, 0 and 2 are what the value mappings colour."""
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.fail("promtool not found on PATH; install it with: apt-get install -y prometheus")
@@ -316,7 +316,7 @@ def test_last_result_tells_not_probed_from_failed_and_ok(tmp_path: Path) -> None
         )
     by = "credential, tenant_id, probe"
     expr = substitute(gen_dashboards.result_expr(by, 'tenant_id!=""'))
-    expected = [("t-ok", 1), ("t-500", 0), ("t-new", -1)]
+    expected = [("t-ok", 1), ("t-500", 0), ("t-new", 2)]
     tests = {
         "rule_files": [],
         "evaluation_interval": "1m",

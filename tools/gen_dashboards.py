@@ -89,8 +89,9 @@ allowed_api_hosts) must not look like a failing one."""
 
 NOT_PROBED_RE = "|".join(c for c, kind in CAUSE_KINDS.items() if kind == "not_probed")
 
-# The value of a probe's "last result" as the dashboards compute it (see result_expr).
-RESULT_OK, RESULT_FAILED, RESULT_NOT_PROBED = 1, 0, -1
+# The value of a probe's "last result" as the dashboards compute it (see result_expr). Failed
+# sorts first in an ascending table, not probed (nothing to act on) last.
+RESULT_FAILED, RESULT_OK, RESULT_NOT_PROBED = 0, 1, 2
 CONFIRMED_AFTER = 3
 """Consecutive failures that confirm a failed per-tenant probe; fewer are still being re-probed."""
 
@@ -176,7 +177,7 @@ def sel(*extra: str, instance: bool = True, tenant: bool = False) -> str:
 
 
 def result_expr(by: str, *extra: str) -> str:
-    """A probe's last result as 1 (OK), 0 (failed) or -1 (not probed on purpose).
+    """A probe's last result as 1 (OK), 0 (failed) or 2 (not probed on purpose).
 
     probe_success is 0 for a tenant the agent skips (cause not_activated, ...); the cause tells
     them apart, so a skipped tenant does not show as a failure.
@@ -384,7 +385,7 @@ def table_panel(
 ) -> PanelBuilder:
     """Instant queries merged into one row per label set, showing only ``columns``, in order."""
     panel = table.Panel().show_header(True)
-    panel.sort_by([cm_sort(sort_by, descending)])
+    panel.sort_by([sort_by_column(sort_by, descending)])
     for _, header, properties in columns:
         if properties:
             panel.override_by_name(header, properties)
@@ -405,7 +406,7 @@ def table_panel(
     return _common(panel, title, description, targets, unit, grid)
 
 
-def cm_sort(column: str, descending: bool) -> cb.TableSortByFieldState:
+def sort_by_column(column: str, descending: bool) -> cb.TableSortByFieldState:
     return cb.TableSortByFieldState().display_name(column).desc(descending)
 
 
