@@ -259,16 +259,15 @@ def timeseries(
     grid: Grid,
     *,
     stack: bool = False,
-    bars: bool = False,
     colours: Sequence[tuple[str, str]] = (),
 ) -> PanelBuilder:
-    """Lines (or stacked bars for counts per interval) with a table legend of last values."""
+    """Lines, stacked for parts of a whole, with a table legend of last values."""
     panel = (
         ts.Panel()
         .min(0)
-        .draw_style(cm.GraphDrawStyle.BARS if bars else cm.GraphDrawStyle.LINE)
+        .draw_style(cm.GraphDrawStyle.LINE)
         .line_width(1)
-        .fill_opacity(80 if bars else 10)
+        .fill_opacity(10)
         .show_points(cm.VisibilityMode.NEVER)
         .span_nulls(False)
         .stacking(
@@ -1076,8 +1075,8 @@ def tenant_detail() -> dm.Dashboard:
         ),
         timeseries(
             "Answers by status",
-            "Calls for this tenant per interval, by probe family, HTTP status ('0': no answer) and "
-            "Sophos error code.",
+            "Answers to this tenant's calls within each trailing rate interval, by probe family, "
+            "HTTP status ('0': no answer) and Sophos error code.",
             [
                 target(
                     f"sum by (probe, status_code, error_code) (increase("
@@ -1088,7 +1087,6 @@ def tenant_detail() -> dm.Dashboard:
             "short",
             (12, 19, 12, 8),
             stack=True,
-            bars=True,
         ),
         timeseries(
             "Probe duration per family",
