@@ -974,7 +974,7 @@ def tenant_detail() -> dm.Dashboard:
                 )
             ],
             "none",
-            (0, 0, 24, 3),
+            (0, 0, 24, 4),
             columns=[
                 ("tenant_name", "Tenant", []),
                 ("tenant_id", "Tenant ID", []),
@@ -1014,7 +1014,7 @@ def tenant_detail() -> dm.Dashboard:
                 ),
             ],
             "none",
-            (0, 3, 24, 8),
+            (0, 4, 24, 8),
             columns=[
                 ("probe", "Probe family", []),
                 ("Value #A", "Last probe", coloured_cells(*result_mappings())),
@@ -1044,7 +1044,7 @@ def tenant_detail() -> dm.Dashboard:
             "Each family's last result over time: OK, failed, or not probed on purpose.",
             [target(result_expr(fam, 'tenant_id!=""'), "{{probe}}")],
             "none",
-            (0, 11, 12, 8),
+            (0, 12, 12, 8),
             mappings=result_mappings(),
         ),
         state_timeline(
@@ -1058,7 +1058,7 @@ def tenant_detail() -> dm.Dashboard:
                 )
             ],
             "none",
-            (12, 11, 12, 8),
+            (12, 12, 12, 8),
             mappings=confirmation_mappings(),
         ),
         timeseries(
@@ -1071,7 +1071,7 @@ def tenant_detail() -> dm.Dashboard:
                 target(f"3 * {period}", "stale bound", ref="C"),
             ],
             "s",
-            (0, 19, 12, 8),
+            (0, 20, 12, 8),
         ),
         timeseries(
             "Answers by status",
@@ -1085,7 +1085,7 @@ def tenant_detail() -> dm.Dashboard:
                 )
             ],
             "short",
-            (12, 19, 12, 8),
+            (12, 20, 12, 8),
             stack=True,
         ),
         timeseries(
@@ -1093,7 +1093,7 @@ def tenant_detail() -> dm.Dashboard:
             "How long each family's last probe of this tenant took.",
             [target(f"max by ({fam}) ({m.PROBE_DURATION_SECONDS}{of_tenant})", "{{probe}}")],
             "s",
-            (0, 27, 24, 8),
+            (0, 28, 24, 8),
         ),
     ]
     return dashboard(
