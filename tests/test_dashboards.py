@@ -22,6 +22,7 @@ VARIABLES = ("datasource", "job", "instance", "credential", "tenant")
 EXPECTED_UIDS = {
     "sophos-central-overview.json": "sophos-central-overview",
     "sophos-central-tenants.json": "sophos-central-tenants",
+    "sophos-central-tenant-detail.json": "sophos-central-tenant-detail",
 }
 # Grafana variables and what they become for an offline parse.
 SUBSTITUTIONS = {
@@ -230,3 +231,118 @@ def test_provisioning_files() -> None:
     datasources = yaml.safe_load((PROVISIONING / "datasource.yml").read_text(encoding="utf-8"))
     assert datasources["apiVersion"] == 1
     assert [d["type"] for d in datasources["datasources"]] == ["prometheus"]
+
+
+# --- causes, results and the drill-down --------------------------------------------------------
+
+
+def test_every_cause_has_a_colour_and_not_probed_is_not_a_failure() -> None:
+    """A cause without an entry would show uncoloured; a tenant the exporter skips on purpose
+    (no API host yet, a trial without one, a host outside allowed_api_hosts) must not be red."""
+    assert set(metricnames.CAUSES) <= set(gen_dashboards.CAUSE_KINDS)
+    kinds = gen_dashboards.CAUSE_KINDS
+    colours = gen_dashboards.KIND_COLOURS
+    for cause in ("not_activated", "trial_account", "host_not_allowed"):
+        assert kinds[cause] == "not_probed"
+    assert colours["not_probed"] not in {colours["failure"], colours["ok"]}
+    detail = load(ROOT / "dashboards" / "sophos-central-tenant-detail.json")
+    [families] = [p for p in detail["panels"] if p["title"] == "Probe families"]
+    [cause_column] = [
+        o for o in families["fieldConfig"]["overrides"] if o["matcher"]["options"] == "Cause"
+    ]
+    [mapping] = [p["value"] for p in cause_column["properties"] if p["id"] == "mappings"]
+    shown = mapping[0]["options"]
+    assert shown["trial_account"]["color"] == colours["not_probed"]
+    assert "not probed" in shown["trial_account"]["text"]
+    assert shown["sophos_server_error"]["color"] == colours["failure"]
+
+
+def test_drill_down_shows_one_credential_and_one_tenant() -> None:
+    variables = {
+        v["name"]: v
+        for v in load(ROOT / "dashboards" / "sophos-central-tenant-detail.json")["templating"][
+            "list"
+        ]
+    }
+    for name in ("credential", "tenant"):
+        assert variables[name]["multi"] is False and variables[name]["includeAll"] is False
+    overview = load(ROOT / "dashboards" / "sophos-central-overview.json")
+    assert {v["name"]: v["multi"] for v in overview["templating"]["list"][1:]} == dict.fromkeys(
+        VARIABLES[1:], True
+    )
+
+
+def test_tenant_links_open_the_drill_down_of_that_row() -> None:
+    uids = {load(path)["uid"] for path in DASHBOARDS}
+    tenants = load(ROOT / "dashboards" / "sophos-central-tenants.json")
+    links = [
+        link["url"]
+        for panel in tenants["panels"]
+        for override in panel["fieldConfig"]["overrides"]
+        for prop in override["properties"]
+        if prop["id"] == "links"
+        for link in prop["value"]
+    ]
+    assert links
+    for url in links:
+        uid = re.match(r"/d/([\w-]+)\?", url)
+        assert uid and uid.group(1) in uids, url
+        assert "var-credential=${__data.fields.credential}" in url
+        assert "var-tenant=${__data.fields.tenant_id}" in url
+
+
+def test_last_result_tells_not_probed_from_failed_and_ok(tmp_path: Path) -> None:
+    """Evaluated by Prometheus's own engine (promtool test rules) on three tenants: one OK, one
+    answering 500, one without an API host. 1, 0 and 2 are what the value mappings colour."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool not found on PATH; install it with: apt-get install -y prometheus")
+    base = 'job="sophos", instance="a:9866", credential="msp"'
+    series = []
+    for tenant, success, cause in (
+        ("t-ok", 1, "ok"),
+        ("t-500", 0, "sophos_server_error"),
+        ("t-new", 0, "not_activated"),
+    ):
+        labels = f'{base}, tenant_id="{tenant}", probe="tenant"'
+        series.append(
+            {"series": f"{metricnames.PROBE_SUCCESS}{{{labels}}}", "values": f"{success}x2"}
+        )
+        series.append(
+            {
+                "series": f'{metricnames.PROBE_CAUSE_INFO}{{{labels}, cause="{cause}"}}',
+                "values": "1x2",
+            }
+        )
+    by = "credential, tenant_id, probe"
+    expr = substitute(gen_dashboards.result_expr(by, 'tenant_id!=""'))
+    expected = [("t-ok", 1), ("t-500", 0), ("t-new", 2)]
+    tests = {
+        "rule_files": [],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": series,
+                "promql_expr_test": [
+                    {
+                        "expr": expr,
+                        "eval_time": "1m",
+                        "exp_samples": [
+                            {
+                                "labels": f'{{credential="msp", tenant_id="{t}", probe="tenant"}}',
+                                "value": v,
+                            }
+                            for t, v in expected
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+    test_file = tmp_path / "result.test.yml"
+    test_file.write_text(yaml.safe_dump(tests, sort_keys=False), encoding="utf-8")
+    result = subprocess.run(
+        [promtool, "test", "rules", str(test_file)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

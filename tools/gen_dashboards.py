@@ -1,9 +1,12 @@
-"""Generate the Grafana dashboards from code.
+"""Generate the Grafana dashboards from code, with Grafana's own dashboards-as-code library.
 
 The JSON under ``dashboards/`` is this module's output and is committed, so that Grafana can
-provision it as it is; ``tests/test_dashboards.py`` fails when the two drift apart. Metric names
-come from ``agent.metricnames`` and recording-rule names from ``alerts/``, so a renamed metric
-breaks the build here instead of leaving an empty panel.
+provision it as it is; ``tests/test_dashboards.py`` fails when the two drift apart. The panels are
+built with ``grafana-foundation-sdk`` (a dev dependency: the exporter does not need it at run
+time), pinned to the build for the Grafana version of ``deploy/docker-compose.yml`` so that the
+JSON carries that version's ``schemaVersion``. Metric names come from ``agent.metricnames`` and
+recording-rule names from ``alerts/``, so a renamed metric breaks the build here instead of
+leaving an empty panel.
 
     uv run python -m tools.gen_dashboards           # rewrite dashboards/*.json
     uv run python -m tools.gen_dashboards --check   # exit 1 if they are out of date
@@ -14,16 +17,28 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+from grafana_foundation_sdk.builders import bargauge, prometheus, stat, statetimeline, table
+from grafana_foundation_sdk.builders import common as cb
+from grafana_foundation_sdk.builders import dashboard as db
+from grafana_foundation_sdk.builders import timeseries as ts
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common as cm
+from grafana_foundation_sdk.models import dashboard as dm
+from grafana_foundation_sdk.models import prometheus as pm
 
 from agent import metricnames as m
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARDS_DIR = ROOT / "dashboards"
-SCHEMA_VERSION = 39
 TAGS = ["sophos-central", "sophos-central-exporter"]
+
+OVERVIEW_UID = "sophos-central-overview"
+TENANTS_UID = "sophos-central-tenants"
+DETAIL_UID = "sophos-central-tenant-detail"
 
 # Recording rules (alerts/sophos-central-recording.rules.yml) used by the panels.
 TENANTS_OK = "sophos_central:tenants_ok:count"
@@ -34,10 +49,119 @@ RATIO_403_10M = "sophos_central:api_requests_403:ratio_rate10m"
 RATIO_403_1D = "sophos_central:api_requests_403:ratio_rate1d"
 BUDGET_USED = "sophos_central:rate_limit_budget_used:ratio"
 
-DATASOURCE: dict[str, str] = {"type": "prometheus", "uid": "${datasource}"}
+DATASOURCE = dm.DataSourceRef(type_val="prometheus", uid="${datasource}")
+Grid = tuple[int, int, int, int]
+PanelBuilder = Any  # a grafana_foundation_sdk panel builder (each panel kind has its own class)
 
-Panel = dict[str, Any]
-Target = dict[str, Any]
+# --- causes ------------------------------------------------------------------------------------
+
+KIND_COLOURS = {
+    "ok": "green",
+    "not_probed": "blue",  # the agent sends nothing for such a tenant: not an outage
+    "business": "purple",  # Sophos answered, and the answer is the account's state
+    "failure": "red",
+}
+
+CAUSE_KINDS: dict[str, str] = {
+    "ok": "ok",
+    "not_activated": "not_probed",
+    "trial_account": "not_probed",
+    "host_not_allowed": "not_probed",
+    "partner_assistance_disabled": "business",
+    "export_restricted": "business",
+    "invalid_credentials": "failure",
+    "token_rejected": "failure",
+    "partner_id_mismatch": "failure",
+    "wrong_api_host": "failure",
+    "forbidden": "failure",
+    "bad_request": "failure",
+    "not_found": "failure",
+    "rate_limited": "failure",
+    "sophos_server_error": "failure",
+    "sophos_unavailable": "failure",
+    "network_error": "failure",
+    "proxy_error": "failure",
+    "invalid_response": "failure",
+}
+"""Every cause the exporter can report, and how the dashboards colour it: one entry per cause.
+A tenant that is not probed on purpose (no API host yet, a trial without one, a host outside
+allowed_api_hosts) must not look like a failing one."""
+
+NOT_PROBED_RE = "|".join(c for c, kind in CAUSE_KINDS.items() if kind == "not_probed")
+
+# The value of a probe's "last result" as the dashboards compute it (see result_expr). Failed
+# sorts first in an ascending table, not probed (nothing to act on) last.
+RESULT_FAILED, RESULT_OK, RESULT_NOT_PROBED = 0, 1, 2
+CONFIRMED_AFTER = 3
+"""Consecutive failures that confirm a failed per-tenant probe; fewer are still being re-probed."""
+
+
+def cause_mappings() -> list[dm.ValueMapping]:
+    """Cause text -> colour, for table cells that show a cause."""
+    options = {
+        cause: dm.ValueMappingResult(
+            text=f"{cause} (not probed)" if kind == "not_probed" else cause,
+            color=KIND_COLOURS[kind],
+            index=index,
+        )
+        for index, (cause, kind) in enumerate(CAUSE_KINDS.items())
+    }
+    return [dm.ValueMap(options=options)]
+
+
+def cause_colour_overrides() -> list[tuple[str, str]]:
+    """(series name, colour) for panels with one series per cause (legend ``{{cause}}``)."""
+    return [(cause, KIND_COLOURS[kind]) for cause, kind in CAUSE_KINDS.items()]
+
+
+def result_mappings() -> list[dm.ValueMapping]:
+    """The three values of result_expr: not probed stays apart from failed."""
+    return [
+        dm.ValueMap(
+            options={
+                str(RESULT_OK): dm.ValueMappingResult(text="OK", color="green", index=0),
+                str(RESULT_FAILED): dm.ValueMappingResult(text="Failed", color="red", index=1),
+                str(RESULT_NOT_PROBED): dm.ValueMappingResult(
+                    text="Not probed", color="blue", index=2
+                ),
+            }
+        )
+    ]
+
+
+def confirmation_mappings() -> list[dm.ValueMapping]:
+    """Consecutive failures: 0 ok, 1-2 still being re-probed, 3 or more confirmed."""
+    return [
+        dm.ValueMap(options={"0": dm.ValueMappingResult(text="0 ok", color="green", index=0)}),
+        dm.RangeMap(
+            options=dm.DashboardRangeMapOptions(
+                from_val=1,
+                to=CONFIRMED_AFTER - 1,
+                result=dm.ValueMappingResult(text="confirming", color="orange", index=1),
+            )
+        ),
+        dm.RangeMap(
+            options=dm.DashboardRangeMapOptions(
+                from_val=CONFIRMED_AFTER,
+                to=None,
+                result=dm.ValueMappingResult(text="confirmed", color="red", index=2),
+            )
+        ),
+    ]
+
+
+def ok_mappings(ok: str, bad: str) -> list[dm.ValueMapping]:
+    return [
+        dm.ValueMap(
+            options={
+                "1": dm.ValueMappingResult(text=ok, color="green", index=0),
+                "0": dm.ValueMappingResult(text=bad, color="red", index=1),
+            }
+        )
+    ]
+
+
+# --- queries -----------------------------------------------------------------------------------
 
 
 def sel(*extra: str, instance: bool = True, tenant: bool = False) -> str:
@@ -52,301 +176,374 @@ def sel(*extra: str, instance: bool = True, tenant: bool = False) -> str:
     return "{" + ", ".join(parts) + "}"
 
 
+def result_expr(by: str, *extra: str) -> str:
+    """A probe's last result as 1 (OK), 0 (failed) or 2 (not probed on purpose).
+
+    probe_success is 0 for a tenant the agent skips (cause not_activated, ...); the cause tells
+    them apart, so a skipped tenant does not show as a failure.
+    """
+    success = f"{m.PROBE_SUCCESS}{sel(*extra, tenant=True)}"
+    not_probed = f'cause=~"{NOT_PROBED_RE}"'
+    skipped = f"{m.PROBE_CAUSE_INFO}{sel(*extra, not_probed, tenant=True)}"
+    return (
+        f"(max by ({by}) ({success}) unless on ({by}) {skipped}) "
+        f"or ({RESULT_NOT_PROBED} * max by ({by}) ({skipped}))"
+    )
+
+
 def target(
-    expr: str,
-    legend: str = "",
-    *,
-    ref: str = "A",
-    instant: bool = False,
-    table: bool = False,
-) -> Target:
-    return {
-        "datasource": DATASOURCE,
-        "refId": ref,
-        "expr": expr,
-        "legendFormat": legend or "__auto",
-        "range": not instant,
-        "instant": instant,
-        "format": "table" if table else "time_series",
-    }
+    expr: str, legend: str = "", *, ref: str = "A", instant: bool = False, table: bool = False
+) -> prometheus.Dataquery:
+    query = (
+        prometheus.Dataquery()
+        .datasource(DATASOURCE)
+        .ref_id(ref)
+        .expr(expr)
+        .legend_format(legend or "__auto")
+        .format(pm.PromQueryFormat.TABLE if table else pm.PromQueryFormat.TIME_SERIES)
+    )
+    return query.instant() if instant else query.range()
 
 
-def _panel(
-    kind: str,
+def thresholds(*steps: tuple[float | None, str]) -> db.ThresholdsConfig:
+    return (
+        db.ThresholdsConfig()
+        .mode(dm.ThresholdsMode.ABSOLUTE)
+        .steps([dm.Threshold(value=value, color=color) for value, color in steps])
+    )
+
+
+def reduce_last() -> cb.ReduceDataOptions:
+    return cb.ReduceDataOptions().calcs(["lastNotNull"]).fields("").values(False)
+
+
+# --- one function per panel kind ---------------------------------------------------------------
+
+
+class _Common(Protocol):
+    """What every panel builder of the SDK has; enough for ``_common``."""
+
+    def title(self, title: str) -> Any: ...
+    def description(self, description: str) -> Any: ...
+    def datasource(self, datasource: dm.DataSourceRef) -> Any: ...
+    def grid_pos(self, grid_pos: dm.GridPos) -> Any: ...
+    def unit(self, unit: str) -> Any: ...
+    def targets(self, targets: list[Any]) -> Any: ...
+
+
+def _common(
+    panel: _Common,
     title: str,
     description: str,
-    targets: list[Target],
+    targets: Sequence[prometheus.Dataquery],
     unit: str,
-    grid: tuple[int, int, int, int],
-    *,
-    options: dict[str, Any] | None = None,
-    defaults: dict[str, Any] | None = None,
-    overrides: list[dict[str, Any]] | None = None,
-    transformations: list[dict[str, Any]] | None = None,
-) -> Panel:
+    grid: Grid,
+) -> PanelBuilder:
+    """Title, description, unit, data source and place: what the dashboard linter asks of every
+    panel, set in one place."""
     x, y, w, h = grid
-    panel: Panel = {
-        "type": kind,
-        "title": title,
-        "description": description,
-        "datasource": DATASOURCE,
-        "gridPos": {"x": x, "y": y, "w": w, "h": h},
-        "fieldConfig": {
-            "defaults": {"unit": unit, **(defaults or {})},
-            "overrides": overrides or [],
-        },
-        "options": options or {},
-        "targets": targets,
-    }
-    if transformations:
-        panel["transformations"] = transformations
+    panel.title(title)
+    panel.description(description)
+    panel.datasource(DATASOURCE)
+    panel.grid_pos(dm.GridPos(x=x, y=y, w=w, h=h))
+    panel.unit(unit)
+    panel.targets(list(targets))
     return panel
 
 
 def timeseries(
     title: str,
     description: str,
-    targets: list[Target],
+    targets: Sequence[prometheus.Dataquery],
     unit: str,
-    grid: tuple[int, int, int, int],
+    grid: Grid,
     *,
     stack: bool = False,
-    max_value: float | None = None,
-) -> Panel:
-    defaults: dict[str, Any] = {
-        "min": 0,
-        "custom": {
-            "drawStyle": "line",
-            "lineWidth": 1,
-            "fillOpacity": 10,
-            "showPoints": "never",
-            "spanNulls": False,
-            "stacking": {"mode": "normal" if stack else "none", "group": "A"},
-        },
-    }
-    if max_value is not None:
-        defaults["max"] = max_value
-    return _panel(
-        "timeseries",
-        title,
-        description,
-        targets,
-        unit,
-        grid,
-        defaults=defaults,
-        options={
-            "legend": {"displayMode": "table", "placement": "right", "calcs": ["lastNotNull"]},
-            "tooltip": {"mode": "multi", "sort": "desc"},
-        },
+    colours: Sequence[tuple[str, str]] = (),
+) -> PanelBuilder:
+    """Lines, stacked for parts of a whole, with a table legend of last values."""
+    panel = (
+        ts.Panel()
+        .min(0)
+        .draw_style(cm.GraphDrawStyle.LINE)
+        .line_width(1)
+        .fill_opacity(10)
+        .show_points(cm.VisibilityMode.NEVER)
+        .span_nulls(False)
+        .stacking(
+            cb.StackingConfig()
+            .mode(cm.StackingMode.NORMAL if stack else cm.StackingMode.NONE)
+            .group("A")
+        )
+        .legend(
+            cb.VizLegendOptions()
+            .display_mode(cm.LegendDisplayMode.TABLE)
+            .placement(cm.LegendPlacement.RIGHT)
+            .show_legend(True)
+            .calcs(["lastNotNull"])
+        )
+        .tooltip(
+            cb.VizTooltipOptions().mode(cm.TooltipDisplayMode.MULTI).sort(cm.SortOrder.DESCENDING)
+        )
     )
+    for name, colour in colours:
+        panel.override_by_name(name, [fixed_colour(colour)])
+    return _common(panel, title, description, targets, unit, grid)
 
 
-def ok_mappings(ok: str, bad: str) -> list[dict[str, Any]]:
-    return [
-        {
-            "type": "value",
-            "options": {
-                "1": {"text": ok, "color": "green", "index": 0},
-                "0": {"text": bad, "color": "red", "index": 1},
+def fixed_colour(colour: str) -> dm.DynamicConfigValue:
+    return dm.DynamicConfigValue(id_val="color", value={"mode": "fixed", "fixedColor": colour})
+
+
+def stat_panel(
+    title: str,
+    description: str,
+    targets: Sequence[prometheus.Dataquery],
+    unit: str,
+    grid: Grid,
+    *,
+    mappings: list[dm.ValueMapping] | None = None,
+    steps: db.ThresholdsConfig | None = None,
+) -> PanelBuilder:
+    """One coloured tile per series: the last value, named."""
+    panel = (
+        stat.Panel()
+        .mappings(mappings or [])
+        .reduce_options(reduce_last())
+        .color_mode(cm.BigValueColorMode.BACKGROUND)
+        .graph_mode(cm.BigValueGraphMode.NONE)
+        .text_mode(cm.BigValueTextMode.VALUE_AND_NAME)
+        .orientation(cm.VizOrientation.HORIZONTAL)
+        .justify_mode(cm.BigValueJustifyMode.AUTO)
+    )
+    if steps is not None:
+        panel.thresholds(steps)
+    return _common(panel, title, description, targets, unit, grid)
+
+
+def bargauge_panel(
+    title: str,
+    description: str,
+    targets: Sequence[prometheus.Dataquery],
+    unit: str,
+    grid: Grid,
+    *,
+    steps: db.ThresholdsConfig | None = None,
+    colours: Sequence[tuple[str, str]] = (),
+) -> PanelBuilder:
+    """Horizontal bars: counts or times per series, compared at a glance."""
+    panel = (
+        bargauge.Panel()
+        .min(0)
+        .reduce_options(reduce_last())
+        .orientation(cm.VizOrientation.HORIZONTAL)
+        .display_mode(cm.BarGaugeDisplayMode.BASIC)
+        .show_unfilled(True)
+    )
+    if steps is not None:
+        panel.thresholds(steps)
+    for name, colour in colours:
+        panel.override_by_name(name, [fixed_colour(colour)])
+    return _common(panel, title, description, targets, unit, grid)
+
+
+def state_timeline(
+    title: str,
+    description: str,
+    targets: Sequence[prometheus.Dataquery],
+    unit: str,
+    grid: Grid,
+    *,
+    mappings: list[dm.ValueMapping],
+) -> PanelBuilder:
+    """One band per series, coloured by its mapped value over time: when did it change."""
+    panel = (
+        statetimeline.Panel()
+        .mappings(mappings)
+        .show_value(cm.VisibilityMode.NEVER)
+        .merge_values(True)
+        .row_height(0.8)
+    )
+    return _common(panel, title, description, targets, unit, grid)
+
+
+Column = tuple[str, str, list[dm.DynamicConfigValue]]
+"""A table column: source field (label name or ``Value #<refId>``), header, display settings."""
+
+
+def table_panel(
+    title: str,
+    description: str,
+    targets: Sequence[prometheus.Dataquery],
+    unit: str,
+    grid: Grid,
+    *,
+    columns: Sequence[Column],
+    sort_by: str,
+    descending: bool = False,
+) -> PanelBuilder:
+    """Instant queries merged into one row per label set, showing only ``columns``, in order."""
+    panel = table.Panel().show_header(True)
+    panel.sort_by([sort_by_column(sort_by, descending)])
+    for _, header, properties in columns:
+        if properties:
+            panel.override_by_name(header, properties)
+    values = _value_fields(targets)
+    wanted = [field for field, _, _ in columns]
+    if len(targets) > 1:
+        panel.with_transformation(dm.DataTransformerConfig(id_val="merge", options={}))
+    panel.with_transformation(
+        dm.DataTransformerConfig(
+            id_val="organize",
+            options={
+                "excludeByName": {f: True for f in ["Time", *values] if f not in wanted},
+                "indexByName": {field: index for index, field in enumerate(wanted)},
+                "renameByName": {field: header for field, header, _ in columns},
             },
-        }
+        )
+    )
+    return _common(panel, title, description, targets, unit, grid)
+
+
+def sort_by_column(column: str, descending: bool) -> cb.TableSortByFieldState:
+    return cb.TableSortByFieldState().display_name(column).desc(descending)
+
+
+def _value_fields(targets: Sequence[prometheus.Dataquery]) -> list[str]:
+    """The value columns of instant table queries as Grafana names them: ``Value`` alone,
+    ``Value #<refId>`` once several queries are merged."""
+    if len(targets) == 1:
+        return ["Value"]
+    return [f"Value #{query.build().ref_id}" for query in targets]
+
+
+def coloured_cells(*mappings: dm.ValueMapping) -> list[dm.DynamicConfigValue]:
+    return [
+        dm.DynamicConfigValue(id_val="mappings", value=list(mappings)),
+        dm.DynamicConfigValue(id_val="custom.cellOptions", value={"type": "color-background"}),
     ]
 
 
-def thresholds(*steps: tuple[float | None, str]) -> dict[str, Any]:
-    return {
-        "mode": "absolute",
-        "steps": [{"value": value, "color": color} for value, color in steps],
-    }
+def unit_of(unit: str) -> list[dm.DynamicConfigValue]:
+    return [dm.DynamicConfigValue(id_val="unit", value=unit)]
 
 
-def stat(
-    title: str,
-    description: str,
-    targets: list[Target],
-    unit: str,
-    grid: tuple[int, int, int, int],
-    *,
-    mappings: list[dict[str, Any]] | None = None,
-    steps: dict[str, Any] | None = None,
-) -> Panel:
-    defaults: dict[str, Any] = {"mappings": mappings or []}
-    if steps is not None:
-        defaults["thresholds"] = steps
-    return _panel(
-        "stat",
-        title,
-        description,
-        targets,
-        unit,
-        grid,
-        defaults=defaults,
-        options={
-            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-            "colorMode": "background",
-            "graphMode": "none",
-            "textMode": "value_and_name",
-            "orientation": "horizontal",
-            "justifyMode": "auto",
-        },
+def link_to_detail(title: str) -> list[dm.DynamicConfigValue]:
+    """A cell link to the drill-down of this row's credential and tenant, keeping the time range
+    and the data source, job and instance selection."""
+    url = (
+        f"/d/{DETAIL_UID}?${{datasource:queryparam}}&${{job:queryparam}}"
+        "&${instance:queryparam}&var-credential=${__data.fields.credential}"
+        "&var-tenant=${__data.fields.tenant_id}&${__url_time_range}"
     )
+    return [dm.DynamicConfigValue(id_val="links", value=[{"title": title, "url": url}])]
 
 
-def bargauge(
-    title: str,
-    description: str,
-    targets: list[Target],
-    unit: str,
-    grid: tuple[int, int, int, int],
-    *,
-    steps: dict[str, Any] | None = None,
-) -> Panel:
-    defaults: dict[str, Any] = {"min": 0}
-    if steps is not None:
-        defaults["thresholds"] = steps
-    return _panel(
-        "bargauge",
-        title,
-        description,
-        targets,
-        unit,
-        grid,
-        defaults=defaults,
-        options={
-            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-            "orientation": "horizontal",
-            "displayMode": "basic",
-            "showUnfilled": True,
-        },
+# --- templating and the dashboard frame -------------------------------------------------------
+
+
+def query_variable(name: str, label: str, query: str, *, many: bool = True) -> db.QueryVariable:
+    """A label_values() variable; ``many=False`` for a drill-down that shows one of them."""
+    variable = (
+        db.QueryVariable(name)
+        .label(label)
+        .datasource(DATASOURCE)
+        .query(query)
+        .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(dm.VariableSort.ALPHABETICAL_ASC)
+        .multi(many)
+        .include_all(many)
     )
+    if many:
+        variable.all_value(".*").current(
+            dm.VariableOption(selected=True, text=["All"], value=["$__all"])
+        )
+    return variable
 
 
-# --- templating ----------------------------------------------------------------------------
-
-
-def query_variable(name: str, label: str, query: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "label": label,
-        "type": "query",
-        "datasource": DATASOURCE,
-        "definition": query,
-        "query": {"qryType": 1, "query": query, "refId": f"{name}-variable"},
-        "refresh": 2,
-        "includeAll": True,
-        "allValue": ".*",
-        "multi": True,
-        "sort": 1,
-        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
-        "options": [],
-        "hide": 0,
-        "regex": "",
-        "skipUrlSync": False,
-    }
-
-
-def templating() -> dict[str, Any]:
+def variables(*, one_tenant: bool = False) -> list[db.QueryVariable | db.DatasourceVariable]:
+    """datasource, job, instance, credential, tenant: the dashboard linter's set plus ours."""
     build = m.EXPORTER_BUILD_INFO
-    return {
-        "list": [
-            {
-                "name": "datasource",
-                "label": "Data source",
-                "type": "datasource",
-                "query": "prometheus",
-                "current": {},
-                "options": [],
-                "refresh": 1,
-                "regex": "",
-                "hide": 0,
-                "includeAll": False,
-                "multi": False,
-                "skipUrlSync": False,
-            },
-            query_variable("job", "Job", f"label_values({build}, job)"),
-            query_variable(
-                "instance", "Instance", f'label_values({build}{{job=~"$job"}}, instance)'
-            ),
-            query_variable(
-                "credential",
-                "Credential",
-                f"label_values({m.PROBE_SUCCESS}"
-                f'{{job=~"$job", instance=~"$instance"}}, credential)',
-            ),
-            query_variable(
-                "tenant",
-                "Tenant ID",
-                f"label_values({m.TENANT_INFO}"
-                f'{{job=~"$job", instance=~"$instance", credential=~"$credential"}}, tenant_id)',
-            ),
-        ]
-    }
+    return [
+        db.DatasourceVariable("datasource").label("Data source").type("prometheus"),
+        query_variable("job", "Job", f"label_values({build}, job)"),
+        query_variable("instance", "Instance", f'label_values({build}{{job=~"$job"}}, instance)'),
+        query_variable(
+            "credential",
+            "Credential",
+            f'label_values({m.PROBE_SUCCESS}{{job=~"$job", instance=~"$instance"}}, credential)',
+            many=not one_tenant,
+        ),
+        query_variable(
+            "tenant",
+            "Tenant ID",
+            f"label_values({m.TENANT_INFO}"
+            f'{{job=~"$job", instance=~"$instance", credential=~"$credential"}}, tenant_id)',
+            many=not one_tenant,
+        ),
+    ]
 
 
-def dashboard(uid: str, title: str, description: str, panels: list[Panel]) -> dict[str, Any]:
+def dashboard(
+    uid: str,
+    title: str,
+    description: str,
+    panels: Sequence[PanelBuilder],
+    *,
+    one_tenant: bool = False,
+) -> dm.Dashboard:
+    """The frame every dashboard shares: tags, links between them, variables, refresh."""
+    board = (
+        db.Dashboard(title)
+        .uid(uid)
+        .description(description)
+        .tags(TAGS)
+        .editable()
+        .tooltip(dm.DashboardCursorSync.CROSSHAIR)
+        .version(1)
+        .refresh("1m")
+        .time("now-6h", "now")
+        .timezone("")
+        .annotation(
+            db.AnnotationQuery()
+            .name("Annotations & Alerts")
+            .datasource(dm.DataSourceRef(type_val="grafana", uid="-- Grafana --"))
+            .built_in(1)
+            .enable(True)
+            .hide(True)
+            .icon_color("rgba(0, 211, 255, 1)")
+            .type("dashboard")
+        )
+        .link(
+            db.DashboardLink("Sophos Central dashboards")
+            .type(dm.DashboardLinkType.DASHBOARDS)
+            .tags(["sophos-central"])
+            .as_dropdown(False)
+            .include_vars(True)
+            .keep_time(True)
+            .target_blank(False)
+            .icon("external link")
+        )
+    )
+    for variable in variables(one_tenant=one_tenant):
+        board.with_variable(variable)
     for number, panel in enumerate(panels, start=1):
-        panel["id"] = number
-    return {
-        "uid": uid,
-        "title": title,
-        "description": description,
-        "tags": TAGS,
-        "editable": True,
-        "graphTooltip": 1,
-        "id": None,
-        "version": 1,
-        "schemaVersion": SCHEMA_VERSION,
-        "refresh": "1m",
-        "time": {"from": "now-6h", "to": "now"},
-        "timepicker": {},
-        "timezone": "",
-        "fiscalYearStartMonth": 0,
-        "liveNow": False,
-        "weekStart": "",
-        "annotations": {
-            "list": [
-                {
-                    "builtIn": 1,
-                    "datasource": {"type": "grafana", "uid": "-- Grafana --"},
-                    "enable": True,
-                    "hide": True,
-                    "iconColor": "rgba(0, 211, 255, 1)",
-                    "name": "Annotations & Alerts",
-                    "type": "dashboard",
-                }
-            ]
-        },
-        "links": [
-            {
-                "title": "Sophos Central dashboards",
-                "type": "dashboards",
-                "tags": ["sophos-central"],
-                "asDropdown": False,
-                "includeVars": True,
-                "keepTime": True,
-                "targetBlank": False,
-                "icon": "external link",
-                "tooltip": "",
-                "url": "",
-            }
-        ],
-        "templating": templating(),
-        "panels": panels,
-    }
+        board.with_panel(panel.id(number))
+    return board.build()
 
 
 # --- the overview ------------------------------------------------------------------------------
 
 
-def overview() -> dict[str, Any]:
+def overview() -> dm.Dashboard:
     req = m.API_REQUESTS_TOTAL
     token = sel('probe="token"')
     whoami = sel('probe="whoami"')
     not_ok = sel('cause!="ok"')
     not_2xx = sel('status_code!~"2.."')
     status_429 = sel('status_code="429"')
-    panels: list[Panel] = [
-        stat(
+    panels = [
+        stat_panel(
             "Token issuance",
             "Result of the last token probe per credential: a fresh OAuth token from the Sophos "
             "token endpoint, every token_probe_interval (5m by default).",
@@ -355,7 +552,7 @@ def overview() -> dict[str, Any]:
             (0, 0, 6, 5),
             mappings=ok_mappings("OK", "Failing"),
         ),
-        stat(
+        stat_panel(
             "whoami",
             "Result of the last whoami probe per credential (global API host, every "
             "tenant_refresh_interval).",
@@ -364,7 +561,7 @@ def overview() -> dict[str, Any]:
             (6, 0, 6, 5),
             mappings=ok_mappings("OK", "Failing"),
         ),
-        stat(
+        stat_panel(
             "Tenants OK",
             "Tenants whose last probe succeeded (cause ok).",
             [target(f"sum({TENANTS_OK}{sel()})", "OK")],
@@ -372,7 +569,7 @@ def overview() -> dict[str, Any]:
             (12, 0, 4, 5),
             steps=thresholds((None, "green")),
         ),
-        stat(
+        stat_panel(
             "Tenants failing",
             "Tenants whose last probe failed, whatever the cause: a 403 that is business state "
             "(trial, no Partner Assistance) counts here too. See the tenants dashboard.",
@@ -381,7 +578,7 @@ def overview() -> dict[str, Any]:
             (16, 0, 4, 5),
             steps=thresholds((None, "green"), (1, "orange")),
         ),
-        stat(
+        stat_panel(
             "Exporter up",
             "Whether Prometheus can scrape each exporter instance (up).",
             [target('up{job=~"$job", instance=~"$instance"}', "{{instance}}")],
@@ -403,10 +600,11 @@ def overview() -> dict[str, Any]:
             "short",
             (0, 5, 12, 8),
         ),
-        bargauge(
+        bargauge_panel(
             "Current causes (failing probes)",
             "How many probes have each cause as their current diagnosis (probe_cause_info), "
-            "cause ok left out. The runbook explains each cause.",
+            "cause ok left out. Blue: tenants not probed on purpose; purple: the account's "
+            "state as Sophos answers it; red: failures. The runbook explains each cause.",
             [
                 target(
                     f"count by (cause) ({m.PROBE_CAUSE_INFO}{not_ok})",
@@ -417,6 +615,7 @@ def overview() -> dict[str, Any]:
             "short",
             (12, 5, 12, 8),
             steps=thresholds((None, "orange")),
+            colours=cause_colour_overrides(),
         ),
         timeseries(
             "API requests by status",
@@ -431,8 +630,7 @@ def overview() -> dict[str, Any]:
             (0, 13, 12, 8),
             stack=True,
         ),
-        _panel(
-            "table",
+        table_panel(
             "Top error codes",
             "The ten most frequent non-2xx answers in the dashboard's time range, by status and "
             "Sophos error code (empty when the body had none, e.g. an HTML 502).",
@@ -446,20 +644,13 @@ def overview() -> dict[str, Any]:
             ],
             "short",
             (12, 13, 12, 8),
-            options={"showHeader": True, "sortBy": [{"displayName": "Answers", "desc": True}]},
-            transformations=[
-                {
-                    "id": "organize",
-                    "options": {
-                        "excludeByName": {"Time": True},
-                        "renameByName": {
-                            "status_code": "Status",
-                            "error_code": "Error code",
-                            "Value": "Answers",
-                        },
-                    },
-                }
+            columns=[
+                ("status_code", "Status", []),
+                ("error_code", "Error code", []),
+                ("Value", "Answers", []),
             ],
+            sort_by="Answers",
+            descending=True,
         ),
         timeseries(
             "Request duration p95 by probe",
@@ -533,7 +724,7 @@ def overview() -> dict[str, Any]:
             "short",
             (0, 37, 8, 8),
         ),
-        bargauge(
+        bargauge_panel(
             "Token expires in",
             "Time left until the credential's cached token expires (tokens live 3600 s and are "
             "renewed before expiry).",
@@ -591,7 +782,7 @@ def overview() -> dict[str, Any]:
         ),
     ]
     return dashboard(
-        "sophos-central-overview",
+        OVERVIEW_UID,
         "Sophos Central API / Overview",
         "Health of the Sophos Central API as seen by sophos-central-exporter: token and whoami "
         "per credential, tenants OK vs failing, answers by status, rate-limit use, staleness.",
@@ -602,141 +793,104 @@ def overview() -> dict[str, Any]:
 # --- the tenants dashboard ---------------------------------------------------------------------
 
 
-def tenants() -> dict[str, Any]:
+def tenants() -> dm.Dashboard:
     tenant_probe = 'probe="tenant"'
-    info = (
-        f"max by (credential, tenant_id, tenant_name, data_region, billing_type) "
-        f"({m.TENANT_INFO}{sel(tenant=True)})"
+    of_tenant = sel(tenant_probe, tenant=True)
+    by = "credential, tenant_id"
+    name_join = (
+        f"* on ({by}) group_left (tenant_name) "
+        f"max by ({by}, tenant_name) ({m.TENANT_INFO}{sel(tenant=True)})"
     )
     table_targets = [
-        target(info, ref="A", instant=True, table=True),
         target(
-            f"max by (credential, tenant_id) ({m.PROBE_SUCCESS}{sel(tenant_probe, tenant=True)})",
-            ref="B",
+            f"max by ({by}, tenant_name, data_region, billing_type) "
+            f"({m.TENANT_INFO}{sel(tenant=True)})",
+            ref="A",
             instant=True,
             table=True,
         ),
+        target(result_expr(by, tenant_probe), ref="B", instant=True, table=True),
         target(
-            f"max by (credential, tenant_id, cause) "
-            f"({m.PROBE_CAUSE_INFO}{sel(tenant_probe, tenant=True)})",
+            f"max by ({by}, cause) ({m.PROBE_CAUSE_INFO}{of_tenant})",
             ref="C",
             instant=True,
             table=True,
         ),
         target(
-            f"max by (credential, tenant_id) (time() - "
-            f"{m.PROBE_LAST_RUN_TIMESTAMP_SECONDS}{sel(tenant_probe, tenant=True)})",
+            f"max by ({by}) (time() - {m.PROBE_LAST_RUN_TIMESTAMP_SECONDS}{of_tenant})",
             ref="D",
             instant=True,
             table=True,
         ),
         target(
-            f"topk by (credential, tenant_id) (1, sum by (credential, tenant_id, status_code, "
-            f"error_code) (increase({m.API_REQUESTS_TOTAL}{sel(tenant_probe, tenant=True)}"
-            f"[$__range])))",
+            f"topk by ({by}) (1, sum by ({by}, status_code, error_code) "
+            f"(increase({m.API_REQUESTS_TOTAL}{of_tenant}[$__range])))",
             ref="E",
             instant=True,
             table=True,
         ),
+        target(
+            f"max by ({by}) ({m.PROBE_CONSECUTIVE_FAILURES}{of_tenant})",
+            ref="F",
+            instant=True,
+            table=True,
+        ),
     ]
-    name_join = (
-        f"* on (credential, tenant_id) group_left (tenant_name) "
-        f"max by (credential, tenant_id, tenant_name) ({m.TENANT_INFO}{sel(tenant=True)})"
-    )
-    panels: list[Panel] = [
-        _panel(
-            "table",
+    panels = [
+        table_panel(
             "Tenants",
             "Every listed tenant with its region and billing type, the result and cause of its "
-            "last probe, how long ago that was, and its most frequent answer in the time range. "
-            "A 403 on a trial tenant or a term tenant without Partner Assistance is business "
-            "state, not an outage.",
+            "last probe, its consecutive failures (1-2: being re-probed to confirm, 3 or more: "
+            "confirmed), how long ago it was probed, and its most frequent answer in the time "
+            "range. Blue: not probed on purpose; purple: the account's state (a 403 on a term "
+            "tenant without Partner Assistance is not an outage). Click a tenant for its detail.",
             table_targets,
             "none",
             (0, 0, 24, 12),
-            options={"showHeader": True, "sortBy": [{"displayName": "Last probe", "desc": False}]},
-            overrides=[
-                {
-                    "matcher": {"id": "byName", "options": "Last probe"},
-                    "properties": [
-                        {"id": "mappings", "value": ok_mappings("OK", "Failed")},
-                        {"id": "custom.cellOptions", "value": {"type": "color-background"}},
-                    ],
-                },
-                {
-                    "matcher": {"id": "byName", "options": "Age of last probe"},
-                    "properties": [{"id": "unit", "value": "s"}],
-                },
-                {
-                    "matcher": {"id": "byName", "options": "Answers in range"},
-                    "properties": [{"id": "unit", "value": "short"}],
-                },
+            columns=[
+                ("tenant_name", "Tenant", link_to_detail("Probes of this tenant")),
+                ("tenant_id", "Tenant ID", link_to_detail("Probes of this tenant")),
+                ("credential", "Credential", []),
+                ("data_region", "Region", []),
+                ("billing_type", "Billing type", []),
+                ("Value #B", "Last probe", coloured_cells(*result_mappings())),
+                ("cause", "Cause", coloured_cells(*cause_mappings())),
+                ("Value #F", "Consecutive failures", coloured_cells(*confirmation_mappings())),
+                ("Value #D", "Age of last probe", unit_of("s")),
+                ("status_code", "Most frequent status", []),
+                ("error_code", "Error code", []),
+                ("Value #E", "Answers in range", unit_of("short")),
             ],
-            transformations=[
-                {"id": "merge", "options": {}},
-                {
-                    "id": "organize",
-                    "options": {
-                        "excludeByName": {"Time": True, "Value #A": True, "Value #C": True},
-                        "indexByName": {
-                            "tenant_name": 0,
-                            "tenant_id": 1,
-                            "credential": 2,
-                            "data_region": 3,
-                            "billing_type": 4,
-                            "Value #B": 5,
-                            "cause": 6,
-                            "Value #D": 7,
-                            "status_code": 8,
-                            "error_code": 9,
-                            "Value #E": 10,
-                        },
-                        "renameByName": {
-                            "tenant_name": "Tenant",
-                            "tenant_id": "Tenant ID",
-                            "credential": "Credential",
-                            "data_region": "Region",
-                            "billing_type": "Billing type",
-                            "Value #B": "Last probe",
-                            "cause": "Cause",
-                            "Value #D": "Age of last probe",
-                            "status_code": "Most frequent status",
-                            "error_code": "Error code",
-                            "Value #E": "Answers in range",
-                        },
-                    },
-                },
-            ],
+            sort_by="Last probe",
         ),
-        _panel(
-            "state-timeline",
+        state_timeline(
             "Probe result per tenant",
-            "Success (1) or failure (0) of each tenant's last probe over time.",
+            "Result of each tenant's last probe over time: OK, failed, or not probed on purpose "
+            "(no API host yet, a trial without one, a host outside allowed_api_hosts).",
             [
                 target(
-                    f"max by (credential, tenant_id) "
-                    f"({m.PROBE_SUCCESS}{sel(tenant_probe, tenant=True)}) {name_join}",
+                    f"({result_expr(by, tenant_probe)}) {name_join}",
                     "{{tenant_name}}",
                 )
             ],
             "none",
             (0, 12, 24, 10),
-            defaults={"mappings": ok_mappings("OK", "Failed")},
-            options={"showValue": "never", "mergeValues": True, "rowHeight": 0.8},
+            mappings=result_mappings(),
         ),
         timeseries(
             "Tenants by cause",
             "How many of the selected tenants have each cause as the diagnosis of their last "
-            "probe.",
+            "probe. Blue: not probed on purpose; purple: the account's state; red: failures.",
             [
                 target(
-                    f"count by (cause) ({m.PROBE_CAUSE_INFO}{sel(tenant_probe, tenant=True)})",
+                    f"count by (cause) ({m.PROBE_CAUSE_INFO}{of_tenant})",
                     "{{cause}}",
                 )
             ],
             "short",
             (0, 22, 12, 8),
             stack=True,
+            colours=cause_colour_overrides(),
         ),
         timeseries(
             "Requests by status per tenant",
@@ -744,7 +898,7 @@ def tenants() -> dict[str, Any]:
             [
                 target(
                     f"sum by (tenant_id, status_code) (rate("
-                    f"{m.API_REQUESTS_TOTAL}{sel(tenant_probe, tenant=True)}[$__rate_interval]))",
+                    f"{m.API_REQUESTS_TOTAL}{of_tenant}[$__rate_interval]))",
                     "{{tenant_id}} {{status_code}}",
                 )
             ],
@@ -756,8 +910,7 @@ def tenants() -> dict[str, Any]:
             "How long each tenant's last probe took.",
             [
                 target(
-                    f"max by (credential, tenant_id) "
-                    f"({m.PROBE_DURATION_SECONDS}{sel(tenant_probe, tenant=True)}) {name_join}",
+                    f"max by ({by}) ({m.PROBE_DURATION_SECONDS}{of_tenant}) {name_join}",
                     "{{tenant_name}}",
                 )
             ],
@@ -770,8 +923,7 @@ def tenants() -> dict[str, Any]:
             "(stale beyond 3x).",
             [
                 target(
-                    f"max by (credential, tenant_id) (time() - "
-                    f"{m.PROBE_LAST_RUN_TIMESTAMP_SECONDS}{sel(tenant_probe, tenant=True)}) "
+                    f"max by ({by}) (time() - {m.PROBE_LAST_RUN_TIMESTAMP_SECONDS}{of_tenant}) "
                     f"{name_join}",
                     "{{tenant_name}}",
                 ),
@@ -786,11 +938,172 @@ def tenants() -> dict[str, Any]:
         ),
     ]
     return dashboard(
-        "sophos-central-tenants",
+        TENANTS_UID,
         "Sophos Central API / Tenants",
         "Per-tenant view of sophos-central-exporter: name, region, billing type, last result, "
-        "cause and age of the last probe, and each tenant's history.",
+        "cause, confirmation and age of the last probe, and each tenant's history. A tenant's "
+        "name or id opens the tenant detail dashboard.",
         panels,
+    )
+
+
+# --- the tenant detail (drill-down) ------------------------------------------------------------
+
+
+def tenant_detail() -> dm.Dashboard:
+    """One credential and one tenant: every probe family of it side by side.
+
+    Per-tenant probe families (tenant, siem_events, siem_alerts, common_alerts, custom ones)
+    share the tenant but not their fate: one can be 403 while another is fine. Only series with
+    a tenant_id are shown, so the credential's own probes (token, whoami) stay out.
+    """
+    fam = "credential, tenant_id, probe"
+    of_tenant = sel('tenant_id!=""', tenant=True)
+    period = f"max by (credential) ({m.PROBE_INTERVAL_SECONDS}{sel()})"
+    age = f"max by ({fam}) (time() - {m.PROBE_LAST_RUN_TIMESTAMP_SECONDS}{of_tenant})"
+    panels = [
+        table_panel(
+            "Tenant",
+            "The selected tenant as the tenant list describes it.",
+            [
+                target(
+                    f"max by (credential, tenant_id, tenant_name, data_region, billing_type) "
+                    f"({m.TENANT_INFO}{sel(tenant=True)})",
+                    instant=True,
+                    table=True,
+                )
+            ],
+            "none",
+            (0, 0, 24, 4),
+            columns=[
+                ("tenant_name", "Tenant", []),
+                ("tenant_id", "Tenant ID", []),
+                ("credential", "Credential", []),
+                ("data_region", "Region", []),
+                ("billing_type", "Billing type", []),
+            ],
+            sort_by="Tenant",
+        ),
+        table_panel(
+            "Probe families",
+            "One row per probe family of the tenant (the probe label: tenant, siem_events, "
+            "siem_alerts, common_alerts or a configured name). Last probe: OK, failed, or not "
+            "probed on purpose (blue). Consecutive failures: 0 ok, 1-2 the failure is being "
+            "re-probed to confirm it, 3 or more confirmed. Age / period: how many planned "
+            "periods ago the family last ran (stale beyond 3).",
+            [
+                target(result_expr(fam, 'tenant_id!=""'), ref="A", instant=True, table=True),
+                target(
+                    f"max by ({fam}, cause) ({m.PROBE_CAUSE_INFO}{of_tenant})",
+                    ref="B",
+                    instant=True,
+                    table=True,
+                ),
+                target(
+                    f"max by ({fam}) ({m.PROBE_CONSECUTIVE_FAILURES}{of_tenant})",
+                    ref="C",
+                    instant=True,
+                    table=True,
+                ),
+                target(age, ref="D", instant=True, table=True),
+                target(
+                    f"{age} / on (credential) group_left () {period}",
+                    ref="E",
+                    instant=True,
+                    table=True,
+                ),
+            ],
+            "none",
+            (0, 4, 24, 8),
+            columns=[
+                ("probe", "Probe family", []),
+                ("Value #A", "Last probe", coloured_cells(*result_mappings())),
+                ("cause", "Cause", coloured_cells(*cause_mappings())),
+                ("Value #C", "Consecutive failures", coloured_cells(*confirmation_mappings())),
+                ("Value #D", "Last run age", unit_of("s")),
+                (
+                    "Value #E",
+                    "Age / period",
+                    [
+                        *unit_of("none"),
+                        dm.DynamicConfigValue(id_val="decimals", value=1),
+                        dm.DynamicConfigValue(
+                            id_val="thresholds",
+                            value=thresholds((None, "green"), (1.5, "orange"), (3, "red")).build(),
+                        ),
+                        dm.DynamicConfigValue(
+                            id_val="custom.cellOptions", value={"type": "color-background"}
+                        ),
+                    ],
+                ),
+            ],
+            sort_by="Probe family",
+        ),
+        state_timeline(
+            "Result per probe family",
+            "Each family's last result over time: OK, failed, or not probed on purpose.",
+            [target(result_expr(fam, 'tenant_id!=""'), "{{probe}}")],
+            "none",
+            (0, 12, 12, 8),
+            mappings=result_mappings(),
+        ),
+        state_timeline(
+            "Confirmation per probe family",
+            "Consecutive failures of each family over time: 0 ok, 1-2 a failure being re-probed "
+            "(after confirm_interval, then twice that) to confirm it, 3 or more confirmed.",
+            [
+                target(
+                    f"max by ({fam}) ({m.PROBE_CONSECUTIVE_FAILURES}{of_tenant})",
+                    "{{probe}}",
+                )
+            ],
+            "none",
+            (12, 12, 12, 8),
+            mappings=confirmation_mappings(),
+        ),
+        timeseries(
+            "Last run age vs planned period",
+            "Time since each family last ran, with the planned period between two probes of a "
+            "tenant (probe_interval, stretched to fit the rate budget) and the stale bound (3x).",
+            [
+                target(age, "{{probe}}"),
+                target(period, "planned period", ref="B"),
+                target(f"3 * {period}", "stale bound", ref="C"),
+            ],
+            "s",
+            (0, 20, 12, 8),
+        ),
+        timeseries(
+            "Answers by status",
+            "Answers to this tenant's calls within each trailing rate interval, by probe family, "
+            "HTTP status ('0': no answer) and Sophos error code.",
+            [
+                target(
+                    f"sum by (probe, status_code, error_code) (increase("
+                    f"{m.API_REQUESTS_TOTAL}{of_tenant}[$__rate_interval]))",
+                    "{{probe}} {{status_code}} {{error_code}}",
+                )
+            ],
+            "short",
+            (12, 20, 12, 8),
+            stack=True,
+        ),
+        timeseries(
+            "Probe duration per family",
+            "How long each family's last probe of this tenant took.",
+            [target(f"max by ({fam}) ({m.PROBE_DURATION_SECONDS}{of_tenant})", "{{probe}}")],
+            "s",
+            (0, 28, 24, 8),
+        ),
+    ]
+    return dashboard(
+        DETAIL_UID,
+        "Sophos Central API / Tenant detail",
+        "One tenant of one credential: every probe family with its last result, cause, "
+        "confirmation state, age against the planned period, and answers over time. Open it "
+        "from a tenant on the tenants dashboard, or pick a credential and a tenant.",
+        panels,
+        one_tenant=True,
     )
 
 
@@ -798,11 +1111,13 @@ def tenants() -> dict[str, Any]:
 
 
 def dashboards() -> dict[str, dict[str, Any]]:
-    """File name -> dashboard model."""
-    return {
-        "sophos-central-overview.json": overview(),
-        "sophos-central-tenants.json": tenants(),
+    """File name -> dashboard model (plain JSON values)."""
+    models = {
+        f"{OVERVIEW_UID}.json": overview(),
+        f"{TENANTS_UID}.json": tenants(),
+        f"{DETAIL_UID}.json": tenant_detail(),
     }
+    return {name: json.loads(json.dumps(model, cls=JSONEncoder)) for name, model in models.items()}
 
 
 def render(model: dict[str, Any]) -> str:
@@ -810,7 +1125,7 @@ def render(model: dict[str, Any]) -> str:
 
 
 def expressions(model: dict[str, Any]) -> Iterable[str]:
-    """Every PromQL expression of a dashboard: panel targets and variable queries."""
+    """Every PromQL expression of a dashboard's panel targets."""
     for panel in model["panels"]:
         for tgt in panel.get("targets", []):
             yield tgt["expr"]
