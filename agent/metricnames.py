@@ -25,6 +25,7 @@ TENANTS = "sophos_central_tenants"
 PROBE_DURATION_SECONDS = "sophos_central_probe_duration_seconds"
 API_REQUESTS_IN_FLIGHT = "sophos_central_api_requests_in_flight"
 TENANT_REFRESH_INTERVAL_SECONDS = "sophos_central_tenant_refresh_interval_seconds"
+PROBE_CONSECUTIVE_FAILURES = "sophos_central_probe_consecutive_failures"
 
 CONTRACT_METRICS = (
     API_REQUESTS_TOTAL,
