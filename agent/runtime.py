@@ -140,6 +140,7 @@ class Agent:
                 period=functools.partial(self.period, prober.name),
                 on_refresh=self._after_refresh,
                 semaphore=self._semaphore,
+                confirm_interval=self.settings.confirm_interval,
             )
             for prober in self.probers
         ]
@@ -147,7 +148,7 @@ class Agent:
             schedules,
             token_interval=self.settings.token_probe_interval,
             refresh_interval=self.settings.tenant_refresh_interval,
-            tick=lambda s: tick_seconds(self.period(s.name), len(s.prober.state.probed)),
+            tick=lambda s: tick_seconds(self.period(s.name), len(s.prober.state.probed) * len(s.prober.probe_names)),
             speed=self._schedule_speed,
         )
         self.scheduler.start()
@@ -195,6 +196,7 @@ class Agent:
             tenant_list_pages=self._pages(prober),
             allowance=self.budget.allowance,
             span={w: self.budget.hold_seconds(w)[1] for w in self.budget.limits},
+            families=len(prober.families),
         )
         previous = self.plans.get(prober.name)
         self.plans[prober.name] = plan
@@ -227,13 +229,14 @@ class Agent:
     async def _cycle(self, prober: CredentialProber) -> list[ProbeResult]:
         await prober.probe_token()
         await prober.refresh_tenants()
-        await asyncio.gather(*(self._bounded(prober, t) for t in list(prober.state.probed)))
+        pairs = [(t, f) for t in list(prober.state.probed) for f in prober.probe_names]
+        await asyncio.gather(*(self._bounded(prober, t, f) for t, f in pairs))
         prober.state.first_cycle_done = True
         return sorted(prober.state.results.values(), key=display_order)
 
-    async def _bounded(self, prober: CredentialProber, tenant_id: str) -> None:
+    async def _bounded(self, prober: CredentialProber, tenant_id: str, probe: str) -> None:
         async with self._semaphore:
-            await prober.probe_tenant(tenant_id)
+            await prober.probe_tenant(tenant_id, probe)
 
     # -- views -------------------------------------------------------------------------------
 
