@@ -148,7 +148,9 @@ class Agent:
             schedules,
             token_interval=self.settings.token_probe_interval,
             refresh_interval=self.settings.tenant_refresh_interval,
-            tick=lambda s: tick_seconds(self.period(s.name), len(s.prober.state.probed) * len(s.prober.probe_names)),
+            tick=lambda s: tick_seconds(
+                self.period(s.name), len(s.prober.state.probed) * len(s.prober.probe_names)
+            ),
             speed=self._schedule_speed,
         )
         self.scheduler.start()
