@@ -1,4 +1,4 @@
-"""tenant_probes: parsing, the per-family answer checks, and the diagnosis when families disagree."""
+"""tenant_probes: parsing, per-family answer checks, the diagnosis when families disagree."""
 
 from __future__ import annotations
 
