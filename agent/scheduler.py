@@ -16,8 +16,9 @@ clears it; then it is back on its routine slot only (a tenant that stays broken 
 extra). Confirmations are served by the tick before routine slots and go ahead of routine probes
 at admission (``PRIORITY_CONFIRMATION``), through the same rate budget, so they never push a window
 past its allowance. Their rate is capped at ``CONFIRM_SHARE`` of the routine pair rate
-(``pairs / period``): when many tenants fail at once (an outage) routine probing keeps at least
-two thirds of its pace instead of starving behind the confirmations.
+(``pairs / period``), with a burst of ``CONFIRM_BURST``: when many tenants fail at once (an outage)
+routine probing keeps at least half its pace even when the budget is saturated, instead of
+starving behind the confirmations.
 
 The tenants one tick finds due do not start at once either: each waits for its own slot (one slot
 length after the one before), so probes leave at the planned pace instead of in bursts of a tick's
@@ -50,8 +51,8 @@ CONFIRMATIONS = 3
 """Consecutive failures that confirm a per-tenant failure (the first one and two re-probes)."""
 CONFIRM_SHARE = 0.5
 """Confirmations may use at most this share of the routine per-tenant call rate."""
-CONFIRM_MIN_BURST = 2.0
-"""Whatever the rate, one tenant's two re-probes always fit the cap at once."""
+CONFIRM_BURST = 2.0
+"""The cap's bucket: one tenant's two re-probes always fit, and an outage cannot bank more."""
 
 K = TypeVar("K", str, tuple[str, str])
 Pair = tuple[str, str]
@@ -101,8 +102,9 @@ class ConfirmationQueue:
     """Re-probes of failed pairs, due on the agent's clock, and the token bucket that caps them.
 
     ``after`` is told every finished per-tenant probe; ``take`` hands out the re-probes that are
-    due, oldest first, as far as the cap allows (``rate`` re-probes a second, at most ``burst`` at
-    once). A pair whose re-probe waits for the cap stays due and goes out as soon as it fits.
+    due, oldest first, as far as the cap allows (``rate`` re-probes a second, at most
+    ``CONFIRM_BURST`` at once). A pair whose re-probe waits for the cap stays due and goes out
+    as soon as it fits.
     """
 
     interval: float
@@ -120,10 +122,9 @@ class ConfirmationQueue:
 
     def take(self, now: float, rate: float, busy: set[Pair]) -> list[Pair]:
         """The pairs to re-probe now; ``busy`` pairs (being probed) wait for their result."""
-        burst = max(CONFIRM_MIN_BURST, rate * CONFIRMATIONS * self.interval)
         if self.tokens is None:
-            self.tokens = burst
-        self.tokens = min(burst, self.tokens + max(0.0, now - self.refilled) * rate)
+            self.tokens = CONFIRM_BURST
+        self.tokens = min(CONFIRM_BURST, self.tokens + max(0.0, now - self.refilled) * rate)
         self.refilled = now
         ready = sorted((at, pair) for pair, at in self.due.items() if at <= now)
         taken: list[Pair] = []
