@@ -231,14 +231,16 @@ class Agent:
     async def _cycle(self, prober: CredentialProber) -> list[ProbeResult]:
         await prober.probe_token()
         await prober.refresh_tenants()
-        pairs = [(t, f) for t in list(prober.state.probed) for f in prober.probe_names]
-        await asyncio.gather(*(self._bounded(prober, t, f) for t, f in pairs))
+        await asyncio.gather(*(self._bounded(prober, t) for t in list(prober.state.probed)))
         prober.state.first_cycle_done = True
         return sorted(prober.state.results.values(), key=display_order)
 
-    async def _bounded(self, prober: CredentialProber, tenant_id: str, probe: str) -> None:
+    async def _bounded(self, prober: CredentialProber, tenant_id: str) -> None:
+        """A tenant's probes one after the other, in configured order: when families disagree,
+        the later ones can say which API the tenant does answer."""
         async with self._semaphore:
-            await prober.probe_tenant(tenant_id, probe)
+            for probe in prober.probe_names:
+                await prober.probe_tenant(tenant_id, probe)
 
     # -- views -------------------------------------------------------------------------------
 
