@@ -81,7 +81,7 @@ HELP: dict[str, tuple[str, str]] = {
     m.PROBE_INTERVAL_SECONDS: (
         "gauge",
         "Effective period between two probes of one tenant (probe_interval, stretched to fit the "
-        "rate budget).",
+        "rate budget); each of tenant_probes gets this period.",
     ),
     m.TENANT_REFRESH_INTERVAL_SECONDS: (
         "gauge",

@@ -301,3 +301,36 @@ async def test_consecutive_failures_count_per_probe_and_reset_on_success() -> No
     responses["/endpoint/v1/endpoints"] = (200, PAGED_OK)
     await prober.probe_tenant("t1", "tenant")
     assert gauge("tenant") == "0"
+
+
+async def test_credential_level_probes_count_their_failures_with_an_empty_tenant_id() -> None:
+    clock = FakeClock()
+    answers = [401, 401, 200]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        status = answers.pop(0)
+        if status != 200:
+            return httpx.Response(status, json={"errorCode": "oauth.invalid_client_secret"})
+        return httpx.Response(
+            200, json={"access_token": "tok", "token_type": "bearer", "expires_in": 3600}
+        )
+
+    cfg = Settings(credentials=[CRED], budget_share=1.0)
+    budget = RateBudget(cfg.rate_limits, cfg.budget_share, clock)
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    policy = HostPolicy(cfg.allowed_api_hosts, fixed_urls=(cfg.auth_url, cfg.api_url))
+    prober = CredentialProber(
+        SophosClient(cfg, cfg.credentials[0], http, budget, [], clock, policy), clock
+    )
+    metrics = AgentMetrics(process_registry=None)
+    line = 'sophos_central_probe_consecutive_failures{credential="c1",tenant_id="",probe="token"}'
+
+    seen = []
+    for _ in range(3):
+        await prober.probe_token()
+        await clock.advance(1.0)
+        page = metrics.render([CredentialView(prober.state, None, None, 60.0, "c1")], budget)
+        (found,) = [x for x in page.decode().splitlines() if x.startswith(line)]
+        seen.append(found.rsplit(" ", 1)[1])
+
+    assert seen == ["1", "2", "0"]

@@ -30,6 +30,7 @@ from agent.simulator.families import FamilyBadRequest, denied, family_of, family
 from agent.simulator.faults import fault_reply
 from agent.simulator.model import (
     ALL_FAULTS,
+    API_FAMILIES,
     PERMISSION_FAULTS,
     TRANSPORT_FAULTS,
     Credential,
@@ -346,7 +347,7 @@ class Central:
     def _tenant_api(self, req: ApiRequest, tenant: Tenant, path: str) -> Reply:
         now = self._now()
         family = family_of(path)
-        if family is not None and family != "endpoint":
+        if family is not None and family != "endpoint" and path == API_FAMILIES[family]:
             if req.method != "GET":
                 return central_error(405, now)
             try:

@@ -28,9 +28,9 @@ class FamilyBadRequest(ValueError):
 
 
 def family_of(path: str) -> str | None:
-    """The family whose collection ``path`` is, or None."""
+    """The family ``path`` belongs to (its collection or an item under it), or None."""
     for name, prefix in API_FAMILIES.items():
-        if path == prefix:
+        if path == prefix or path.startswith(prefix + "/"):
             return name
     return None
 
