@@ -84,7 +84,16 @@ async def test_a_failing_tenant_is_confirmed_within_one_period_and_clears(tmp_pa
         ]
         assert cause == ["sophos_server_error"]
         for probe in ("token", "whoami", "tenant_list"):
-            assert sample(families, m.PROBE_CONSECUTIVE_FAILURES, tenant_id="", probe=probe) == 0
+            assert (
+                sample(
+                    families,
+                    m.PROBE_CONSECUTIVE_FAILURES,
+                    credential="msp-healthy",
+                    tenant_id="",
+                    probe=probe,
+                )
+                == 0
+            )
         for _, lbl, value in families[m.PROBE_CONSECUTIVE_FAILURES]:
             if lbl["tenant_id"] != tenant_id:  # credential-level probes and healthy tenants
                 assert value == 0, lbl
