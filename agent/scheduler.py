@@ -126,6 +126,8 @@ class ConfirmationQueue:
             self.tokens = CONFIRM_BURST
         self.tokens = min(CONFIRM_BURST, self.tokens + max(0.0, now - self.refilled) * rate)
         self.refilled = now
+        if self.tokens < 1.0 or not self.due:
+            return []
         ready = sorted((at, pair) for pair, at in self.due.items() if at <= now)
         taken: list[Pair] = []
         for _, pair in ready:
