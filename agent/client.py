@@ -20,6 +20,7 @@ import httpx
 from agent.classify import Outcome, classify_exception, classify_response
 from agent.clock import Clock
 from agent.config import Credential, Settings
+from agent.families import TENANT, Family, ProbeSpec, resolve
 from agent.hosts import HostNotAllowed, HostPolicy
 from agent.logs import REDACTOR
 from agent.ratebudget import PRIORITY_CREDENTIAL, PRIORITY_TENANT, parse_retry_after
@@ -208,15 +209,22 @@ class SophosClient:
             page += 1
         return outcome, _unique(tenants)
 
-    async def probe_tenant(self, tenant: Tenant) -> Outcome:
-        """The cheap read call on the tenant's own API host."""
+    async def probe_tenant(
+        self, tenant: Tenant, family: Family | None = None, priority: int = PRIORITY_TENANT
+    ) -> Outcome:
+        """One family's cheap read call on the tenant's own API host (default: ``tenant``)."""
         if tenant.api_host is None:
             raise ValueError("tenant has no apiHost")
-        url = f"{tenant.api_host}{self.settings.tenant_probe_path}"
+        if family is None:
+            family = resolve((ProbeSpec(TENANT),), self.settings.tenant_probe_path)[0]
+        url = f"{tenant.api_host}{family.path}"
         outcome, body = await self._api_call(
-            "tenant", tenant.id, url, {"X-Tenant-ID": tenant.id}, priority=PRIORITY_TENANT
+            family.name, tenant.id, url, {"X-Tenant-ID": tenant.id}, priority=priority
         )
-        if outcome.ok and not isinstance(outcome.body, dict):
+        if outcome.ok and isinstance(outcome.body, dict):
+            why = family.check(outcome.body)
+            return outcome if why is None else _invalid(outcome, why)
+        if outcome.ok:
             # Every Central read answers a JSON object; an HTML maintenance page, a body cut at
             # the cap or JSON nested past the parser's limit means something else answered.
             if len(body) >= self.settings.max_response_bytes:

@@ -31,6 +31,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from agent.families import Family, ProbeSpec, parse_specs, resolve
+
 ENV_PREFIX = "SOPHOS_EXPORTER_"
 DEFAULT_AUTH_URL = "https://id.sophos.com/api/v2/oauth2/token"
 DEFAULT_API_URL = "https://api.central.sophos.com"
@@ -114,6 +116,7 @@ Duration = Annotated[
     BeforeValidator(parse_duration),
     PlainSerializer(format_duration, return_type=str, when_used="json"),
 ]
+TenantProbes = Annotated[tuple[ProbeSpec, ...], BeforeValidator(parse_specs)]
 
 
 def is_loopback_host(host: str) -> bool:
@@ -204,6 +207,8 @@ class Settings(BaseSettings):
     shard: int = 0
     total_shards: int = 1
     tenant_probe_path: str = DEFAULT_TENANT_PROBE_PATH
+    tenant_probes: TenantProbes = (ProbeSpec("tenant"),)
+    confirm_interval: Duration = 60.0
     max_response_bytes: int = 1_048_576
     log_format: Literal["logfmt", "json"] = "logfmt"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -315,6 +320,11 @@ class Settings(BaseSettings):
         """This process's share of every window: each of M shards spends budget_share / M."""
         return self.budget_share / self.total_shards
 
+    @property
+    def families(self) -> tuple[Family, ...]:
+        """The per-tenant probes to run, resolved from ``tenant_probes`` (see agent.families)."""
+        return resolve(self.tenant_probes, self.tenant_probe_path)
+
     def masked(self) -> dict[str, Any]:
         """The effective configuration with every secret (and client id) masked."""
         data = self.model_dump(mode="json")
@@ -363,7 +373,10 @@ def format_validation_error(exc: ValidationError, path: str | os.PathLike[str] |
     lines = [f"invalid {where}:"]
     for error in exc.errors(include_url=False, include_input=False):
         key = ".".join(str(part) for part in error["loc"])
-        lines.append(f"  {key}: {_message(error)}" if key else f"  {_message(error)}")
+        message = _message(error)
+        if key and message.startswith((f"{key}[", f"{key}:")):
+            key = ""  # the message already names the entry, e.g. tenant_probes[2].path
+        lines.append(f"  {key}: {message}" if key else f"  {message}")
     return "\n".join(lines)
 
 

@@ -100,6 +100,9 @@ class Context:
 
     tenant: Tenant | None = None
     token_age: float | None = None
+    path: str | None = None
+    permitted: str | None = None
+    """For a per-tenant probe: its path, and the path of another family this tenant answers."""
 
 
 HEADER_401_REMEDY = (
@@ -116,6 +119,14 @@ REDIRECT_REMEDY = (
 )
 """The ``bad_request`` remedy for a redirect: no cause fits better, the advice must differ."""
 
+FAMILY_REMEDY = (
+    "403 while another probe of this tenant succeeds: the credential may call {} but not {} for "
+    "this tenant: its API role lacks that product's permission. Not a tenant outage; give the "
+    "credential a role that covers this API (Global Settings > API Credentials Management) or "
+    "remove the probe from tenant_probes."
+)
+"""The ``forbidden`` remedy when families disagree for one tenant (``tenant_probes``)."""
+
 
 def diagnose(probe: str, outcome: Outcome, context: Context | None = None) -> Diagnosis:
     cause = cause_of(probe, outcome, context or Context())
@@ -125,6 +136,8 @@ def diagnose(probe: str, outcome: Outcome, context: Context | None = None) -> Di
         remedy = HEADER_401_REMEDY
     if cause == "bad_request" and 300 <= outcome.status_code < 400:
         remedy = REDIRECT_REMEDY
+    if outcome.status_code == 403 and context is not None and context.permitted:
+        cause, remedy = "forbidden", FAMILY_REMEDY.format(context.permitted, context.path)
     return Diagnosis(cause, remedy)
 
 
@@ -151,7 +164,7 @@ def cause_of(probe: str, outcome: Outcome, context: Context) -> str:
 def _forbidden_cause(probe: str, tenant: Tenant | None) -> str:
     if probe == "tenant_list":
         return "partner_id_mismatch"
-    if probe == "tenant" and tenant is not None:
+    if tenant is not None:  # any per-tenant probe: business state blocks every family
         billing = tenant.billing_type.lower()
         if billing == "trial":
             return "trial_account"

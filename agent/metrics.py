@@ -52,6 +52,11 @@ HELP: dict[str, tuple[str, str]] = {
         "gauge",
         "The diagnosis of the probe's last result (cause 'ok' on success). " + _SOURCE,
     ),
+    m.PROBE_CONSECUTIVE_FAILURES: (
+        "gauge",
+        "Failed runs of the probe in a row (0 after a success; a failed per-tenant probe is "
+        "re-probed after confirm_interval and twice that, so 3 confirms a failure). " + _SOURCE,
+    ),
     m.TOKEN_EXPIRY_TIMESTAMP_SECONDS: ("gauge", "When the credential's cached token expires."),
     m.RATE_LIMIT_CALLS: (
         "gauge",
@@ -76,7 +81,7 @@ HELP: dict[str, tuple[str, str]] = {
     m.PROBE_INTERVAL_SECONDS: (
         "gauge",
         "Effective period between two probes of one tenant (probe_interval, stretched to fit the "
-        "rate budget).",
+        "rate budget); each of tenant_probes gets this period.",
     ),
     m.TENANT_REFRESH_INTERVAL_SECONDS: (
         "gauge",
@@ -128,15 +133,26 @@ class _Counter:
         return self.line
 
 
+_RESULT_FAMILIES = (
+    m.PROBE_SUCCESS,
+    m.PROBE_LAST_RUN_TIMESTAMP_SECONDS,
+    m.PROBE_DURATION_SECONDS,
+    m.PROBE_CAUSE_INFO,
+    m.PROBE_CONSECUTIVE_FAILURES,
+)
+"""The gauges every probe result gives, in the order ``_ResultLines.lines`` holds them."""
+
+
 class _ResultLines:
-    """The four lines of one probe result, and the label set they share (which outlives it)."""
+    """The lines of one probe result, one per ``_RESULT_FAMILIES``, and the label set they
+    share (which outlives it)."""
 
     __slots__ = ("labels", "lines", "result")
 
     def __init__(self, label_set: str) -> None:
         self.labels = label_set
         self.result: ProbeResult | None = None
-        self.lines: tuple[bytes, bytes, bytes, bytes] = (b"", b"", b"", b"")
+        self.lines: tuple[bytes, ...] = ()
 
 
 @dataclass
@@ -266,24 +282,19 @@ class AgentMetrics:
         return b"".join(out)
 
     def _render_probe_families(self, out: list[bytes], views: list[CredentialView]) -> None:
-        """success, last run, duration and cause of every probe, from cached per-result lines."""
-        blocks: list[list[bytes]] = [[], [], [], []]
+        """success, last run, duration, cause and failure streak of every probe, from cached
+        per-result lines."""
+        blocks: list[list[bytes]] = [[] for _ in _RESULT_FAMILIES]
         for view in views:
             for result in view.state.results.values():
                 lines = self._result_lines(result)
-                for i in range(4):
-                    blocks[i].append(lines[i])
-        names = (
-            m.PROBE_SUCCESS,
-            m.PROBE_LAST_RUN_TIMESTAMP_SECONDS,
-            m.PROBE_DURATION_SECONDS,
-            m.PROBE_CAUSE_INFO,
-        )
-        for name, block in zip(names, blocks, strict=True):
+                for block, line in zip(blocks, lines, strict=True):
+                    block.append(line)
+        for name, block in zip(_RESULT_FAMILIES, blocks, strict=True):
             _header(out, name)
             out.extend(block)
 
-    def _result_lines(self, result: ProbeResult) -> tuple[bytes, bytes, bytes, bytes]:
+    def _result_lines(self, result: ProbeResult) -> tuple[bytes, ...]:
         key = (result.credential, result.tenant_id, result.probe)
         cached = self._line_cache.get(key)
         if cached is None:
@@ -300,6 +311,7 @@ class AgentMetrics:
             f"{m.PROBE_LAST_RUN_TIMESTAMP_SECONDS}{lbl} {fmt(result.timestamp)}\n".encode(),
             f"{m.PROBE_DURATION_SECONDS}{lbl} {fmt(result.duration)}\n".encode(),
             f'{m.PROBE_CAUSE_INFO}{lbl[:-1]},cause="{escape(result.cause)}"}} 1\n'.encode(),
+            f"{m.PROBE_CONSECUTIVE_FAILURES}{lbl} {result.consecutive_failures}\n".encode(),
         )
         return cached.lines
 

@@ -6,7 +6,10 @@ hour), a refresh cost (whoami and every tenant-list page, each ``tenant_refresh_
 what is left of the allowance after a headroom is shared by the tenants. Everything is planned as
 a sustained rate, in calls per second, because that is what has to fit::
 
-    fixed + (1 + pages) / refresh + tenants / period <= capacity
+    fixed + (1 + pages) / refresh + tenants x families / period <= capacity
+
+where ``families`` is how many per-tenant probes ``tenant_probes`` lists: each (tenant, family)
+pair is probed once per period, so the period is what every pair gets.
 
 ``capacity`` is the tightest window's ``allowance x (1 - headroom) / span``, where ``span`` is how
 long the admission control keeps a call on its books (the window, plus its safety margin, plus
@@ -110,13 +113,19 @@ def plan_probe_period(
     headroom: float = DEFAULT_HEADROOM,
     token_renewal_interval: float = TOKEN_RENEWAL_SECONDS,
     span: Mapping[str, float] | None = None,
+    families: int = 1,
 ) -> Plan:
     """Plan one credential's probing; ``tenants``, ``pages`` and ``allowance`` are this shard's.
 
     ``span`` is how long a call occupies each window's ledger (``RateBudget.hold_seconds``'s upper
-    bound); without it, the bare window length.
+    bound); without it, the bare window length. ``families`` is the number of per-tenant probes
+    (``tenant_probes``): every tenant costs that many calls per period.
     """
     _validate(tenants, probe_interval, token_probe_interval, tenant_refresh_interval, headroom)
+    if families < 1:
+        raise ValueError(f"families must be >= 1, got {families}")
+    probed = tenants
+    tenants = probed * families  # calls per period: one per (tenant, family) pair
     spans = {w: float(WINDOW_SECONDS[w]) for w in allowance}
     if span is not None:
         spans.update({w: float(span[w]) for w in allowance if w in span})
@@ -158,7 +167,7 @@ def plan_probe_period(
         usable={w: capacity[w] * WINDOW_SECONDS[w] for w in allowance},
         message="",
     )
-    message = _message(plan, tenants, allowance, headroom, tenant_list_pages, fixed)
+    message = _message(plan, probed, allowance, headroom, tenant_list_pages, fixed, families)
     return dataclasses.replace(plan, message=message)
 
 
@@ -178,10 +187,12 @@ def _message(
     headroom: float,
     pages: int,
     fixed: float,
+    families: int = 1,
 ) -> str:
     w = plan.binding_window
+    count = f"{tenants} tenants" + (f" x {families} probes" if families > 1 else "")
     if w is None:
-        return f"probe period {_human(plan.period)} for {tenants} tenants"
+        return f"probe period {_human(plan.period)} for {count}"
     budget = (
         f"the {w} window allows {allowance[w]} calls (budget_share x limit), "
         f"{plan.usable[w]:.1f} at a sustained rate after {headroom:.0%} headroom"
@@ -204,13 +215,13 @@ def _message(
         )
     if changes:
         return (
-            f"{' and '.join(changes)} for {tenants} tenants ({pages} tenant-list "
+            f"{' and '.join(changes)} for {count} ({pages} tenant-list "
             f"page{'' if pages == 1 else 's'} per refresh): {budget}, of which credential-level "
             f"probes take "
             f"{plan.overhead[w]:.1f}; raise budget_share or rate_limits"
         )
     return (
-        f"probe period {_human(plan.period)} for {tenants} tenants fits: tightest window {w} "
+        f"probe period {_human(plan.period)} for {count} fits: tightest window {w} "
         f"expects {plan.expected[w]:.1f} of {plan.usable[w]:.1f} usable calls"
     )
 

@@ -1,4 +1,5 @@
-"""The four probes (``token``, ``whoami``, ``tenant_list``, ``tenant``) and what they leave.
+"""The probes (``token``, ``whoami``, ``tenant_list``, and per tenant each of ``tenant_probes``)
+and what they leave.
 
 A probe makes its call(s) through the ``SophosClient``, diagnoses the outcome and records a
 ``ProbeResult``. Results live in a ``CredentialState`` that the metrics, the status page and the
@@ -7,6 +8,7 @@ A probe makes its call(s) through the ``SophosClient``, diagnoses the outcome an
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,6 +17,8 @@ from agent.classify import Outcome
 from agent.client import SophosClient
 from agent.clock import Clock
 from agent.diagnosis import Context, diagnose
+from agent.families import CREDENTIAL_PROBES, TENANT, Family
+from agent.ratebudget import PRIORITY_TENANT
 from agent.sophos import Tenant, WhoAmI, tenant_from_whoami
 
 log = logging.getLogger(__name__)
@@ -38,14 +42,18 @@ class ProbeResult:
     timestamp: float
     duration: float
     ids: dict[str, str] = field(default_factory=dict)
+    consecutive_failures: int = 0
+    """Failed runs in a row up to this one; 0 after a success and for tenants not probed."""
 
 
-_PROBE_ORDER = {"token": 0, "whoami": 1, "tenant_list": 2, "tenant": 3}
+_PROBE_ORDER = {name: rank for rank, name in enumerate(CREDENTIAL_PROBES)}
 
 
-def display_order(result: ProbeResult) -> tuple[int, str]:
-    """Credential-level probes first (what everything else depends on), then tenants by id."""
-    return (_PROBE_ORDER.get(result.probe, 9), result.tenant_id)
+def display_order(result: ProbeResult) -> tuple[int, str, int, str]:
+    """Credential-level probes first (what everything else depends on), then tenants by id,
+    each tenant's probes together (``tenant`` first, the other families by name)."""
+    rank = _PROBE_ORDER.get(result.probe, len(_PROBE_ORDER))
+    return (rank, result.tenant_id, 0 if result.probe == TENANT else 1, result.probe)
 
 
 @dataclass
@@ -76,11 +84,19 @@ class CredentialProber:
         client: SophosClient,
         clock: Clock,
         owns_tenant: TenantFilter | None = None,
+        families: tuple[Family, ...] | None = None,
     ) -> None:
         self.client = client
         self.state = CredentialState(name=client.name)
         self._clock = clock
         self._owns = owns_tenant or (lambda _tenant_id: True)
+        chosen = families if families is not None else client.settings.families
+        self.families: dict[str, Family] = {f.name: f for f in chosen}
+
+    @property
+    def probe_names(self) -> tuple[str, ...]:
+        """The per-tenant probes, in configured order: every tenant gets each of them."""
+        return tuple(self.families)
 
     @property
     def name(self) -> str:
@@ -120,14 +136,18 @@ class CredentialProber:
             self._set_tenants(tenants)
         return result
 
-    async def probe_tenant(self, tenant_id: str) -> ProbeResult | None:
-        """The cheap per-tenant call; None when the tenant left the list meanwhile."""
+    async def probe_tenant(
+        self, tenant_id: str, probe: str = TENANT, priority: int = PRIORITY_TENANT
+    ) -> ProbeResult | None:
+        """One family's cheap per-tenant call; None when the tenant left the list meanwhile
+        (or the family is not configured)."""
         tenant = self.state.probed.get(tenant_id)
-        if tenant is None:
+        family = self.families.get(probe)
+        if tenant is None or family is None:
             return None
         started = self._clock.monotonic()
-        outcome = await self.client.probe_tenant(tenant)
-        return self._record(tenant.id, "tenant", outcome, started, tenant)
+        outcome = await self.client.probe_tenant(tenant, family, priority)
+        return self._record(tenant.id, probe, outcome, started, tenant)
 
     def _set_tenants(self, tenants: list[Tenant]) -> None:
         """Replace the tenant set: the shard's own, split into probed and skipped (with why)."""
@@ -157,9 +177,11 @@ class CredentialProber:
 
     def _record_skipped(self, tenant: Tenant, reason: str) -> None:
         """Report a tenant the agent will not call, once per change, with the reason."""
-        previous = self.state.result(tenant.id, "tenant")
+        first = next(iter(self.families), TENANT)
+        previous = self.state.result(tenant.id, first)
         outcome = Outcome(status_code=0, error_code=reason, message=_skip_message(reason))
-        self._record(tenant.id, "tenant", outcome, self._clock.monotonic(), tenant, quiet=True)
+        for probe in self.families:
+            self._record(tenant.id, probe, outcome, self._clock.monotonic(), tenant, quiet=True)
         if previous is None or previous.cause != reason:
             log.warning(
                 "tenant not probed: %s",
@@ -181,12 +203,20 @@ class CredentialProber:
         *,
         quiet: bool = False,
     ) -> ProbeResult:
-        diagnosis = diagnose(probe, outcome, Context(tenant=tenant, token_age=self._token_age()))
+        context = Context(tenant=tenant, token_age=self._token_age())
+        if tenant is not None and not quiet:
+            context = self._family_context(context, tenant_id, probe)
+        diagnosis = diagnose(probe, outcome, context)
+        previous = self.state.results.get((tenant_id, probe))
+        success = diagnosis.cause == "ok"
+        streak = 0
+        if not success and not quiet:
+            streak = 1 + (previous.consecutive_failures if previous is not None else 0)
         result = ProbeResult(
             credential=self.name,
             tenant_id=tenant_id,
             probe=probe,
-            success=diagnosis.cause == "ok",
+            success=success,
             status_code=outcome.status_code,
             error_code=outcome.error_code,
             cause=diagnosis.cause,
@@ -195,11 +225,22 @@ class CredentialProber:
             timestamp=self._clock.time(),
             duration=max(0.0, self._clock.monotonic() - started),
             ids=dict(outcome.ids),
+            consecutive_failures=streak,
         )
         self.state.results[(tenant_id, probe)] = result
         if not result.success and not quiet:
             _log_failure(result)
         return result
+
+    def _family_context(self, context: Context, tenant_id: str, probe: str) -> Context:
+        """Add which other family this tenant answers: families that disagree point at the
+        credential's API role, not at the tenant."""
+        family = self.families.get(probe)
+        for name, other in self.families.items():
+            result = self.state.results.get((tenant_id, name))
+            if name != probe and result is not None and result.success and family is not None:
+                return dataclasses.replace(context, path=family.endpoint, permitted=other.endpoint)
+        return context
 
     def _token_age(self) -> float | None:
         token = self.client.token

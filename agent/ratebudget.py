@@ -67,6 +67,8 @@ BUCKETS_PER_WINDOW = 100
 PRIORITY_CREDENTIAL = 0
 """token, whoami and tenant_list: everything else depends on them, so they go first."""
 PRIORITY_TENANT = 10
+PRIORITY_CONFIRMATION = 5
+"""A re-probe confirming a failed tenant probe goes ahead of routine tenant probes."""
 
 BACKOFF_BASE_SECONDS = 2.0
 BACKOFF_CAP_SECONDS = 300.0

@@ -140,6 +140,7 @@ class Agent:
                 period=functools.partial(self.period, prober.name),
                 on_refresh=self._after_refresh,
                 semaphore=self._semaphore,
+                confirm_interval=self.settings.confirm_interval,
             )
             for prober in self.probers
         ]
@@ -147,7 +148,9 @@ class Agent:
             schedules,
             token_interval=self.settings.token_probe_interval,
             refresh_interval=self.settings.tenant_refresh_interval,
-            tick=lambda s: tick_seconds(self.period(s.name), len(s.prober.state.probed)),
+            tick=lambda s: tick_seconds(
+                self.period(s.name), len(s.prober.state.probed) * len(s.prober.probe_names)
+            ),
             speed=self._schedule_speed,
         )
         self.scheduler.start()
@@ -195,6 +198,7 @@ class Agent:
             tenant_list_pages=self._pages(prober),
             allowance=self.budget.allowance,
             span={w: self.budget.hold_seconds(w)[1] for w in self.budget.limits},
+            families=len(prober.families),
         )
         previous = self.plans.get(prober.name)
         self.plans[prober.name] = plan
@@ -232,8 +236,11 @@ class Agent:
         return sorted(prober.state.results.values(), key=display_order)
 
     async def _bounded(self, prober: CredentialProber, tenant_id: str) -> None:
+        """A tenant's probes one after the other, in configured order: when families disagree,
+        the later ones can say which API the tenant does answer."""
         async with self._semaphore:
-            await prober.probe_tenant(tenant_id)
+            for probe in prober.probe_names:
+                await prober.probe_tenant(tenant_id, probe)
 
     # -- views -------------------------------------------------------------------------------
 

@@ -212,3 +212,47 @@ def test_spread_offsets_are_even_over_one_period() -> None:
         spread_offsets(3, 0.0)
     with pytest.raises(ValueError):
         spread_offsets(-1, 10.0)
+
+
+def plan_families(tenants: int, families: int, share: float = 0.1) -> Plan:
+    return plan_probe_period(
+        tenants=tenants,
+        probe_interval=60.0,
+        token_probe_interval=300.0,
+        tenant_refresh_interval=900.0,
+        tenant_list_pages=pages_for(tenants),
+        allowance=allowance_for(DEFAULT_LIMITS, share),
+        families=families,
+    )
+
+
+@pytest.mark.parametrize("tenants", [250, 1000, 10_000])
+def test_every_tenant_probe_family_is_budgeted(tenants: int) -> None:
+    one, three = plan_families(tenants, 1), plan_families(tenants, 3)
+    assert three.period == pytest.approx(3 * one.period)  # each pair still once per period
+    assert three.refresh_interval == one.refresh_interval
+    assert three.expected["1h"] == pytest.approx(one.expected["1h"])  # the same budget, full
+    assert three.expected["1h"] <= three.usable["1h"] + 1e-9
+    assert f"for {tenants} tenants x 3 probes" in three.message
+
+
+def test_families_fit_unstretched_when_the_budget_allows() -> None:
+    result = plan_families(10, 3, share=1.0)  # 30 calls a minute: 1800 of 950 an hour
+    assert result.stretched
+    generous = plan_probe_period(
+        tenants=10,
+        probe_interval=60.0,
+        token_probe_interval=300.0,
+        tenant_refresh_interval=900.0,
+        tenant_list_pages=1,
+        allowance={"1s": 100, "1m": 1000, "1h": 10_000, "1d": 100_000},
+        families=3,
+    )
+    assert generous.period == 60.0
+    assert generous.expected["1h"] == pytest.approx(30 * 60 + hourly_overhead(1))
+    assert "probe period 60s for 10 tenants x 3 probes fits" in generous.message
+
+
+def test_families_must_be_at_least_one() -> None:
+    with pytest.raises(ValueError, match="families must be >= 1, got 0"):
+        plan_families(10, 0)

@@ -210,6 +210,7 @@ class RecordingProber:
     """Notes the clock time each tenant probe starts at."""
 
     name = "cred"
+    probe_names = ("tenant",)
 
     def __init__(self, tenants: list[str], clock: FakeClock) -> None:
         self.state = CredentialState(name="cred")
@@ -223,7 +224,7 @@ class RecordingProber:
     async def refresh_tenants(self) -> None:
         return None
 
-    async def probe_tenant(self, tenant_id: str) -> None:
+    async def probe_tenant(self, tenant_id: str, probe: str = "tenant", priority: int = 10) -> None:
         self.started.append((tenant_id, self.clock.monotonic()))
 
 

@@ -71,6 +71,7 @@ class FakeProber:
     """Tenant 'hang' never answers; the others answer at once."""
 
     name = "cred"
+    probe_names = ("tenant",)
 
     def __init__(self, tenants: list[str]) -> None:
         self.state = FakeState(tenants)
@@ -83,7 +84,7 @@ class FakeProber:
     async def refresh_tenants(self) -> None:
         return None
 
-    async def probe_tenant(self, tenant_id: str) -> None:
+    async def probe_tenant(self, tenant_id: str, probe: str = "tenant", priority: int = 10) -> None:
         if tenant_id == "hang":
             await self.hang.wait()
         self.probed.append(tenant_id)
@@ -108,7 +109,7 @@ async def test_a_hanging_tenant_does_not_hold_up_the_others() -> None:
         for _ in range(5):
             await asyncio.sleep(0)
     assert Counter(prober.probed) == {"a": 2, "b": 2, "c": 2}
-    assert "hang" in schedule.rotation.in_flight  # not started twice while it hangs
+    assert ("hang", "tenant") in schedule.rotation.in_flight  # not started twice while it hangs
     assert not schedule.ready  # the hanging tenant has not finished its first probe
     prober.hang.set()
     for _ in range(5):
@@ -121,7 +122,9 @@ async def test_a_crashing_probe_is_logged_and_does_not_stop_the_rotation(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     class Crashing(FakeProber):
-        async def probe_tenant(self, tenant_id: str) -> None:
+        async def probe_tenant(
+            self, tenant_id: str, probe: str = "tenant", priority: int = 10
+        ) -> None:
             if tenant_id == "a":
                 raise RuntimeError("boom")
             self.probed.append(tenant_id)

@@ -26,8 +26,17 @@ from agent.simulator.bodies import (
     tenant_item,
     token_body,
 )
+from agent.simulator.families import FamilyBadRequest, denied, family_of, family_reply
 from agent.simulator.faults import fault_reply
-from agent.simulator.model import FAULT_NAMES, TRANSPORT_FAULTS, Credential, Scenario, Tenant
+from agent.simulator.model import (
+    ALL_FAULTS,
+    API_FAMILIES,
+    PERMISSION_FAULTS,
+    TRANSPORT_FAULTS,
+    Credential,
+    Scenario,
+    Tenant,
+)
 from agent.simulator.traffic import TrafficStats
 from agent.simulator.wire import (
     HOST_FAULTY,
@@ -142,8 +151,8 @@ class Central:
         if fault is None:
             self._faults.pop(tenant_id, None)
             return
-        if fault not in FAULT_NAMES:
-            raise ValueError(f"unknown fault {fault!r} (known: {', '.join(FAULT_NAMES)})")
+        if fault not in ALL_FAULTS:
+            raise ValueError(f"unknown fault {fault!r} (known: {', '.join(ALL_FAULTS)})")
         self._faults[tenant_id] = fault
 
     def fault_of(self, tenant_id: str) -> str | None:
@@ -326,14 +335,25 @@ class Central:
             return central_error(403, now, "Tenant is not activated")
         if host != req.host:
             return central_error(403, now, "Wrong data region: use the tenant's apiHost")
-        normal = self._tenant_api(req, tenant, path)
         fault = self._faults.get(tenant_id)
-        if fault is None:
+        forbidden = denied(fault, path, now)
+        if forbidden is not None:
+            return forbidden
+        normal = self._tenant_api(req, tenant, path)
+        if fault is None or fault in PERMISSION_FAULTS:  # a permission fault elsewhere
             return normal
         return fault_reply(fault, normal, now, self.scenario.slow_seconds)
 
     def _tenant_api(self, req: ApiRequest, tenant: Tenant, path: str) -> Reply:
         now = self._now()
+        family = family_of(path)
+        if family is not None and family != "endpoint" and path == API_FAMILIES[family]:
+            if req.method != "GET":
+                return central_error(405, now)
+            try:
+                return family_reply(family, req.query, tenant, now)
+            except FamilyBadRequest as exc:
+                return central_error(400, now, str(exc))
         single = _ENDPOINT.match(path)
         if path != "/endpoint/v1/endpoints" and single is None:
             return central_error(404, now)

@@ -39,6 +39,20 @@ CHAOS_FAULTS: tuple[str, ...] = (
 
 FAULT_NAMES: tuple[str, ...] = BASIC_FAULTS + CHAOS_FAULTS
 
+API_FAMILIES: dict[str, str] = {
+    "endpoint": "/endpoint/v1/endpoints",
+    "common_alerts": "/common/v1/alerts",
+    "siem_events": "/siem/v1/events",
+    "siem_alerts": "/siem/v1/alerts",
+}
+"""The per-tenant APIs the simulator serves, by family name: an API role covers some, not all."""
+
+PERMISSION_FAULTS: tuple[str, ...] = tuple(f"forbidden_{name}" for name in API_FAMILIES)
+"""A tenant fault that makes one family answer 403 while the others work (a role without that
+product's permission); ``forbidden_common_alerts`` and so on."""
+
+ALL_FAULTS: tuple[str, ...] = FAULT_NAMES + PERMISSION_FAULTS
+
 TRANSPORT_FAULTS: frozenset[str] = frozenset({"reset", "truncated", "stall"})
 """Faults below HTTP; tenants that start with one are placed on the raw faulty host."""
 
@@ -161,8 +175,8 @@ class Scenario:
         for tenant_id, fault in self.faults.items():
             if tenant_id not in known:
                 raise ValueError(f"faults: unknown tenant id {tenant_id!r}")
-            if fault not in FAULT_NAMES:
-                raise ValueError(f"faults: unknown fault {fault!r} (known: {FAULT_NAMES})")
+            if fault not in ALL_FAULTS:
+                raise ValueError(f"faults: unknown fault {fault!r} (known: {ALL_FAULTS})")
 
 
 def _check_positive(scenario: Scenario) -> None:

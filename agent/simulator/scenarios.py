@@ -23,6 +23,7 @@ from agent.simulator.model import (
     BASIC_FAULTS,
     CHAOS_FAULTS,
     FAULT_NAMES,
+    PERMISSION_FAULTS,
     Credential,
     IdType,
     Scenario,
@@ -209,6 +210,29 @@ def _chaos() -> Scenario:
     )
 
 
+def _families() -> Scenario:
+    """Tenants whose credential may call some API families and not others, for ``tenant_probes``.
+
+    Each permission fault tags one tenant (``[forbidden_common_alerts]`` ...); the agent config
+    probes the endpoint, SIEM and alerts families.
+    """
+    b = _Builder("families")
+    tenants = [b.tenant(0), b.tenant(1)]
+    for i, fault in enumerate(PERMISSION_FAULTS):
+        tenant = b.tenant(i % 2, fault)
+        b.faults[tenant.id] = fault
+        tenants.append(tenant)
+    return Scenario(
+        name="families",
+        credentials=[b.credential("msp-families", "partner", tenants)],
+        faults=b.faults,
+        regions=2,
+        agent_overrides={
+            "tenant_probes": ["tenant", "siem_events", "siem_alerts", "common_alerts"]
+        },
+    )
+
+
 def _scale_10k() -> Scenario:
     b = _Builder("scale-10k")
     return Scenario(
@@ -230,6 +254,7 @@ _BUILDERS: dict[str, Callable[[], Scenario]] = {
     "faults": _faults,
     "outage": _outage,
     "chaos": _chaos,
+    "families": _families,
     "scale-10k": _scale_10k,
     "scale-20x500": _scale_20x500,
 }
