@@ -31,7 +31,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from agent.families import Family, ProbeSpec, parse_specs, resolve
+from agent.families import Family, ProbeSpec, parse_specs, resolve, spec_as_config
 
 ENV_PREFIX = "SOPHOS_EXPORTER_"
 DEFAULT_AUTH_URL = "https://id.sophos.com/api/v2/oauth2/token"
@@ -116,7 +116,11 @@ Duration = Annotated[
     BeforeValidator(parse_duration),
     PlainSerializer(format_duration, return_type=str, when_used="json"),
 ]
-TenantProbes = Annotated[tuple[ProbeSpec, ...], BeforeValidator(parse_specs)]
+TenantProbes = Annotated[
+    tuple[ProbeSpec, ...],
+    BeforeValidator(parse_specs),
+    PlainSerializer(lambda specs: [spec_as_config(s) for s in specs], when_used="json"),
+]
 
 
 def is_loopback_host(host: str) -> bool:

@@ -84,6 +84,11 @@ class ProbeSpec:
     path: str | None = None
 
 
+def spec_as_config(spec: ProbeSpec) -> str | dict[str, str]:
+    """An entry as a user writes it, so ``config check`` output reads back as the same config."""
+    return spec.name if spec.path is None else {"name": spec.name, "path": spec.path}
+
+
 def parse_specs(value: Any, key: str = "tenant_probes") -> tuple[ProbeSpec, ...]:
     """Validate the ``tenant_probes`` list; a ValueError names the entry (``key[i].path``)."""
     if isinstance(value, str | dict) or not isinstance(value, Sequence) or not value:

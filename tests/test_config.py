@@ -6,9 +6,10 @@ import os
 from pathlib import Path
 
 import pytest
+import yaml
 
 from agent.cli import main
-from agent.config import ConfigError, format_duration, load_settings, parse_duration
+from agent.config import ConfigError, Settings, format_duration, load_settings, parse_duration
 
 DATA = Path(__file__).parent / "testdata" / "config"
 
@@ -221,3 +222,18 @@ def test_check_warns_when_an_inline_secret_is_readable_by_others(
     captured = capsys.readouterr()
     assert "readable by other users" in captured.err
     assert "inline-secret-value" not in captured.err + captured.out
+
+
+def test_the_printed_config_reads_back_as_the_same_config() -> None:
+    """``config check`` output is a config a user can paste: durations and probes as written."""
+    settings = Settings(
+        credentials=[{"name": "a", "client_id": "id-1", "client_secret": "s-1"}],
+        probe_interval="90s",
+        confirm_interval="2m",
+        tenant_probes=["tenant", "siem_events", {"name": "mine", "path": "/x/v1/y"}],
+    )
+    shown = yaml.safe_load(yaml.safe_dump(settings.masked()))
+    assert shown["probe_interval"] == "1m30s"
+    assert shown["tenant_probes"] == ["tenant", "siem_events", {"name": "mine", "path": "/x/v1/y"}]
+    shown["credentials"][0].update(client_id="id-1", client_secret="s-1")
+    assert Settings(**shown) == settings

@@ -14,8 +14,7 @@ One stack for the module; the tests run in this order and each is a phase of one
    ``SophosCentralRateLimited``.
 
 Every dashboard query is run through Prometheus's HTTP API: each must parse, and each must return
-data in the phase built to exercise it (``DATA_PHASE``), except the queries over metrics the agent
-does not export yet (``PENDING_METRICS``).
+data in the phase built to exercise it (``DATA_PHASE``).
 
 The rule files go through the documented test-time transform (``tools/shorten_for.py --scale
 60``: 10m becomes 10s, the order of the ``for:`` durations is kept) and the Alertmanager example
@@ -31,7 +30,6 @@ out to keep the run short. The promtool unit tests cover all four.
 
 from __future__ import annotations
 
-import re
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -39,7 +37,6 @@ from typing import Any
 
 import pytest
 
-from agent import metricnames
 from agent.simulator import build_scenario
 from tests.e2e.stack_support import (
     JOB,
@@ -96,19 +93,6 @@ DATA_PHASE: dict[tuple[str, str, str], str] = {
     ("sophos-central-overview", "429 answers and pauses", "A"): "rate_limited",
 }
 PHASES = ("baseline", "tenant_5xx", "rate_limited")
-
-PENDING_METRICS: dict[str, str] = {
-    metricnames.PROBE_CONSECUTIVE_FAILURES: "the confirmation of failed per-tenant probes",
-}
-"""Metrics the dashboards already show but the agent does not export yet (metric -> the feature
-that will). Queries over them are left out of the data checks, and
-``test_pending_metrics_are_not_exported_yet`` fails once the agent exports one: then delete its
-entry here, and its panels are held to the same data checks as every other."""
-
-
-def pending(query: DashboardQuery) -> bool:
-    return any(re.search(rf"\b{name}\b", query.expr) for name in PENDING_METRICS)
-
 
 # --- the stack --------------------------------------------------------------------------------
 
@@ -185,11 +169,7 @@ def has_data(stack: RealStack, query: DashboardQuery, since: float) -> bool:
 def check_dashboard_data(stack: RealStack, phase: str, since: float) -> None:
     """Every query this phase exercises returns data (polled briefly: the next scrape and rule
     evaluation may be needed after the phase's condition was first seen)."""
-    expected = [
-        q
-        for q in dashboard_queries()
-        if DATA_PHASE.get(q.key, "baseline") == phase and not pending(q)
-    ]
+    expected = [q for q in dashboard_queries() if DATA_PHASE.get(q.key, "baseline") == phase]
     assert expected, f"no dashboard query is exercised by phase {phase}"
     missing: list[DashboardQuery] = []
 
@@ -257,18 +237,6 @@ def test_every_dashboard_query_parses_and_every_variable_has_values(stack: RealS
             )
             answer = http_json(url)
             assert answer["status"] == "success" and answer["data"], (dashboard, name, answer)
-
-
-def test_pending_metrics_are_not_exported_yet(stack: RealStack) -> None:
-    """Each metric in ``PENDING_METRICS`` is used by a dashboard, and the agent, whose other
-    metrics Prometheus has by now, does not export it yet (see ``PENDING_METRICS``)."""
-    with stack.explain_failure():
-        assert stack.query(f'{metricnames.PROBE_SUCCESS}{{probe="tenant"}}'), "positive control"
-        for name, feature in PENDING_METRICS.items():
-            assert any(pending(q) and name in q.expr for q in dashboard_queries()), name
-            assert stack.query(name) == [], (
-                f"the agent now exports {name} ({feature}): remove it from PENDING_METRICS"
-            )
 
 
 # --- phase 2 ----------------------------------------------------------------------------------
