@@ -62,12 +62,17 @@ class Row:
 
 @dataclass(frozen=True)
 class CauseGroup:
-    """Every probe of one credential failing for one cause: the remedy is said once."""
+    """Every probe of one credential failing for one cause and remedy: the remedy is said once.
+
+    A cause may come with more than one remedy (a 401 on a fresh token, a 403 that one API
+    family gets and another does not): each remedy is its own group, so none is hidden.
+    """
 
     cause: str
     kind: Kind
     remedy: str
     rows: list[Row]
+    anchor: str
 
 
 @dataclass(frozen=True)
@@ -124,10 +129,7 @@ class Attention:
     count: int
     what: str
     examples: list[str]
-
-    @property
-    def anchor(self) -> str:
-        return group_anchor(self.credential, self.cause)
+    anchor: str
 
 
 @dataclass(frozen=True)
@@ -182,13 +184,15 @@ def _attention(creds: list[CredentialReport]) -> list[Attention]:
     for cred in creds:
         if cred.token_failed and cred.token is not None:
             what = f"token issuance fails ({cred.token.status}); nothing else is run"
-            lines.append(Attention(cred.name, cred.token.cause, 1, what, []))
+            anchor = token_anchor(cred.name)
+            lines.append(Attention(cred.name, cred.token.cause, 1, what, [], anchor))
         for group in cred.groups:
             if group.kind != "failure":
                 continue
             examples = [_who(r) for r in group.rows[:ATTENTION_EXAMPLES]]
             what = f"{len(group.rows)} {'probe' if len(group.rows) == 1 else 'probes'}"
-            lines.append(Attention(cred.name, group.cause, len(group.rows), what, examples))
+            count = len(group.rows)
+            lines.append(Attention(cred.name, group.cause, count, what, examples, group.anchor))
     return lines
 
 
@@ -199,8 +203,8 @@ def _who(row: Row) -> str:
     return name if row.probe == "tenant" else f"{name} {row.probe}"
 
 
-def group_anchor(credential: str, cause: str) -> str:
-    return f"{credential}--{cause}"
+def token_anchor(credential: str) -> str:
+    return f"{credential}--token"
 
 
 def _credential(agent: Agent, state: CredentialState, now: float) -> CredentialReport:
@@ -221,7 +225,8 @@ def _credential(agent: Agent, state: CredentialState, now: float) -> CredentialR
         token_failed=token_failed,
         token=next((r for r in rows if r.probe == "token"), None),
         groups=_groups(
-            r for r in rows if r.kind != "ok" and not (token_failed and r.probe == "token")
+            state.name,
+            [r for r in rows if r.kind != "ok" and not (token_failed and r.probe == "token")],
         ),
         healthy=[r for r in rows if r.kind == "ok"],
         windows=_windows(agent, state.name),
@@ -263,23 +268,26 @@ def _same_failure(result: ProbeResult, token: ProbeResult) -> bool:
     )
 
 
-def _groups(rows: Any) -> list[CauseGroup]:
-    """Rows grouped by (kind, cause): the token first, then by kind, then the biggest group."""
-    grouped: dict[tuple[Kind, str], list[Row]] = {}
+def _groups(credential: str, rows: list[Row]) -> list[CauseGroup]:
+    """Rows grouped by (kind, cause, remedy): the token first, then by kind, then the biggest."""
+    grouped: dict[tuple[Kind, str, str], list[Row]] = {}
     for row in rows:
-        grouped.setdefault((row.kind, row.cause), []).append(row)
-    groups = [
-        CauseGroup(cause, kind, _group_remedy(kind, members), members)
-        for (kind, cause), members in grouped.items()
-    ]
-    groups.sort(
-        key=lambda g: (
-            not any(r.probe == "token" for r in g.rows),
-            _KIND_ORDER[g.kind],
-            -len(g.rows),
-            g.cause,
-        )
+        grouped.setdefault((row.kind, row.cause, row.remedy), []).append(row)
+    ordered = sorted(
+        grouped.items(),
+        key=lambda item: (
+            not any(r.probe == "token" for r in item[1]),
+            _KIND_ORDER[item[0][0]],
+            -len(item[1]),
+            item[0][1],
+        ),
     )
+    groups: list[CauseGroup] = []
+    anchors: Counter[str] = Counter()
+    for (kind, cause, _), members in ordered:
+        anchors[cause] += 1
+        anchor = f"{credential}--{cause}" + (f"-{anchors[cause]}" if anchors[cause] > 1 else "")
+        groups.append(CauseGroup(cause, kind, _group_remedy(kind, members), members, anchor))
     return groups
 
 

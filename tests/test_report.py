@@ -178,3 +178,17 @@ def test_remedies_show_code_spans_as_code_not_backticks() -> None:
     assert "`" not in html
     assert "<code>sophos-central-exporter support-bundle</code>" in html
     assert str(remedy_html("a <b> `x<y>`")) == "a &lt;b&gt; <code>x&lt;y&gt;</code>"
+
+
+def test_one_cause_with_two_remedies_is_two_groups_and_neither_remedy_is_hidden() -> None:
+    rows = [
+        result("c", "t-1", "common_alerts", 403, "forbidden", "forbidden"),
+        result("c", "t-2", "tenant", 403, "forbidden", "forbidden"),
+    ]
+    rows[0] = ProbeResult(**{**rows[0].__dict__, "remedy": "may call X but not Y"})
+    st = state("c", {"t-1": "One", "t-2": "Two"}, rows)
+    groups = build_report(agent_of(st)).credentials[0].groups
+    assert sorted(g.remedy for g in groups) == sorted(
+        ["may call X but not Y", REMEDIES["forbidden"]]
+    )
+    assert len({g.anchor for g in groups}) == 2

@@ -159,8 +159,8 @@ async def test_families_disagreeing_on_a_tenant_show_which_api_the_role_lacks(
         assert causes[(denied_alerts, "tenant")] == "ok"
 
         page = html.unescape((await stack.get("/status")).text)
-        failing = page.split("Failing probes", 1)[1].split("Healthy probes", 1)[0]
-        assert f"data-tenant='{denied_alerts}'><td>common_alerts</td>" in failing
+        failing = page.split('<details class="healthy">', 1)[0]
+        assert f'data-tenant="{denied_alerts}" data-probe="common_alerts"' in failing
         assert "but not /endpoint/v1/endpoints for this tenant" in failing
 
         out = io.StringIO()
