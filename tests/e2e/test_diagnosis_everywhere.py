@@ -43,9 +43,12 @@ EXPECTED = {
     "wrong_content_type": "invalid_response",
     "huge_body": "invalid_response",
     "deep_json": "invalid_response",
+    "export_restricted_451": "export_restricted",
     "not_activated": "not_activated",
+    "trial_no_host": "trial_account",
     "rogue_host": "host_not_allowed",
 }
+NOT_PROBED = ("not_activated", "trial_no_host", "rogue_host")
 CENTRAL_ERROR_BODIES = {
     "trial_403",
     "no_partner_assistance_403",
@@ -154,7 +157,7 @@ async def test_every_fault_has_one_cause_in_metrics_status_check_and_log(stack: 
         logged = [r for r in records if r.get("tenant_id") == tid and r.get("cause") == cause]
         assert logged, f"no log line with cause {cause} for {tag}"
         assert logged[-1]["level"] == "warning"
-        if tag not in ("not_activated", "rogue_host"):  # not probed: logged once, no hint
+        if tag not in NOT_PROBED:  # not probed: logged once, no hint
             assert logged[-1]["hint"] == remedy
             assert logged[-1]["probe"] == "tenant"
         if tag in CENTRAL_ERROR_BODIES:
