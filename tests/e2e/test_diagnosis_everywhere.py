@@ -167,14 +167,19 @@ async def test_every_fault_has_one_cause_in_metrics_status_check_and_log(stack: 
 @IN_MODULE_LOOP
 async def test_ids_go_to_the_log_never_to_labels(stack: Stack) -> None:
     text = (await stack.get("/metrics")).text
+    records = json_log(stack)
     ids = {
         str(r[k])
-        for r in json_log(stack)
-        for k in ("correlationId", "requestId", "trackingId")
+        for r in records
+        for k in ("correlationId", "requestId", "trackingId", "code", "docUrl")
         if k in r
     }
     assert ids
     assert [i for i in ids if i in text] == []
+    # Sophos's own error code and documentation link of a 500 reach its log line too.
+    tid = tenant_tagged(stack, "server_error_500")
+    (logged, *_) = [r for r in records if r.get("tenant_id") == tid and "code" in r]
+    assert str(logged["docUrl"]).startswith("https://")
 
 
 @IN_MODULE_LOOP
