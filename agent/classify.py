@@ -40,7 +40,8 @@ class Outcome:
 
     ``status_code`` is 0 when no response came; ``error_code`` is then one of the transport codes.
     ``ids`` holds tracking/correlation/request ids and, when the body has them, Sophos's error
-    ``code`` and ``docUrl``: for logs and support evidence, never labels.
+    ``code`` and ``docUrl``: for logs and support evidence, never labels. ``from_token`` marks
+    the answer of the token endpoint standing in for an API call that could not get a token.
     """
 
     status_code: int
@@ -49,6 +50,7 @@ class Outcome:
     ids: dict[str, str] = field(default_factory=dict)
     retry_after: str | None = None
     body: Any = None
+    from_token: bool = False
 
     @property
     def ok(self) -> bool:

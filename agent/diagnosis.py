@@ -152,7 +152,8 @@ def cause_of(probe: str, outcome: Outcome, context: Context) -> str:
         return code if code in SKIP_CAUSES else "network_error"
     if outcome.ok:
         return "invalid_response" if code == "invalid_response" else "ok"
-    if code.startswith("oauth.") or (probe == "token" and status in (400, 401, 403)):
+    token_call = probe == "token" or outcome.from_token
+    if (token_call and status in (400, 401, 403)) or code.lower().startswith("oauth."):
         return "invalid_credentials"
     if status == 401:
         return "token_rejected"

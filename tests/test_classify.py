@@ -212,6 +212,10 @@ DIAGNOSES = [
     ("tenant", Outcome(200, ""), None, "ok"),
     ("whoami", Outcome(200, "invalid_response"), None, "invalid_response"),
     ("tenant", Outcome(0, "trial_account"), None, "trial_account"),
+    # A call that could not get a token carries the token endpoint's answer, whatever its code.
+    ("whoami", Outcome(400, "customer.validation", from_token=True), None, "invalid_credentials"),
+    ("tenant", Outcome(401, "OAuth.Invalid_Client_Secret"), None, "invalid_credentials"),
+    ("tenant", Outcome(503, "", from_token=True), None, "sophos_unavailable"),
     ("tenant", Outcome(451, ""), None, "export_restricted"),
     ("token", Outcome(451, ""), None, "export_restricted"),
     ("whoami", Outcome(451, ""), None, "export_restricted"),

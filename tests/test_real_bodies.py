@@ -488,6 +488,26 @@ async def test_the_prober_meets_every_answer(
         assert body[key] not in metrics  # ...and never in a label
 
 
+@pytest.mark.parametrize(
+    "name", ["token 401 wrong secret", "token 401 unknown client id", "token 400 malformed"]
+)
+async def test_a_refused_token_reaches_the_next_probe_as_invalid_credentials(
+    name: str, server: ReplayServer, failures: Failures, tmp_path: Path
+) -> None:
+    case = BY_NAME[name]
+    server.routes = routes_for(case, server.url)
+    settings = settings_for(tmp_path, server.url + "/api/v2/oauth2/token", server.url)
+    async with httpx.AsyncClient(trust_env=False) as http:
+        agent = Agent(settings, http=http, process_metrics=False)
+        try:
+            result = await agent.probers[0].probe_whoami()  # the token is fetched first
+        finally:
+            await agent.stop(grace=0)
+
+    assert (result.probe, result.status_code) == ("whoami", case.status)
+    assert (result.cause, result.error_code) == ("invalid_credentials", case.error_code)
+
+
 async def test_a_trial_tenant_without_api_host_is_reported_and_never_called(
     server: ReplayServer, failures: Failures, tmp_path: Path
 ) -> None:

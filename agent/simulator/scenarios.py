@@ -4,8 +4,8 @@ Tenant ids, client ids, secrets and names come from a ``random.Random`` seeded w
 name, so two processes that build the same scenario agree on everything (an end-to-end test can
 build ``demo`` in-process to learn the client ids and secrets a subprocess simulator uses).
 Tenants with a fault, or with a special placement, carry a tag in their name: ``[trial_403]``,
-``[not_activated]``, ``[trial_no_host]`` (a trial listed without ``apiHost``), ``[rogue_host]``; tests find them with ``Scenario.tenants_with_fault`` or
-``tagged``.
+``[not_activated]``, ``[trial_no_host]`` (a trial listed without ``apiHost``), ``[rogue_host]``;
+tests find them with ``Scenario.tenants_with_fault`` or ``tagged``.
 
 The demo raises the rate limits (1s: 50, 1m: 3000, 1h: 100000, 1d: 1000000) and tells the agent
 ``budget_share: 0.5`` with a 30 s probe interval: with Sophos's defaults and the agent's default
