@@ -159,7 +159,7 @@ def cause_of(probe: str, outcome: Outcome, context: Context) -> str:
         return "token_rejected"
     if status == 403:
         return _forbidden_cause(probe, context.tenant)
-    if is_wrong_api_host(probe, status, context.api_url):
+    if not token_call and is_wrong_api_host(probe, status, context.api_url):
         return "wrong_api_host"
     return _status_cause(status)
 

@@ -264,6 +264,8 @@ def test_a_whoami_504_is_wrong_api_host_only_on_a_data_region_host(
 def test_a_504_elsewhere_on_a_data_region_api_url_is_still_unavailable() -> None:
     context = Context(api_url="https://api-eu01.central.sophos.com")
     assert diagnose("tenant_list", Outcome(504), context).cause == "sophos_unavailable"
+    from_id_host = Outcome(504, from_token=True)  # whoami could not get a token
+    assert diagnose("whoami", from_id_host, context).cause == "sophos_unavailable"
     assert diagnose("whoami", Outcome(503), context).cause == "sophos_unavailable"
 
 
