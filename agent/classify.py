@@ -4,6 +4,10 @@ Sophos answers errors in several shapes (``{errorCode, message, trackingId}`` fr
 ``{error, message, correlationId, requestId}`` from the Central APIs, HTML from a gateway, empty
 bodies), and sometimes nothing at all. Whatever arrives, classification must not raise, and the
 label values it yields must stay few and valid: a hostile body must not blow up Prometheus.
+
+The ``error`` string is not stable (``Forbidden``, ``forbidden``, ``forbiddenAccess``; one 401
+puts it in ``errorCode``), so nothing here or in the diagnosis interprets it: it is passed on as
+the raw ``error_code`` and the cause comes from the status code and the context.
 """
 
 from __future__ import annotations
@@ -21,8 +25,11 @@ ERROR_CODE_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]{0,63}$")
 MAX_DISTINCT_ERROR_CODES = 100
 OTHER = "other"
 TRANSPORT_CODES = ("timeout", "connect_error", "tls_error", "protocol_error")
-_ID_KEYS = ("trackingId", "correlationId", "requestId")
+_ID_KEYS = ("trackingId", "correlationId", "requestId", "code")
+"""Body fields copied to ``Outcome.ids``: the ids support asks for, and Sophos's own error code
+(``USR00004c5``), which names the failure more precisely than the ``error`` string."""
 _ID_VALUE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+_DOC_URL = re.compile(r"^https?://[A-Za-z0-9._~:/?#\[\]@!$&'()*+,;=%-]{1,500}$")
 _MAX_MESSAGE = 300
 _MAX_ERROR_CODE = 128
 
@@ -32,7 +39,9 @@ class Outcome:
     """What one HTTP call produced, reduced to what metrics, diagnosis and logs need.
 
     ``status_code`` is 0 when no response came; ``error_code`` is then one of the transport codes.
-    ``ids`` holds tracking/correlation/request ids: for logs and support evidence, never labels.
+    ``ids`` holds tracking/correlation/request ids and, when the body has them, Sophos's error
+    ``code`` and ``docUrl``: for logs and support evidence, never labels. ``from_token`` marks
+    the answer of the token endpoint standing in for an API call that could not get a token.
     """
 
     status_code: int
@@ -41,6 +50,7 @@ class Outcome:
     ids: dict[str, str] = field(default_factory=dict)
     retry_after: str | None = None
     body: Any = None
+    from_token: bool = False
 
     @property
     def ok(self) -> bool:
@@ -90,7 +100,7 @@ def classify_response(
     parsed = parse_json(body)
     retry_after = _header(headers, "retry-after")
     if 200 <= status_code < 300:
-        return Outcome(status_code=status_code, body=parsed, ids=_ids(parsed))
+        return Outcome(status_code=status_code, body=parsed, ids=_ids(parsed, error=False))
     return Outcome(
         status_code=status_code,
         error_code=error_code_of(parsed),
@@ -167,14 +177,18 @@ def _message_of(parsed: Any, body: bytes) -> str:
     return ""
 
 
-def _ids(parsed: Any) -> dict[str, str]:
+def _ids(parsed: Any, error: bool = True) -> dict[str, str]:
+    """The ids of a body; ``code`` and ``docUrl`` only from error bodies."""
     if not isinstance(parsed, dict):
         return {}
     ids = {}
-    for key in _ID_KEYS:
+    for key in _ID_KEYS if error else _ID_KEYS[:3]:
         value = parsed.get(key)
         if isinstance(value, str) and _ID_VALUE.fullmatch(value):
             ids[key] = value
+    doc_url = parsed.get("docUrl")
+    if error and isinstance(doc_url, str) and _DOC_URL.fullmatch(doc_url):
+        ids["docUrl"] = doc_url
     return ids
 
 

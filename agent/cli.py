@@ -24,6 +24,7 @@ from agent import __version__
 from agent.config import (
     ConfigError,
     Settings,
+    api_url_warning,
     group_or_world_readable,
     has_inline_secret,
     load_settings,
@@ -139,6 +140,13 @@ def warn_readable_secret(path: str | None, settings: Settings) -> None:
         )
 
 
+def warn_api_url(settings: Settings) -> None:
+    """At start-up and in ``check``: a data-region api_url would read as a Sophos outage."""
+    warning = api_url_warning(settings)
+    if warning is not None:
+        log.warning(warning, extra={"key": "api_url"})
+
+
 # -- run ---------------------------------------------------------------------------------------
 
 
@@ -153,6 +161,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     setup_logging(settings.log_format, settings.log_level)
     warn_readable_secret(args.config, settings)
+    warn_api_url(settings)
     listen = args.listen or settings.web_listen_address
     web_config = None
     if args.web_config:
@@ -242,6 +251,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     setup_logging(settings.log_format, "warning")
     warn_readable_secret(args.config, settings)
+    warn_api_url(settings)
     logging.getLogger().setLevel(logging.ERROR)  # the table says it all; no per-probe warnings
     return asyncio.run(run_check(settings, sys.stdout, args.output, args.failures_only))
 
@@ -334,6 +344,9 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     settings = load_or_exit(args)
     if settings is None:
         return EXIT_CONFIG
+    warning = api_url_warning(settings)
+    if warning is not None:
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"configuration OK{f' ({args.config})' if args.config else ''}")
     print(yaml.safe_dump(settings.masked(), sort_keys=False, allow_unicode=True), end="")
     return EXIT_OK

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import httpx
@@ -249,7 +249,7 @@ class SophosClient:
         try:
             token = await self.bearer()
         except TokenUnavailable as exc:
-            return exc.outcome, b""
+            return replace(exc.outcome, from_token=True), b""
         headers = {**headers, "Authorization": f"Bearer {token}"}
         outcome, body = await self._call(probe, tenant_id, "GET", url, headers, priority=priority)
         if outcome.status_code == 401:

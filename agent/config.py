@@ -32,6 +32,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from agent.families import Family, ProbeSpec, parse_specs, resolve, spec_as_config
+from agent.sophos import is_data_region_url
 
 ENV_PREFIX = "SOPHOS_EXPORTER_"
 DEFAULT_AUTH_URL = "https://id.sophos.com/api/v2/oauth2/token"
@@ -401,6 +402,20 @@ def group_or_world_readable(path: str | os.PathLike[str]) -> bool:
     except OSError:
         return False
     return bool(mode & (stat.S_IRGRP | stat.S_IROTH))
+
+
+def api_url_warning(settings: Settings) -> str | None:
+    """A one-line warning when ``api_url`` names a data-region host, else None.
+
+    Not an error: the value is a valid URL, and a proxy or test setup may have reasons. But on
+    the real service whoami answers 504 there, which would otherwise read as a Sophos outage.
+    """
+    if not is_data_region_url(settings.api_url):
+        return None
+    return (
+        f"api_url {settings.api_url} is a data-region host, which does not serve whoami or the "
+        f"tenant lists; use {DEFAULT_API_URL}"
+    )
 
 
 def has_inline_secret(settings: Settings) -> bool:

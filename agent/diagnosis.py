@@ -12,9 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agent.classify import Outcome
-from agent.sophos import Tenant
+from agent.sophos import Tenant, is_data_region_url
 
 FRESH_TOKEN_SECONDS = 120.0
+SKIP_CAUSES = ("not_activated", "host_not_allowed", "trial_account")
+"""Causes of tenants the agent does not call; their outcome has status 0 and the cause as code."""
 
 REMEDIES: dict[str, str] = {
     "ok": "Nothing to do.",
@@ -34,8 +36,9 @@ REMEDIES: dict[str, str] = {
         "check the credential belongs to the account you expect."
     ),
     "trial_account": (
-        "403 on a trial tenant: business state, not an outage. Sophos does not grant partner API "
-        "access to trial accounts; confirm the account type in the Partner Dashboard."
+        "Trial account: business state, not an outage. Sophos lists trial tenants without an "
+        "apiHost (the agent then sends nothing) and refuses partner API calls to them with 403; "
+        "confirm the account type in the Partner Dashboard."
     ),
     "partner_assistance_disabled": (
         "403 on a term-licensed tenant: the customer has not enabled Partner Assistance. Ask the "
@@ -85,6 +88,16 @@ REMEDIES: dict[str, str] = {
         "Sophos answered 2XX with a body the agent cannot read. Usually a proxy or a Sophos-side "
         "defect; capture the response and contact Sophos support if it persists."
     ),
+    "wrong_api_host": (
+        "api_url names a data-region host (api-<region>.central.sophos.com); whoami answers 504 "
+        "there. Set api_url to https://api.central.sophos.com: the agent finds each tenant's "
+        "data-region host itself. Not a Sophos outage; no support case needed."
+    ),
+    "export_restricted": (
+        "451: Sophos refuses calls from where the agent runs (US export control applies to its "
+        "location or its egress IP). Retrying does not help: run the exporter from an allowed "
+        "location or egress, or contact Sophos."
+    ),
 }
 
 
@@ -96,10 +109,12 @@ class Diagnosis:
 
 @dataclass(frozen=True)
 class Context:
-    """What else is known when a probe ends: the tenant and how old the token was."""
+    """What else is known when a probe ends: the tenant, how old the token was, and the
+    configured ``api_url`` (whoami goes there)."""
 
     tenant: Tenant | None = None
     token_age: float | None = None
+    api_url: str = ""
     path: str | None = None
     permitted: str | None = None
     """For a per-tenant probe: its path, and the path of another family this tenant answers."""
@@ -144,21 +159,32 @@ def diagnose(probe: str, outcome: Outcome, context: Context | None = None) -> Di
 def cause_of(probe: str, outcome: Outcome, context: Context) -> str:
     """The one cause label value for an outcome (CONTRACT.md's fixed set)."""
     status, code = outcome.status_code, outcome.error_code
-    if code == "host_not_allowed":
-        return "host_not_allowed"
-    if code == "not_activated":
-        return "not_activated"
     if status == 0:
-        return "network_error"
+        # The agent's own codes for calls it did not make; a body can never set these, since
+        # an answer always has a status.
+        return code if code in SKIP_CAUSES else "network_error"
     if outcome.ok:
         return "invalid_response" if code == "invalid_response" else "ok"
-    if code.startswith("oauth.") or (probe == "token" and status in (400, 401, 403)):
+    token_call = probe == "token" or outcome.from_token
+    if (token_call and status in (400, 401, 403)) or code.lower().startswith("oauth."):
         return "invalid_credentials"
     if status == 401:
         return "token_rejected"
     if status == 403:
         return _forbidden_cause(probe, context.tenant)
+    if not token_call and is_wrong_api_host(probe, status, context.api_url):
+        return "wrong_api_host"
     return _status_cause(status)
+
+
+def is_wrong_api_host(probe: str, status: int, api_url: str) -> bool:
+    """whoami answered 504 on a data-region host: the configuration is wrong, not Sophos.
+
+    Decided from the host name (``api-eu01.central.sophos.com``), because a data-region host
+    answers whoami with a gateway timeout rather than anything that names the mistake. The
+    support evidence for 5XX answers uses the same test to leave this case out.
+    """
+    return probe == "whoami" and status == 504 and is_data_region_url(api_url)
 
 
 def _forbidden_cause(probe: str, tenant: Tenant | None) -> str:
@@ -178,6 +204,8 @@ def _status_cause(status: int) -> str:
         return "not_found"
     if status == 429:
         return "rate_limited"
+    if status == 451:
+        return "export_restricted"
     if status in (502, 503, 504):
         return "sophos_unavailable"
     if status >= 500:

@@ -5,7 +5,9 @@ subject "New API 5xx error", the request (JSON or curl), the full response, and 
 By the time someone opens that case the failure may have stopped, or the agent may have restarted,
 so the evidence is collected as it happens (from the first 5XX of a probe on) and kept in the state
 file. A probe is *persistent* after 3 consecutive 5XX. Secrets never enter the evidence: the token,
-client id and client secret are redacted before anything is written.
+client id and client secret are redacted before anything is written. Sophos's own error ``code``
+and ``docUrl``, when the body has them, are kept with the ids. A whoami 504 from a data-region
+``api_url`` is a configuration mistake (``wrong_api_host``), so it collects nothing.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.client import CallRecord
+from agent.diagnosis import is_wrong_api_host
 from agent.logs import REDACTOR
 from agent.statefile import StateFile, StateFileError
 
@@ -134,6 +137,8 @@ class EvidenceRecorder:
     def observe_call(self, record: CallRecord) -> None:
         key = (record.credential, record.tenant_id, record.probe)
         status = record.outcome.status_code
+        if is_wrong_api_host(record.probe, status, record.url):
+            return  # a configuration mistake, not a Sophos failure: nothing to send support
         try:
             if 500 <= status <= 599:
                 self._record_failure(key, record)
@@ -253,7 +258,8 @@ def render_markdown(items: list[Evidence], tenant_names: dict[str, str] | None =
 def _markdown_item(item: Evidence, tenant_name: str) -> list[str]:
     tenant = f"{tenant_name} ({item.tenant_id})" if item.tenant_id else "-"
     headers = "\n".join(f"{k}: {v}" for k, v in item.response_headers.items())
-    ids = ", ".join(f"{k}={v}" for k, v in item.ids.items()) or "none in the response"
+    ids = _joined(item.ids, _TRACKING_IDS) or "none in the response"
+    sophos_code = _joined(item.ids, _ERROR_DETAILS)
     request_fence = _fence(item.request)
     response_fence = _fence(headers + item.response_body)
     return [
@@ -266,6 +272,7 @@ def _markdown_item(item: Evidence, tenant_name: str) -> list[str]:
         f"({item.share:.0%}); {item.consecutive} consecutive now",
         f"- Last success after a 5XX: {_iso(item.last_ok) if item.last_ok else 'none'}",
         f"- Correlation / request ids: {ids}",
+        *([f"- Sophos error code and documentation: {sophos_code}"] if sophos_code else []),
         "",
         "Request:",
         "",
@@ -283,6 +290,14 @@ def _markdown_item(item: Evidence, tenant_name: str) -> list[str]:
         response_fence,
         "",
     ]
+
+
+_TRACKING_IDS = ("trackingId", "correlationId", "requestId")
+_ERROR_DETAILS = ("code", "docUrl")
+
+
+def _joined(ids: dict[str, str], keys: tuple[str, ...]) -> str:
+    return ", ".join(f"{k}={ids[k]}" for k in keys if k in ids)
 
 
 def _fence(text: str) -> str:

@@ -63,6 +63,9 @@ CAUSES = (
     "not_activated",
     # Addition: a 2XX whose body does not have the documented shape.
     "invalid_response",
+    # Additions: whoami sent to a data-region host (it answers 504), and HTTP 451.
+    "wrong_api_host",
+    "export_restricted",
 )
 
 PROBES = ("token", "whoami", "tenant_list", "tenant")

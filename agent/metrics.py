@@ -29,6 +29,7 @@ from agent import __version__
 from agent import metricnames as m
 from agent.classify import ErrorCodeGuard
 from agent.client import CallRecord
+from agent.diagnosis import SKIP_CAUSES
 from agent.probes import CredentialState, ProbeResult
 from agent.sophos import Tenant, Token, WhoAmI
 
@@ -388,7 +389,7 @@ class AgentMetrics:
         lines: list[str] = []
         for view in views:
             state = view.state
-            counts = {"probed": len(state.probed), "not_activated": 0, "host_not_allowed": 0}
+            counts = {"probed": len(state.probed)} | dict.fromkeys(SKIP_CAUSES, 0)
             for reason in state.skipped.values():
                 counts[reason] = counts.get(reason, 0) + 1
             for kind, count in counts.items():

@@ -168,7 +168,7 @@ class CredentialProber:
 
     def _skip_reason(self, tenant: Tenant) -> str | None:
         if tenant.api_host is None:
-            return "not_activated"
+            return "trial_account" if tenant.billing_type.lower() == "trial" else "not_activated"
         try:
             self.client.check_host(tenant.api_host)
         except ValueError:
@@ -203,7 +203,7 @@ class CredentialProber:
         *,
         quiet: bool = False,
     ) -> ProbeResult:
-        context = Context(tenant=tenant, token_age=self._token_age())
+        context = Context(tenant, self._token_age(), self.client.settings.api_url)
         if tenant is not None and not quiet:
             context = self._family_context(context, tenant_id, probe)
         diagnosis = diagnose(probe, outcome, context)
@@ -247,14 +247,20 @@ class CredentialProber:
         return None if token is None else self._clock.time() - token.issued_at
 
 
+_SKIP_MESSAGES = {
+    "not_activated": "tenant is not activated (no apiHost)",
+    "trial_account": "tenant is a trial account (no apiHost); nothing was sent there",
+    "host_not_allowed": "tenant apiHost is not in allowed_api_hosts; nothing was sent there",
+}
+
+
 def _skip_message(reason: str) -> str:
-    if reason == "not_activated":
-        return "tenant is not activated (no apiHost)"
-    return "tenant apiHost is not in allowed_api_hosts; nothing was sent there"
+    return _SKIP_MESSAGES[reason]
 
 
 def _log_failure(result: ProbeResult) -> None:
-    """One warning per failed probe, with the ids Sophos support asks for — in the log only."""
+    """One warning per failed probe, with the ids Sophos support asks for and Sophos's own error
+    ``code`` and ``docUrl`` when the body had them — in the log only."""
     log.warning(
         "probe failed: %s",
         result.message or result.cause,

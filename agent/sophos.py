@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _URL_HOST = re.compile(r"[a-z0-9._:-]{1,253}")
 _REGION_HOST = re.compile(r"^api-([a-z0-9]{2,8})\.central\.sophos\.com$")
+_DATA_REGION_HOST = re.compile(r"^api-[a-z]{2}[0-9]{2}\.central\.sophos\.com\.?$")
 MAX_LABEL_TEXT = 128
 MAX_PAGES = 1000
 TENANT_PAGE_SIZE = 100
@@ -143,6 +144,7 @@ def parse_tenant(item: Any) -> Tenant | None:
     ident = item.get("id")
     if not isinstance(ident, str) or not _ID.fullmatch(ident):
         return None
+    # Trial tenants come without the apiHost key at all, others may carry null: both mean None.
     api_host = item.get("apiHost")
     return Tenant(
         id=ident,
@@ -169,6 +171,19 @@ def region_of(url: str) -> str:
     host = url.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0].lower()
     match = _REGION_HOST.fullmatch(host)
     return match.group(1) if match else ""
+
+
+def is_data_region_url(url: str) -> bool:
+    """True for a data-region host such as ``https://api-eu01.central.sophos.com``.
+
+    Such hosts serve one region's tenants; whoami and the tenant lists live only on the global
+    host (``api.central.sophos.com``), and whoami sent to a data-region host answers 504.
+    """
+    try:
+        host = urlsplit(url).hostname or ""
+    except ValueError:
+        return False
+    return bool(_DATA_REGION_HOST.fullmatch(host.lower()))
 
 
 def _total_pages(pages: Any) -> int:

@@ -89,6 +89,27 @@ CASES = [
         {},
     ),
     ("truncated json", 500, b'{"error": "Forb', "", {}),
+    (
+        "code and docUrl are kept with the ids",
+        429,
+        body(error="TooManyRequests", code="RTL1", docUrl="https://developer.sophos.com/x#y"),
+        "TooManyRequests",
+        {"code": "RTL1", "docUrl": "https://developer.sophos.com/x#y"},
+    ),
+    (
+        "a docUrl that is not a URL is dropped",
+        500,
+        body(error="e", code="bad code", docUrl="javascript:alert(1)"),
+        "e",
+        {},
+    ),
+    (
+        "a 2XX body's code is not an error code",
+        200,
+        body(items=[], code="C1", docUrl="https://x.example/"),
+        "",
+        {},
+    ),
     ("deeply nested json", 500, b"[" * 100000 + b"]" * 100000, "", {}),
     ("invalid utf-8", 500, b"\xff\xfe\x00garbage", "", {}),
 ]
@@ -190,7 +211,62 @@ DIAGNOSES = [
     ("tenant", Outcome(0, "not_activated"), None, "not_activated"),
     ("tenant", Outcome(200, ""), None, "ok"),
     ("whoami", Outcome(200, "invalid_response"), None, "invalid_response"),
+    ("tenant", Outcome(0, "trial_account"), None, "trial_account"),
+    # A call that could not get a token carries the token endpoint's answer, whatever its code.
+    ("whoami", Outcome(400, "customer.validation", from_token=True), None, "invalid_credentials"),
+    ("tenant", Outcome(401, "OAuth.Invalid_Client_Secret"), None, "invalid_credentials"),
+    ("tenant", Outcome(503, "", from_token=True), None, "sophos_unavailable"),
+    ("tenant", Outcome(451, ""), None, "export_restricted"),
+    ("token", Outcome(451, ""), None, "export_restricted"),
+    ("whoami", Outcome(451, ""), None, "export_restricted"),
+    # An answer never takes one of the agent's own codes as its cause, whatever it says.
+    ("tenant", Outcome(403, "not_activated"), _tenant("usage"), "forbidden"),
+    ("tenant", Outcome(400, "host_not_allowed"), None, "bad_request"),
+    ("tenant", Outcome(502, "trial_account"), None, "sophos_unavailable"),
 ]
+
+SPELLINGS = [
+    (401, ("Unauthorized", "notAuthorized", "unauthorized", ""), "token_rejected"),
+    (403, ("Forbidden", "forbidden", "forbiddenAccess", ""), "forbidden"),
+    (404, ("resourceNotFound", "notFound", ""), "not_found"),
+    (400, ("BadRequest", "badRequest", ""), "bad_request"),
+    (429, ("TooManyRequests", ""), "rate_limited"),
+    (500, ("internalServerError", "InternalServerError", ""), "sophos_server_error"),
+]
+
+
+@pytest.mark.parametrize(("status", "spellings", "cause"), SPELLINGS)
+def test_the_cause_does_not_depend_on_the_error_spelling(
+    status: int, spellings: tuple[str, ...], cause: str
+) -> None:
+    for spelling in spellings:
+        outcome = classify_response(status, body(error=spelling, correlationId="c"))
+        assert outcome.error_code == spelling  # the label keeps the raw value
+        assert diagnose("whoami", outcome).cause == cause, spelling
+
+
+WHOAMI_504 = [
+    ("https://api-eu01.central.sophos.com", "wrong_api_host"),
+    ("https://API-US03.central.sophos.com/", "wrong_api_host"),
+    ("https://api.central.sophos.com", "sophos_unavailable"),
+    ("https://api-eu01.central.sophos.com.evil.example", "sophos_unavailable"),
+    ("http://127.0.0.1:8080", "sophos_unavailable"),
+]
+
+
+@pytest.mark.parametrize(("api_url", "cause"), WHOAMI_504)
+def test_a_whoami_504_is_wrong_api_host_only_on_a_data_region_host(
+    api_url: str, cause: str
+) -> None:
+    assert diagnose("whoami", Outcome(504), Context(api_url=api_url)).cause == cause
+
+
+def test_a_504_elsewhere_on_a_data_region_api_url_is_still_unavailable() -> None:
+    context = Context(api_url="https://api-eu01.central.sophos.com")
+    assert diagnose("tenant_list", Outcome(504), context).cause == "sophos_unavailable"
+    from_id_host = Outcome(504, from_token=True)  # whoami could not get a token
+    assert diagnose("whoami", from_id_host, context).cause == "sophos_unavailable"
+    assert diagnose("whoami", Outcome(503), context).cause == "sophos_unavailable"
 
 
 @pytest.mark.parametrize(("probe", "outcome", "tenant", "cause"), DIAGNOSES)

@@ -197,6 +197,30 @@ async def test_run_becomes_ready_and_exits_0_on_signal(
     assert "Traceback" not in child.stderr
 
 
+async def test_run_warns_at_start_up_about_a_data_region_api_url(tmp_path: Path) -> None:
+    # The id host is a closed loopback port: no token, so nothing is ever sent to api_url.
+    config = write_config(
+        tmp_path / "config.yml",
+        {
+            "auth_url": "http://127.0.0.1:9/api/v2/oauth2/token",
+            "api_url": "https://api-us03.central.sophos.com",
+            "state_file": str(tmp_path / "state.db"),
+            "credentials": [{"name": "a", "client_id": "x", "client_secret": "rb-0f3e5d7c9b1a"}],
+        },
+    )
+    child = await Child.start(
+        tmp_path, "run", "--config", str(config), "--web.listen-address", f"127.0.0.1:{free_port()}"
+    )
+    try:
+        await child.wait_for_output(
+            lambda: "is a data-region host" in child.stderr, 20, "the api_url warning"
+        )
+    finally:
+        await child.kill()
+    (line,) = [ln for ln in child.stderr.splitlines() if "is a data-region host" in ln]
+    assert "level=warning" in line and "use https://api.central.sophos.com" in line
+
+
 async def test_run_on_a_taken_port_fails_with_a_message(sim: Simulator, tmp_path: Path) -> None:
     config = sim_config(sim, tmp_path)
     with socket.socket() as taken:

@@ -237,3 +237,50 @@ def test_the_printed_config_reads_back_as_the_same_config() -> None:
     assert shown["tenant_probes"] == ["tenant", "siem_events", {"name": "mine", "path": "/x/v1/y"}]
     shown["credentials"][0].update(client_id="id-1", client_secret="s-1")
     assert Settings(**shown) == settings
+
+
+def _regional_config(tmp_path: Path, api_url: str) -> Path:
+    cfg, secret = tmp_path / "c.yml", tmp_path / "secret"
+    secret.write_text("regional-test-secret")
+    cfg.write_text(
+        f"auth_url: http://127.0.0.1:9/api/v2/oauth2/token\napi_url: {api_url}\n"
+        f"state_file: {tmp_path / 's.db'}\nrequest_timeout: 2s\n"
+        f"credentials: [{{name: a, client_id: x, client_secret_file: {secret}}}]\n"
+    )
+    cfg.chmod(0o600)
+    return cfg
+
+
+REGIONAL_WARNING = (
+    "api_url https://api-eu01.central.sophos.com is a data-region host, which does not serve "
+    "whoami or the tenant lists; use https://api.central.sophos.com"
+)
+
+
+def test_config_check_warns_about_a_data_region_api_url(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = _regional_config(tmp_path, "https://api-eu01.central.sophos.com")
+    assert main(["config", "check", "--config", str(cfg)]) == 0  # a warning, not an error
+    captured = capsys.readouterr()
+    assert f"warning: {REGIONAL_WARNING}\n" in captured.err
+    assert "configuration OK" in captured.out
+
+
+def test_check_warns_about_a_data_region_api_url(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = _regional_config(tmp_path, "https://api-eu01.central.sophos.com")
+    assert main(["check", "--config", str(cfg)]) == 1  # no token: nothing listens on port 9
+    assert REGIONAL_WARNING in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "api_url",
+    ["https://api.central.sophos.com", "https://api-gateway.central.sophos.com", "http://[::1]:8"],
+)
+def test_no_warning_for_other_api_urls(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], api_url: str
+) -> None:
+    assert main(["config", "check", "--config", str(_regional_config(tmp_path, api_url))]) == 0
+    assert "data-region" not in capsys.readouterr().err

@@ -16,7 +16,9 @@ from agent.statefile import StateFile
 CANARY_TOKEN = "canary-token-4242-do-not-leak"
 
 
-def call(status: int, at: float, probe: str = "tenant", body: bytes = b"") -> CallRecord:
+def call(
+    status: int, at: float, probe: str = "tenant", body: bytes = b"", url: str = ""
+) -> CallRecord:
     raw = (
         body
         or json.dumps(
@@ -32,7 +34,8 @@ def call(status: int, at: float, probe: str = "tenant", body: bytes = b"") -> Ca
         tenant_id="tenant-1" if probe == "tenant" else "",
         probe=probe,
         method="POST" if probe == "token" else "GET",
-        url="https://api-eu01.central.sophos.com/endpoint/v1/endpoints?pageSize=1&view=basic",
+        url=url
+        or "https://api-eu01.central.sophos.com/endpoint/v1/endpoints?pageSize=1&view=basic",
         request_headers={"Authorization": "<redacted>", "X-Tenant-ID": "tenant-1"},
         outcome=classify_response(status, raw, {"content-type": "application/json"}),
         duration=0.1,
@@ -97,6 +100,56 @@ def test_markdown_has_the_subject_the_curl_and_no_secret(tmp_path: Path) -> None
     assert "Bearer <redacted>" in text
     assert CANARY_TOKEN not in text
     assert "correlationId=corr-1" in text
+
+
+SOPHOS_500 = json.dumps(
+    {
+        "error": "internalServerError",
+        "message": "Internal Server Error.",
+        "correlationId": "df88bf88-471b-49d6-8a5e-07a26964d2ec",
+        "requestId": "85073630-8ad8-46da-bf64-cb1e8b6f864b",
+        "code": "SRV00000500",
+        "docUrl": "https://developer.sophos.com/intro#errors",
+    }
+).encode()
+
+
+def test_sophos_code_and_doc_url_reach_the_support_bundle(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "state.db"
+    cfg = write_config(tmp_path, state)
+    store = StateFile(state)
+    EvidenceRecorder(store).observe_call(call(500, 5.0, body=SOPHOS_500))
+    store.close()
+    assert main(["support-bundle", "--config", str(cfg)]) == 0
+    markdown = capsys.readouterr().out
+    assert (
+        "- Correlation / request ids: correlationId=df88bf88-471b-49d6-8a5e-07a26964d2ec, "
+        "requestId=85073630-8ad8-46da-bf64-cb1e8b6f864b\n"
+    ) in markdown
+    assert (
+        "- Sophos error code and documentation: code=SRV00000500, "
+        "docUrl=https://developer.sophos.com/intro#errors\n"
+    ) in markdown
+    assert main(["support-bundle", "--config", str(cfg), "--format", "json"]) == 0
+    (item,) = json.loads(capsys.readouterr().out)["evidence"]
+    assert item["ids"]["code"] == "SRV00000500"
+    assert item["ids"]["docUrl"] == "https://developer.sophos.com/intro#errors"
+
+
+def test_whoami_504_from_a_data_region_api_url_is_no_support_case(tmp_path: Path) -> None:
+    store = StateFile(tmp_path / "state.db")
+    recorder = EvidenceRecorder(store)
+    regional = "https://api-eu01.central.sophos.com/whoami/v1"
+    for at in (1.0, 2.0, 3.0):
+        recorder.observe_call(call(504, at, probe="whoami", body=b"", url=regional))
+    assert load_evidence(store) == []
+    recorder.observe_call(
+        call(504, 4.0, probe="whoami", url="https://api.central.sophos.com/whoami/v1")
+    )
+    (item,) = load_evidence(store)
+    assert (item.probe, item.status) == ("whoami", 504)
 
 
 def write_config(tmp_path: Path, state: Path) -> Path:

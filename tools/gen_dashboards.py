@@ -572,7 +572,8 @@ def overview() -> dm.Dashboard:
         stat_panel(
             "Tenants failing",
             "Tenants whose last probe failed, whatever the cause: a 403 that is business state "
-            "(trial, no Partner Assistance) counts here too. See the tenants dashboard.",
+            "(no Partner Assistance) counts here too. Tenants not probed (trial accounts, not "
+            "activated, host not allowed) are not counted. See the tenants dashboard.",
             [target(f"sum({TENANTS_FAILING}{sel()})", "failing")],
             "short",
             (16, 0, 4, 5),
@@ -768,8 +769,9 @@ def overview() -> dm.Dashboard:
         ),
         timeseries(
             "Tenants by state",
-            "Listed tenants by state: probed, not_activated (no API host yet), host_not_allowed "
-            "(API host outside allowed_api_hosts).",
+            "Listed tenants by state: probed, not_activated (no API host yet), trial_account "
+            "(a trial listed without API host), host_not_allowed (API host outside "
+            "allowed_api_hosts). Only probed tenants are called.",
             [
                 target(
                     f"sum by (credential, state) ({m.TENANTS}{sel()})",

@@ -1,9 +1,13 @@
 """The bodies Sophos Central answers with, good and bad.
 
-Error bodies come in the two shapes the troubleshooting guide shows: ``{errorCode, message,
-trackingId}`` from the id host and ``{error, message, correlationId, requestId, createdAt}`` from
-the API hosts. Fault bodies imitate what sits in front of the API (an nginx-style gateway page,
-an empty 503) and what a careless client chokes on (a huge body, deeply nested JSON).
+Error bodies come in the shapes Sophos sends: ``{errorCode, message, trackingId}`` from the id
+host and ``{error, message, correlationId, requestId, createdAt}`` from the API hosts, sometimes
+with ``code`` and ``docUrl``, and once (an expired token) with the 401 in ``errorCode`` and a
+``code``. The ``error`` string is not spelled the same way twice (``Forbidden``, ``forbidden``,
+``forbiddenAccess``), so each situation answers with one of the spellings seen in the wild:
+a client that reads the string instead of the status breaks here as it would against Sophos.
+Fault bodies imitate what sits in front of the API (an nginx-style gateway page, an empty 503)
+and what a careless client chokes on (a huge body, deeply nested JSON).
 """
 
 from __future__ import annotations
@@ -22,10 +26,35 @@ CENTRAL_ERRORS: dict[int, tuple[str, str]] = {
     403: ("Forbidden", "Access Denied"),
     404: ("resourceNotFound", "Resource not found"),
     405: ("MethodNotAllowed", "Method Not Allowed"),
-    429: ("TooManyRequests", "Too Many Requests"),
-    500: ("InternalServerError", "An internal error occurred"),
+    429: ("TooManyRequests", "Too many requests."),
+    500: ("internalServerError", "Internal Server Error."),
     503: ("ServiceUnavailable", "Service Unavailable"),
 }
+"""The default ``error`` spelling and message per status."""
+
+ERROR_SPELLINGS: dict[int, tuple[str, ...]] = {
+    400: ("BadRequest", "badRequest"),
+    401: ("Unauthorized", "notAuthorized"),
+    403: ("Forbidden", "forbidden", "forbiddenAccess"),
+    404: ("resourceNotFound", "notFound"),
+    405: ("MethodNotAllowed",),
+    429: ("TooManyRequests",),
+    500: ("internalServerError",),
+    503: ("ServiceUnavailable",),
+}
+"""Every spelling of ``error`` (or ``errorCode``) the simulator answers with, per status."""
+
+ERROR_DETAILS: dict[int, tuple[str, str]] = {
+    429: ("RTL00000429", "https://developer.sophos.com/intro#rate-limits"),
+    500: ("SRV00000500", "https://developer.sophos.com/intro#errors"),
+}
+"""Statuses whose body carries ``code`` and ``docUrl`` (example values, in Sophos's shape)."""
+
+EXPIRED_JWT_CODE = "USR00004c5"
+EXPIRED_JWT_MESSAGE = (
+    "The client needs to authenticate before making the API call. Either your credentials are "
+    "invalid or blacklisted, or your JWT authorization token has expired"
+)
 
 HTML_502 = (
     b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
@@ -59,17 +88,35 @@ def central_error(
     now: float,
     message: str | None = None,
     headers: tuple[tuple[str, str], ...] = (),
+    *,
+    error: str | None = None,
 ) -> Reply:
-    """An API-host error body; ``message`` overrides the generic one for the status."""
-    error, default_message = CENTRAL_ERRORS.get(status, ("Error", "Error"))
+    """An API-host error body; ``message`` overrides the generic one for the status, ``error``
+    picks another spelling from ``ERROR_SPELLINGS``; some statuses add ``code`` and ``docUrl``."""
+    default_error, default_message = CENTRAL_ERRORS.get(status, ("Error", "Error"))
+    if error is not None and error not in ERROR_SPELLINGS.get(status, ()):
+        raise ValueError(f"{error!r} is not a spelling of HTTP {status}")
     body = {
-        "error": error,
+        "error": error or default_error,
         "message": message or default_message,
         "correlationId": new_id(),
         "requestId": new_id(),
         "createdAt": iso_timestamp(now),
     }
+    if status in ERROR_DETAILS:
+        body["code"], body["docUrl"] = ERROR_DETAILS[status]
     return json_reply(status, body, headers)
+
+
+def expired_token_error() -> Reply:
+    """The 401 variant with the error in ``errorCode`` and a ``code``, no correlation id."""
+    body = {
+        "errorCode": "Unauthorized",
+        "code": EXPIRED_JWT_CODE,
+        "message": EXPIRED_JWT_MESSAGE,
+        "requestId": new_id().upper(),
+    }
+    return json_reply(401, body)
 
 
 def oauth_error(status: int, error_code: str, message: str) -> Reply:
@@ -89,7 +136,11 @@ def token_body(access_token: str, lifetime: int) -> dict[str, Any]:
 
 
 def tenant_item(tenant: Tenant, owner: Credential, api_host: str | None) -> dict[str, Any]:
-    """A tenant as ``/partner/v1/tenants`` and ``/organization/v1/tenants`` list it."""
+    """A tenant as ``/partner/v1/tenants`` and ``/organization/v1/tenants`` list it.
+
+    A trial tenant without a host comes without the ``apiHost`` key, as Sophos sends it; any
+    other tenant without one carries ``"apiHost": null``.
+    """
     item: dict[str, Any] = {
         "id": tenant.id,
         "showAs": tenant.name,
@@ -101,6 +152,9 @@ def tenant_item(tenant: Tenant, owner: Credential, api_host: str | None) -> dict
         "apiHost": api_host,
         "status": "active" if api_host is not None else "pendingActivation",
     }
+    if api_host is None and tenant.billing_type == "trial":
+        del item["apiHost"]
+        item["status"] = "active"
     return item
 
 

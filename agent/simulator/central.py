@@ -22,6 +22,7 @@ from agent.clock import Clock
 from agent.simulator.bodies import (
     central_error,
     endpoint_items,
+    expired_token_error,
     oauth_error,
     tenant_item,
     token_body,
@@ -260,16 +261,19 @@ class Central:
         if session is None:
             return central_error(401, now, "Full authentication is required")
         if session.expires_at <= self._clock.monotonic():
-            return central_error(401, now, "Access token expired")
+            return expired_token_error()
         return self._route(req, self._by_client[session.client_id])
 
     def _route(self, req: ApiRequest, cred: Credential) -> Reply:
         path = req.path.rstrip("/") or "/"
         now = self._now()
         tenant_list = _TENANT_LIST.match(path)
+        if path == WHOAMI_PATH and req.host != HOST_MAIN:
+            # What Sophos's data-region hosts do when whoami is sent there: a gateway timeout.
+            return Reply(504)
         if path == WHOAMI_PATH or tenant_list is not None:
             if req.host != HOST_MAIN:
-                return central_error(404, now)
+                return central_error(404, now, "Resource not found.", error="notFound")
             if req.method != "GET":
                 return central_error(405, now)
             if tenant_list is None:
@@ -277,7 +281,7 @@ class Central:
             return self._tenant_list(req, cred, tenant_list.group(1), tenant_list.group(2))
         if path.split("/")[1] in TENANT_NAMESPACES:
             return self._tenant_call(req, cred, path)
-        return central_error(404, now)
+        return central_error(404, now, "Resource not found.", error="notFound")
 
     def _whoami(self, cred: Credential) -> Reply:
         api_hosts: dict[str, str | None] = {"global": self.urls.main}
@@ -294,9 +298,11 @@ class Central:
         header, shown = _ID_HEADERS[kind]
         value = req.headers.get(header, "").strip()
         if not value:
-            return central_error(401, now, f"Missing required header {shown}")
+            return central_error(
+                401, now, f"Missing required header {shown}", error="notAuthorized"
+            )
         if value != cred.id:
-            return central_error(403, now)
+            return central_error(403, now, error="forbiddenAccess")
         if tenant_id is not None:
             tenant = self._owned[cred.client_id].get(tenant_id)
             if tenant is None:
@@ -329,12 +335,14 @@ class Central:
             return central_error(401, now, "Missing required header X-Tenant-ID")
         tenant = self._owned[cred.client_id].get(tenant_id)
         if tenant is None:
-            return central_error(403, now)
+            return central_error(403, now, "Access is denied", error="forbidden")
         host = self._hosts[tenant_id]
         if host is None:
-            return central_error(403, now, "Tenant is not activated")
+            return central_error(403, now, "Tenant is not activated", error="forbidden")
         if host != req.host:
-            return central_error(403, now, "Wrong data region: use the tenant's apiHost")
+            return central_error(
+                403, now, "Wrong data region: use the tenant's apiHost", error="forbidden"
+            )
         fault = self._faults.get(tenant_id)
         forbidden = denied(fault, path, now)
         if forbidden is not None:
@@ -356,7 +364,7 @@ class Central:
                 return central_error(400, now, str(exc))
         single = _ENDPOINT.match(path)
         if path != "/endpoint/v1/endpoints" and single is None:
-            return central_error(404, now)
+            return central_error(404, now, "Resource not found.", error="notFound")
         if req.method != "GET":
             return central_error(405, now)
         if single is not None:
@@ -365,7 +373,7 @@ class Central:
         try:
             return _endpoint_page(req, tenant)
         except BadRequest as exc:
-            return central_error(400, now, str(exc))
+            return central_error(400, now, str(exc), error="badRequest")
 
 
 def _endpoint_page(req: ApiRequest, tenant: Tenant) -> Reply:

@@ -24,8 +24,11 @@ _JSON = ("content-type", "application/json")
 
 def fault_reply(fault: str, normal: Reply, now: float, slow_seconds: float) -> Reply:
     """The reply of a tenant with ``fault`` (one of ``FAULT_NAMES``)."""
-    if fault in ("trial_403", "no_partner_assistance_403"):
-        # Central says only "Forbidden"; the billingType in the tenant list tells them apart.
+    if fault == "trial_403":
+        # Central says only "Forbidden" (spelled either way); the billingType in the tenant
+        # list tells the two 403s apart.
+        return central_error(403, now, "Forbidden", error="forbidden")
+    if fault == "no_partner_assistance_403":
         return central_error(403, now)
     if fault == "not_found_404":
         return central_error(404, now, "Tenant not found")
@@ -38,6 +41,7 @@ def _gateway_or_chaos(fault: str, normal: Reply, slow_seconds: float) -> Reply:
     replies: dict[str, Reply] = {
         "html_502": Reply(502, HTML_502, (("content-type", "text/html"),)),
         "empty_503": Reply(503),
+        "export_restricted_451": Reply(451),
         "slow": replace(normal, delay=slow_seconds),
         "reset": Reply(0, transport="reset"),
         "truncated": replace(normal, transport="truncate"),

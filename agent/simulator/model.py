@@ -37,7 +37,11 @@ CHAOS_FAULTS: tuple[str, ...] = (
 )
 """Broken answers that a robust client must survive without crashing or hanging."""
 
-FAULT_NAMES: tuple[str, ...] = BASIC_FAULTS + CHAOS_FAULTS
+STATUS_FAULTS: tuple[str, ...] = ("export_restricted_451",)
+"""Answers the service gives to some callers only: 451 where US export control applies (status
+only, no body)."""
+
+FAULT_NAMES: tuple[str, ...] = BASIC_FAULTS + CHAOS_FAULTS + STATUS_FAULTS
 
 API_FAMILIES: dict[str, str] = {
     "endpoint": "/endpoint/v1/endpoints",

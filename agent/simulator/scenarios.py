@@ -4,8 +4,8 @@ Tenant ids, client ids, secrets and names come from a ``random.Random`` seeded w
 name, so two processes that build the same scenario agree on everything (an end-to-end test can
 build ``demo`` in-process to learn the client ids and secrets a subprocess simulator uses).
 Tenants with a fault, or with a special placement, carry a tag in their name: ``[trial_403]``,
-``[not_activated]``, ``[rogue_host]``; tests find them with ``Scenario.tenants_with_fault`` or
-``tagged``.
+``[not_activated]``, ``[trial_no_host]`` (a trial listed without ``apiHost``), ``[rogue_host]``;
+tests find them with ``Scenario.tenants_with_fault`` or ``tagged``.
 
 The demo raises the rate limits (1s: 50, 1m: 3000, 1h: 100000, 1d: 1000000) and tells the agent
 ``budget_share: 0.5`` with a 30 s probe interval: with Sophos's defaults and the agent's default
@@ -121,7 +121,8 @@ class _Builder:
 
 
 def tagged(scenario: Scenario, tag: str) -> list[Tenant]:
-    """Tenants whose name ends with ``[tag]`` (faults, ``not_activated``, ``rogue_host``)."""
+    """Tenants whose name ends with ``[tag]`` (faults, ``not_activated``, ``trial_no_host``,
+    ``rogue_host``)."""
     return [t for t in scenario.tenants() if t.name.endswith(f"[{tag}]")]
 
 
@@ -135,6 +136,8 @@ def _demo() -> Scenario:
             return b.faulty(region, faults_at[i])
         if i == 220:
             return b.tenant(region, "not_activated", activated=False)
+        if i == 230:
+            return b.tenant(region, "trial_no_host", activated=False, billing_type="trial")
         if i == 240:
             return b.tenant(region, "rogue_host", rogue=True)
         return b.tenant(region)
@@ -179,6 +182,7 @@ def _faults() -> Scenario:
     tenants += [b.faulty(i % 2, fault) for i, fault in enumerate(FAULT_NAMES)]
     tenants.append(b.tenant(0, "not_activated", activated=False))
     tenants.append(b.tenant(1, "rogue_host", rogue=True))
+    tenants.append(b.tenant(0, "trial_no_host", activated=False, billing_type="trial"))
     return Scenario(
         name="faults",
         credentials=[b.credential("msp-faults", "partner", tenants)],

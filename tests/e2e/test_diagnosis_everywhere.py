@@ -44,9 +44,12 @@ EXPECTED = {
     "wrong_content_type": "invalid_response",
     "huge_body": "invalid_response",
     "deep_json": "invalid_response",
+    "export_restricted_451": "export_restricted",
     "not_activated": "not_activated",
+    "trial_no_host": "trial_account",
     "rogue_host": "host_not_allowed",
 }
+NOT_PROBED = ("not_activated", "trial_no_host", "rogue_host")
 CENTRAL_ERROR_BODIES = {
     "trial_403",
     "no_partner_assistance_403",
@@ -158,7 +161,7 @@ async def test_every_fault_has_one_cause_in_metrics_status_check_and_log(stack: 
         logged = [r for r in records if r.get("tenant_id") == tid and r.get("cause") == cause]
         assert logged, f"no log line with cause {cause} for {tag}"
         assert logged[-1]["level"] == "warning"
-        if tag not in ("not_activated", "rogue_host"):  # not probed: logged once, no hint
+        if tag not in NOT_PROBED:  # not probed: logged once, no hint
             assert logged[-1]["hint"] == remedy
             assert logged[-1]["probe"] == "tenant"
         if tag in CENTRAL_ERROR_BODIES:
@@ -168,14 +171,19 @@ async def test_every_fault_has_one_cause_in_metrics_status_check_and_log(stack: 
 @IN_MODULE_LOOP
 async def test_ids_go_to_the_log_never_to_labels(stack: Stack) -> None:
     text = (await stack.get("/metrics")).text
+    records = json_log(stack)
     ids = {
         str(r[k])
-        for r in json_log(stack)
-        for k in ("correlationId", "requestId", "trackingId")
+        for r in records
+        for k in ("correlationId", "requestId", "trackingId", "code", "docUrl")
         if k in r
     }
     assert ids
     assert [i for i in ids if i in text] == []
+    # Sophos's own error code and documentation link of a 500 reach its log line too.
+    tid = tenant_tagged(stack, "server_error_500")
+    (logged, *_) = [r for r in records if r.get("tenant_id") == tid and "code" in r]
+    assert str(logged["docUrl"]).startswith("https://")
 
 
 @IN_MODULE_LOOP

@@ -60,6 +60,10 @@ def assert_central_error(response: httpx.Response, status: int, error: str) -> d
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json")
     body: dict[str, Any] = response.json()
-    assert set(body) >= CENTRAL_ERROR_KEYS
-    assert body["error"] == error
+    if "errorCode" in body:  # the 401 variant: error in errorCode, a code, no correlationId
+        assert set(body) >= {"errorCode", "code", "message", "requestId"}
+        assert body["errorCode"] == error
+    else:
+        assert set(body) >= CENTRAL_ERROR_KEYS
+        assert body["error"] == error
     return body

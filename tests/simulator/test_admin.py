@@ -91,7 +91,7 @@ async def test_fault_set_and_cleared_through_the_admin_api(
     healed = await tenant_call(client, sim, token, tenant)
 
     assert set_response.json() == {"tenant_id": tenant.id, "fault": "server_error_500"}
-    assert_central_error(broken, 500, "InternalServerError")
+    assert_central_error(broken, 500, "internalServerError")
     assert cleared.status_code == 200
     assert healed.status_code == 200
 

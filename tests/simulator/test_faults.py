@@ -35,10 +35,10 @@ def _tenant(sim: Simulator, fault: str) -> Tenant:
 @pytest.mark.parametrize(
     ("fault", "status", "error"),
     [
-        ("trial_403", 403, "Forbidden"),
+        ("trial_403", 403, "forbidden"),
         ("no_partner_assistance_403", 403, "Forbidden"),
         ("not_found_404", 404, "resourceNotFound"),
-        ("server_error_500", 500, "InternalServerError"),
+        ("server_error_500", 500, "internalServerError"),
     ],
 )
 async def test_json_error_faults(
@@ -49,6 +49,28 @@ async def test_json_error_faults(
     response = await tenant_call(client, sim, token, _tenant(sim, fault))
 
     assert_central_error(response, status, error)
+
+
+async def test_500_carries_sophos_code_and_doc_url(
+    start_sim: StartSim, client: httpx.AsyncClient
+) -> None:
+    sim, token = await _started(start_sim, client)
+
+    response = await tenant_call(client, sim, token, _tenant(sim, "server_error_500"))
+
+    body = assert_central_error(response, 500, "internalServerError")
+    assert body["code"] and body["docUrl"].startswith("https://")
+
+
+async def test_export_restricted_451_is_status_only(
+    start_sim: StartSim, client: httpx.AsyncClient
+) -> None:
+    sim, token = await _started(start_sim, client)
+
+    response = await tenant_call(client, sim, token, _tenant(sim, "export_restricted_451"))
+
+    assert response.status_code == 451
+    assert response.content == b""
 
 
 async def test_html_502_is_a_gateway_page(start_sim: StartSim, client: httpx.AsyncClient) -> None:

@@ -55,5 +55,5 @@ async def test_real_hosts_refuse_the_rogue_tenant(
 
     response = await tenant_call(client, sim, token, rogue, base_url=sim.region_urls[0])
 
-    assert_central_error(response, 403, "Forbidden")
+    assert_central_error(response, 403, "forbidden")
     assert sim.rogue_requests == []

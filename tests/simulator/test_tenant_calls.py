@@ -53,7 +53,7 @@ async def test_tenant_of_another_credential_is_forbidden(
 
     response = await tenant_call(client, sim, token, foreign)
 
-    assert_central_error(response, 403, "Forbidden")
+    assert_central_error(response, 403, "forbidden")
 
 
 async def test_call_to_the_wrong_regional_host_is_forbidden(
@@ -70,8 +70,8 @@ async def test_call_to_the_wrong_regional_host_is_forbidden(
     global_host = await tenant_call(client, sim, token, tenant, base_url=sim.api_url)
     right = await tenant_call(client, sim, token, tenant)
 
-    assert_central_error(wrong, 403, "Forbidden")
-    assert_central_error(global_host, 403, "Forbidden")
+    assert_central_error(wrong, 403, "forbidden")
+    assert_central_error(global_host, 403, "forbidden")
     assert right.status_code == 200
 
 
@@ -90,7 +90,7 @@ async def test_tenant_credential_reaches_only_itself(
     foreign = await tenant_call(client, sim, token, other)
 
     assert own.status_code == 200
-    assert_central_error(foreign, 403, "Forbidden")
+    assert_central_error(foreign, 403, "forbidden")
 
 
 async def test_not_activated_tenant_is_refused_everywhere(
@@ -102,7 +102,7 @@ async def test_not_activated_tenant_is_refused_everywhere(
 
     assert sim.api_host_of(tenant.id) is None
     for url in sim.region_urls:
-        assert_central_error(await tenant_call(client, sim, token, tenant, url), 403, "Forbidden")
+        assert_central_error(await tenant_call(client, sim, token, tenant, url), 403, "forbidden")
 
 
 async def test_endpoint_paths_answer_sensibly(
@@ -125,5 +125,5 @@ async def test_endpoint_paths_answer_sensibly(
 
     assert one.status_code == 200 and one.json() == first
     assert_central_error(unknown, 404, "resourceNotFound")
-    assert_central_error(other, 404, "resourceNotFound")
-    assert_central_error(bad_view, 400, "BadRequest")
+    assert_central_error(other, 404, "notFound")
+    assert_central_error(bad_view, 400, "badRequest")

@@ -34,12 +34,14 @@ async def test_whoami_names_the_credential_and_its_hosts(
         assert "dataRegion" not in body["apiHosts"]
 
 
-async def test_whoami_is_only_on_the_global_host(
+async def test_whoami_on_a_regional_host_is_a_gateway_timeout(
     start_sim: StartSim, client: httpx.AsyncClient
 ) -> None:
+    """As Sophos's data-region hosts answer it: 504, not 404, and no body to explain."""
     sim = await start_sim("demo")
     token = await get_token(client, sim, sim.scenario.credential("msp-main"))
 
     response = await client.get(f"{sim.region_urls[0]}/whoami/v1", headers=bearer(token))
 
-    assert response.status_code == 404
+    assert response.status_code == 504
+    assert response.content == b""
