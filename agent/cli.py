@@ -255,7 +255,10 @@ async def run_check(settings: Settings, out: TextIO) -> int:
     header = ("CREDENTIAL", "TENANT", "TENANT ID", "PROBE", "STATUS", "ERROR CODE", "CAUSE", "HINT")
     out.write(REDACTOR(format_table(header, rows)))
     failed = [r for r in results if not r.success]
-    out.write(f"\n{len(results)} probes, {len(failed)} failed\n")
+    out.write("\n")
+    for prober in agent.probers:
+        out.write(f"{prober.name}: tenants probed {agent.explain_period(prober.name)}\n")
+    out.write(f"{len(results)} probes, {len(failed)} failed\n")
     return EXIT_FAILED if failed else EXIT_OK
 
 

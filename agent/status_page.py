@@ -61,8 +61,8 @@ def _credential_section(agent: Agent, state: CredentialState, now: float) -> str
     names = {t.id: t.name for t in state.tenants.values()}
     parts = [
         f"<h2 id='credential-{html.escape(state.name)}'>Credential {html.escape(state.name)}</h2>",
-        f"<p>{identity}; {len(state.tenants)} tenants listed, {len(state.probed)} probed; "
-        f"effective probe period {agent.period(state.name):.0f} s.</p>",
+        _period(agent, state.name),
+        f"<p>{identity}; {len(state.tenants)} tenants listed, {len(state.probed)} probed.</p>",
         _budget_table(agent, state.name),
         f"<h3>Failing probes ({len(failing)})</h3>",
         _probe_table(failing, names, now, "failing") if failing else "<p class='ok'>None.</p>",
@@ -72,6 +72,15 @@ def _credential_section(agent: Agent, state: CredentialState, now: float) -> str
     if len(healthy) > MAX_OK_ROWS:
         parts.append(f"<p class='muted'>… and {len(healthy) - MAX_OK_ROWS} more healthy.</p>")
     return "".join(parts)
+
+
+def _period(agent: Agent, credential: str) -> str:
+    """First for every credential: how often each tenant is probed and why, because every
+    failure below is as old as that period at most."""
+    return (
+        f"<p class='period' data-period='{agent.period(credential):.0f}'>Each tenant is probed "
+        f"{html.escape(agent.explain_period(credential))}.</p>"
+    )
 
 
 def _budget_table(agent: Agent, credential: str) -> str:

@@ -301,6 +301,12 @@ async def test_check_is_0_when_every_probe_succeeds(sim: Simulator, tmp_path: Pa
     result = await asyncio.to_thread(cli, "check", "--config", str(config))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "0 failed" in result.stdout
+    # The summary says how often a running agent would probe each tenant, and why.
+    for credential in sim.scenario.credentials:
+        assert (
+            f"{credential.name}: tenants probed every 2 s: as configured (probe_interval)\n"
+            in result.stdout
+        ), result.stdout
     assert result.stdout.splitlines()[0].split() == [
         "CREDENTIAL",
         "TENANT",
