@@ -215,7 +215,7 @@ def test_healthy_traffic_pages_nobody(stack: RealStack) -> None:
 
     Pending is tolerated: the agent does not retry a request whose pooled keep-alive connection
     the server closed meanwhile, so a whoami now and then fails with a protocol error and
-    ``ApiOutage{scope="credential"}`` is pending for a while; it fires only on failures in a row.
+    ``ApiOutage{scope="credential"}`` fires only on two failures in a row.
     """
     assert all(labels.get("severity") != "critical" for _, labels in stack.webhook.firing()), (
         "this phase must run first, on the fresh stack"
