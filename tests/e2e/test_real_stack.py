@@ -353,14 +353,25 @@ def test_tenant_newly_answering_403_tells_the_team_once(stack: RealStack) -> Non
             (alert,) = stack.firing_in_prometheus(
                 alertname="SophosCentralForbiddenSpike", scope="tenant", credential="org-main"
             )
-            assert "partner_assistance_disabled" in alert["annotations"]["description"]
-            # The always-403 tenants of msp-main have three failures in a row too, but never a
-            # success: neither pending nor firing.
-            assert stack.query(
-                'sophos_central_probe_consecutive_failures{credential="msp-main"} >= 3 and on '
-                '(tenant_id) sophos_central_probe_cause_info{cause=~"trial_account|'
-                'partner_assistance_disabled"}'
-            ), "the msp-main tenants that are 403 from the start should have been probed"
+            description = alert["annotations"]["description"]
+            assert "answered 403 Forbidden" in description, description
+            assert "after succeeding within the last day" in description, description
+            # The always-403 tenants of msp-main reach three failures in a row too, but they
+            # never had a success: neither pending nor firing.
+            wait_until(
+                lambda: (
+                    len(
+                        stack.query(
+                            'sophos_central_probe_consecutive_failures{credential="msp-main"} >= 3 '
+                            "and on (tenant_id) sophos_central_probe_cause_info{cause=~"
+                            '"trial_account|partner_assistance_disabled"}'
+                        )
+                    )
+                    == len(ALWAYS_403)
+                ),
+                90,
+                "msp-main's always-403 tenants to fail three times in a row",
+            )
             refused = [
                 a["labels"].get("tenant_id")
                 for a in stack.prometheus_alerts()
