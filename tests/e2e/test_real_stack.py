@@ -27,10 +27,9 @@ The per-tenant alerts are judged on probe state (``sophos_central_probe_consecut
 the agent runs with ``confirm_interval: 1s``, so a failed tenant probe is confirmed within
 seconds instead of the default 1 and 3 minutes.
 
-Not exercised here, and why: the credential scope of ``SophosCentralForbiddenSpike`` compares a
-10m share of 403s with the 1-day share, which are the same number while all data is younger than
-the short window, so it cannot fire in a test of minutes; ``SophosCentralProbesStale`` needs
-probes older than 5 minutes; ``SophosCentralRateBudgetHigh`` and ``SophosCentralExporterDown``
+Not exercised here, and why: the credential scope of ``SophosCentralForbiddenSpike`` needs a
+403 on whoami or the tenant list, or three tenants newly refused at once, which the demo does not
+do; ``SophosCentralProbesStale`` needs probes older than 5 minutes; ``SophosCentralRateBudgetHigh`` and ``SophosCentralExporterDown``
 are left out to keep the run short. The promtool unit tests cover all four.
 """
 
