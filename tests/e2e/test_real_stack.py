@@ -29,8 +29,9 @@ seconds instead of the default 1 and 3 minutes.
 
 Not exercised here, and why: the credential scope of ``SophosCentralForbiddenSpike`` needs a
 403 on whoami or the tenant list, or three tenants newly refused at once, which the demo does not
-do; ``SophosCentralProbesStale`` needs probes older than 5 minutes; ``SophosCentralRateBudgetHigh`` and ``SophosCentralExporterDown``
-are left out to keep the run short. The promtool unit tests cover all four.
+do; ``SophosCentralProbesStale`` needs probes older than 5 minutes;
+``SophosCentralRateBudgetHigh`` and ``SophosCentralExporterDown`` are left out to keep the run
+short. The promtool unit tests cover all four.
 """
 
 from __future__ import annotations
