@@ -30,7 +30,7 @@ from agent.config import (
     load_settings,
 )
 from agent.logs import REDACTOR, setup_logging
-from agent.report import Report, Row, build_report, human_duration, plain_remedy
+from agent.report import Report, Row, build_report, plain_remedy
 
 log = logging.getLogger("agent")
 
@@ -325,10 +325,8 @@ def summary_lines(report: Report) -> list[str]:
     if s.not_run:
         parts.append(f"{s.not_run} not run: no token")
     parts.append(f"{s.healthy} healthy")
-    periods = ", ".join(
-        f"{c.name} every {human_duration(c.period_seconds)}" for c in report.credentials
-    )
-    return ["; ".join(parts), f"Per-tenant probe period: {periods}"]
+    periods = [f"{c.name}: tenants probed {c.period_text}" for c in report.credentials]
+    return ["; ".join(parts), *periods]
 
 
 def _by_cause(counts: dict[str, int]) -> str:

@@ -41,7 +41,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from agent.config import WINDOW_SECONDS
 from agent.sophos import TENANT_PAGE_SIZE
@@ -79,6 +79,44 @@ class Plan:
     expected: dict[str, float]
     usable: dict[str, float]
     message: str
+    tenants: int = 0
+    allowance: dict[str, int] = field(default_factory=dict)
+
+    def explain(self) -> str:
+        """The period and why it is what it is, in one line for users (status page, ``check``,
+        the start-up log): the first thing to know before reading any per-tenant alert."""
+        return f"every {human_duration(self.period)}: {self.cause()}"
+
+    def cause(self) -> str:
+        """Why the period is what it is: as configured, or stretched by which budget."""
+        w = self.binding_window
+        if not self.stretched or w is None:
+            return "as configured (probe_interval)"
+        allowed = f"{self.allowance.get(w, 0)} calls/{_PER[w]} allowed"
+        if not self.overhead_fits:
+            return (
+                f"stretched to fit the rate budget: {allowed}, and token probes and renewals "
+                "alone need more (raise budget_share or token_probe_interval)"
+            )
+        return (
+            f"stretched to fit the rate budget: {allowed} for {self.tenants} tenants x 1 probe "
+            f"(probe_interval asks for {human_duration(self.requested)}; raise budget_share to "
+            "probe more often)"
+        )
+
+
+_PER = {"1s": "s", "1m": "min", "1h": "h", "1d": "day"}
+
+
+def human_duration(seconds: float) -> str:
+    """A period as people say it: ``45 s``, ``16 min``, ``3.8 h``, ``6.9 d``."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
 
 
 def pages_for(tenants: int, page_size: int = TENANT_PAGE_SIZE) -> int:
@@ -166,6 +204,8 @@ def plan_probe_period(
         expected={w: (rate + tenants / period) * WINDOW_SECONDS[w] for w in allowance},
         usable={w: capacity[w] * WINDOW_SECONDS[w] for w in allowance},
         message="",
+        tenants=tenants,
+        allowance=dict(allowance),
     )
     message = _message(plan, probed, allowance, headroom, tenant_list_pages, fixed, families)
     return dataclasses.replace(plan, message=message)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from agent import __version__
 from agent.metricnames import WINDOWS
+from agent.planner import human_duration
 from agent.probes import CredentialState, ProbeResult, display_order
 
 if TYPE_CHECKING:
@@ -103,6 +104,7 @@ class CredentialReport:
     tenants_listed: int
     tenants_probed: int
     period_seconds: float
+    period_text: str
     token_failed: bool
     token: Row | None
     groups: list[CauseGroup]
@@ -222,6 +224,7 @@ def _credential(agent: Agent, state: CredentialState, now: float) -> CredentialR
         tenants_listed=len(state.tenants),
         tenants_probed=len(state.probed),
         period_seconds=agent.period(state.name),
+        period_text=agent.explain_period(state.name),
         token_failed=token_failed,
         token=next((r for r in rows if r.probe == "token"), None),
         groups=_groups(
@@ -336,18 +339,6 @@ def status_text(status_code: int, error_code: str = "") -> str:
     if status_code != 0:
         return str(status_code)
     return NOT_PROBED if error_code in _SKIP_CODES else NO_ANSWER
-
-
-def human_duration(seconds: float) -> str:
-    """A duration in the largest unit that reads naturally: ``30 s``, ``16 min``, ``3.8 h``."""
-    seconds = max(0.0, seconds)
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 172_800:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
 
 
 def plain_remedy(text: str) -> str:

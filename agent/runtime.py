@@ -24,7 +24,7 @@ from agent.hosts import HostPolicy
 from agent.http11 import build_http11_client as build_http_client
 from agent.logs import REDACTOR
 from agent.metrics import AgentMetrics, CredentialView
-from agent.planner import Plan, pages_for, plan_probe_period
+from agent.planner import Plan, human_duration, pages_for, plan_probe_period
 from agent.probes import CredentialProber, ProbeResult, display_order
 from agent.ratebudget import RateBudget
 from agent.scheduler import CredentialSchedule, ProbeScheduler, tick_seconds
@@ -171,6 +171,17 @@ class Agent:
         plan = self.plans.get(credential)
         return plan.period if plan is not None else self.settings.probe_interval
 
+    def explain_period(self, credential: str) -> str:
+        """The credential's per-tenant probe period and why (``Plan.explain``), or the
+        configured one while no tenant list has been planned for yet."""
+        plan = self.plans.get(credential)
+        if plan is not None:
+            return plan.explain()
+        return (
+            f"every {human_duration(self.settings.probe_interval)}: as configured "
+            "(probe_interval), until the first tenant list is planned for"
+        )
+
     def refresh_interval(self, credential: str) -> float:
         """The effective tenant-refresh interval (``tenant_refresh_interval``, maybe stretched)."""
         plan = self.plans.get(credential)
@@ -207,6 +218,11 @@ class Agent:
             plan.period,
             plan.refresh_interval,
         )
+        if previous is None:
+            log.info(
+                f"tenants probed {plan.explain()}",
+                extra={"credential": prober.name, "period_seconds": round(plan.period)},
+            )
         if degraded and changed:
             log.warning(plan.message, extra={"credential": prober.name})
         return plan
@@ -231,6 +247,7 @@ class Agent:
     async def _cycle(self, prober: CredentialProber) -> list[ProbeResult]:
         await prober.probe_token()
         await prober.refresh_tenants()
+        self._replan(prober)  # the period a running agent would use, for check's summary
         await asyncio.gather(*(self._bounded(prober, t) for t in list(prober.state.probed)))
         prober.state.first_cycle_done = True
         return sorted(prober.state.results.values(), key=display_order)

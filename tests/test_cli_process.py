@@ -333,8 +333,13 @@ async def test_check_is_0_when_every_probe_succeeds(sim: Simulator, tmp_path: Pa
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     assert re.fullmatch(r"\d+ probes: 0 failing; 0 business state; \d+ healthy", lines[0])
-    assert lines[1].startswith("Per-tenant probe period: msp-healthy every ")
-    assert lines[3].split() == [
+    # Then how often a running agent would probe each tenant, and why.
+    credentials = sim.scenario.credentials
+    periods = lines[1 : 1 + len(credentials)]
+    assert sorted(periods) == sorted(
+        f"{c.name}: tenants probed every 2 s: as configured (probe_interval)" for c in credentials
+    )
+    assert lines[2 + len(credentials)].split() == [
         "CREDENTIAL",
         "TENANT",
         "TENANT",
@@ -378,7 +383,7 @@ async def test_check_failures_only_and_json_for_scripts(sim: Simulator, tmp_path
     config = sim_config(sim, tmp_path)
     short = await asyncio.to_thread(cli, "check", "--config", str(config), "--failures-only")
     assert short.returncode == 1
-    rows = short.stdout.splitlines()[4:]
+    rows = short.stdout.splitlines()[3 + len(sim.scenario.credentials) :]
     assert [r for r in rows if r.strip()] and all(tenant.id in r for r in rows if r.strip())
 
     result = await asyncio.to_thread(cli, "check", "--config", str(config), "--output", "json")

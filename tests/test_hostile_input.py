@@ -665,6 +665,7 @@ def test_status_page_escapes_hostile_tenant_names() -> None:
         clock=SimpleNamespace(time=lambda: 1_700_000_030.0),
         probers=[SimpleNamespace(state=state)],
         period=lambda _name: 60.0,
+        explain_period=lambda _name: "every 60 s: as configured (probe_interval)",
         budget=budget_view,
     )
     page = render_status_page(agent)  # type: ignore[arg-type]

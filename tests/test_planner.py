@@ -256,3 +256,34 @@ def test_families_fit_unstretched_when_the_budget_allows() -> None:
 def test_families_must_be_at_least_one() -> None:
     with pytest.raises(ValueError, match="families must be >= 1, got 0"):
         plan_families(10, 0)
+
+
+# -- the period said out loud ---------------------------------------------------------------------
+
+
+def test_explain_says_the_period_is_as_configured_when_it_fits() -> None:
+    assert plan(10, share=1.0).explain() == "every 60 s: as configured (probe_interval)"
+
+
+def test_explain_says_which_budget_stretched_the_period_for_how_many_tenants() -> None:
+    result = plan(250, share=0.1)
+    assert result.explain() == (
+        "every 3.8 h: stretched to fit the rate budget: 100 calls/h allowed for 250 tenants "
+        "x 1 probe (probe_interval asks for 60 s; raise budget_share to probe more often)"
+    )
+
+
+def test_explain_says_when_token_probes_alone_exceed_the_budget() -> None:
+    text = plan(10_000, share=0.01).explain()
+    assert text.startswith("every ")
+    assert "10 calls/h allowed, and token probes and renewals alone need more" in text
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(45, "45 s"), (960, "16 min"), (13_860, "3.9 h"), (592_000, "6.9 d")],
+)
+def test_human_duration_says_periods_as_people_do(seconds: float, text: str) -> None:
+    from agent.planner import human_duration
+
+    assert human_duration(seconds) == text

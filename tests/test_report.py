@@ -68,6 +68,7 @@ def agent_of(*states: CredentialState) -> Any:
         clock=SimpleNamespace(time=lambda: NOW),
         probers=[SimpleNamespace(state=s) for s in states],
         period=lambda _name: 13_680.0,
+        explain_period=lambda _name: "every 3.8 h: stretched to fit the rate budget",
         budget=Budget(),
     )
 
@@ -151,8 +152,8 @@ def test_a_probe_without_a_response_reads_no_answer() -> None:
 def test_check_table_aligns_columns_by_display_width_with_cjk_names() -> None:
     text = format_check(fleet())
     lines = text.splitlines()
-    header = lines[3]
-    rows = {t: line for line in lines[4:] for t in ("t-1", "t-2", "t-3", "t-4") if t in line}
+    header = next(line for line in lines if line.startswith("CREDENTIAL"))
+    rows = {t: line for line in lines for t in ("t-1", "t-2", "t-3", "t-4") if t in line}
     assert len(rows) == 4
     column = wcswidth(header[: header.index("TENANT ID")])
     for tid, line in rows.items():
@@ -165,7 +166,7 @@ def test_check_summary_says_failures_by_cause_and_the_probe_period() -> None:
     assert "2 business state (" in first
     assert "1 partner_assistance_disabled" in first and "1 not_activated" in first
     assert "1 not run: no token" in first
-    assert second == "Per-tenant probe period: revoked-key every 3.8 h, msp-main every 3.8 h"
+    assert second == "revoked-key: tenants probed every 3.8 h: stretched to fit the rate budget"
 
 
 def test_failures_only_leaves_healthy_rows_out() -> None:

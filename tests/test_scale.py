@@ -113,12 +113,16 @@ async def test_ten_thousand_tenants_stretch_the_refresh_then_the_period_and_expo
         assert one(page[m.PROBE_INTERVAL_SECONDS]) == pytest.approx(plan.period)
         assert len(page[m.TENANT_INFO]) == 10_000
 
-        warnings = [
+        lines = [
             json.loads(line)
             for line in stack.logs.getvalue().splitlines()
             if "stretched" in line and "msp-scale" in line
         ]
+        warnings = [line for line in lines if line["level"] == "warning"]
         assert len(warnings) == 1, "one warning line, not one per tenant or per tick"
+        # and one info line that says the period and why, as /status and check do
+        [said] = [line["msg"] for line in lines if line["level"] == "info"]
+        assert said == f"tenants probed {plan.explain()}"
         message = warnings[0]["msg"]
         assert "probe_interval 60s stretched to" in message
         assert "tenant_refresh_interval 900s (~15.0min) stretched to" in message

@@ -7,8 +7,8 @@ each group's evaluation ``interval``. See alerts/README.md.
 
 Two modes: ``--for 5s`` gives every alert the same duration; ``--scale 60`` divides every
 ``for:`` by 60 (10m becomes 10s), which keeps their order. The order matters where the
-Alertmanager inhibits one alert by another: ``SophosCentralApiOutage`` (5m) fires before the
-per-tenant ``SophosCentralPersistent5xx`` (15m) it inhibits, in production and in the test.
+Alertmanager inhibits one alert by another: ``SophosCentralApiOutage`` (2m) fires before the
+per-tenant ``SophosCentralPersistent5xx`` (5m) it inhibits, in production and in the test.
 
     uv run python -m tools.shorten_for --for 5s [--interval 1s] --out-dir /tmp/rules \\
         alerts/*.rules.yml

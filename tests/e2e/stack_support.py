@@ -39,7 +39,7 @@ ALERTS = ROOT / "alerts"
 DASHBOARDS = ROOT / "dashboards"
 JOB = "sophos-central-exporter"
 FOR_SCALE = 60.0
-"""Every alert's ``for:`` divided by this: 10m becomes 10s, and 5m still comes before 15m."""
+"""Every alert's ``for:`` divided by this: 10m becomes 10s, and 2m still comes before 5m."""
 
 T = TypeVar("T")
 

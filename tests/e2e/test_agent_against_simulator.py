@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -195,6 +196,28 @@ async def test_landing_health_and_status_pages(stack: Stack) -> None:
     assert "trial_account" in status.text and "not an outage" in status.text
     support = await stack.get("/support")
     assert support.text.startswith("# Subject: New API 5xx error")
+
+
+async def test_status_page_says_the_probe_period_first_for_each_credential(stack: Stack) -> None:
+    status = (await stack.get("/status")).text
+    for credential in stack.settings.credentials:
+        section = status.split(f"<h2 id='credential-{credential.name}'>", 1)[1]
+        first = section.split("</h2>", 1)[1].split("</p>", 1)[0]
+        assert first.startswith("<p class='period' data-period='4'>"), (credential.name, first)
+        assert "Each tenant is probed every 4 s: as configured (probe_interval)" in first
+
+
+async def test_start_up_logs_the_probe_period_once_per_planned_credential(stack: Stack) -> None:
+    lines = [json.loads(line) for line in stack.logs.getvalue().splitlines() if line.strip()]
+    said = [
+        line["credential"]
+        for line in lines
+        if line["msg"] == "tenants probed every 4 s: as configured (probe_interval)"
+        and line["level"] == "info"
+    ]
+    planned = sorted(stack.service.agent.plans)
+    assert "msp-main" in planned
+    assert sorted(said) == planned
 
 
 async def test_tenant_that_leaves_the_list_loses_its_series(stack: Stack) -> None:

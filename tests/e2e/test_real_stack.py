@@ -8,9 +8,11 @@ One stack for the module; the tests run in this order and each is a phase of one
 2. a credential's secret is rotated: ``SophosCentralTokenIssuanceFailing`` pages (its tokens stay
    valid, so API calls keep working: the case the token probe exists for);
 3. one tenant answers 500: ``SophosCentralPersistent5xx`` reaches the team chat;
-4. the API goes down: ``SophosCentralApiOutage`` pages, while the per-tenant alerts that fire in
+4. a tenant that was fine answers 403: ``SophosCentralForbiddenSpike`` (tenant scope) reaches the
+   team chat, while the tenants that have answered 403 since they were first seen never alert;
+5. the API goes down: ``SophosCentralApiOutage`` pages, while the per-tenant alerts that fire in
    Prometheus during it are inhibited and never reach the webhook;
-5. the agent is restarted believing in higher rate limits than the simulator enforces: 429s and
+6. the agent is restarted believing in higher rate limits than the simulator enforces: 429s and
    ``SophosCentralRateLimited``.
 
 Every dashboard query is run through Prometheus's HTTP API: each must parse, and each must return
@@ -21,11 +23,15 @@ The rule files go through the documented test-time transform (``tools/shorten_fo
 through ``alertmanager_config_for_test`` (webhook URLs, short group timers); see "End-to-end test"
 in alerts/README.md.
 
-Not exercised here, and why: ``SophosCentralForbiddenSpike`` compares a 10m (1h for a tenant)
-share of 403s with the 1-day share, which are the same number while all data is younger than the
-short window, so it cannot fire in a test of minutes; ``SophosCentralProbesStale`` needs probes
-older than 5 minutes; ``SophosCentralRateBudgetHigh`` and ``SophosCentralExporterDown`` are left
-out to keep the run short. The promtool unit tests cover all four.
+The per-tenant alerts are judged on probe state (``sophos_central_probe_consecutive_failures``):
+the agent runs with ``confirm_interval: 1s``, so a failed tenant probe is confirmed within
+seconds instead of the default 1 and 3 minutes.
+
+Not exercised here, and why: the credential scope of ``SophosCentralForbiddenSpike`` needs a
+403 on whoami or the tenant list, or three tenants newly refused at once, which the demo does not
+do; ``SophosCentralProbesStale`` needs probes older than 5 minutes;
+``SophosCentralRateBudgetHigh`` and ``SophosCentralExporterDown`` are left out to keep the run
+short. The promtool unit tests cover all four.
 """
 
 from __future__ import annotations
@@ -66,11 +72,12 @@ AGENT_OVERRIDES: dict[str, Any] = {
     "token_probe_interval": "5s",
     "tenant_refresh_interval": "10s",
     "request_timeout": "3s",
+    "confirm_interval": "1s",  # a failed tenant probe is confirmed after 1 s and 2 s more
     "budget_share": 0.25,  # keeps msp-main at a few calls a second on a 2-core CI machine
 }
 
 RATE_LIMITED_OVERRIDES: dict[str, Any] = {
-    # Phase 5: what the agent believes, far above the simulator's 50 calls/s: msp-main's 250
+    # Phase 6: what the agent believes, far above the simulator's 50 calls/s: msp-main's 250
     # tenants every 2 s are 125 calls/s, so the simulator answers 429.
     "rate_limits": {"1s": 1000, "1m": 60_000, "1h": 10_000_000, "1d": 100_000_000},
     "budget_share": 1.0,
@@ -83,13 +90,19 @@ PER_TENANT_ALERTS = ("SophosCentralPersistent5xx", "SophosCentralForbiddenSpike"
 SCENARIO_MODEL = build_scenario(SCENARIO)  # deterministic: the same ids as the subprocess
 ORG_TENANTS = [t.id for t in SCENARIO_MODEL.credential("org-main").tenants]
 FAILING_TENANT = ORG_TENANTS[0]
+REFUSING_TENANT = ORG_TENANTS[1]
+ALWAYS_403 = [
+    t.id
+    for fault in ("trial_403", "no_partner_assistance_403")
+    for t in SCENARIO_MODEL.tenants_with_fault(fault)
+]
 
 # The phase whose data each dashboard query must show; any query not listed: "baseline".
 DATA_PHASE: dict[tuple[str, str, str], str] = {
     # increase() of non-2xx answers needs a second error of one series: a tenant probed every
     # 2 s answering 500 (phase 3). The demo's faulty msp-main tenants are probed ~every 2 min.
     ("sophos-central-overview", "Top error codes", "A"): "tenant_5xx",
-    # 429s exist only once the agent overspends the simulator's limits (phase 5).
+    # 429s exist only once the agent overspends the simulator's limits (phase 6).
     ("sophos-central-overview", "429 answers and pauses", "A"): "rate_limited",
 }
 PHASES = ("baseline", "tenant_5xx", "rate_limited")
@@ -201,7 +214,7 @@ def test_healthy_traffic_pages_nobody(stack: RealStack) -> None:
 
     Pending is tolerated: the agent does not retry a request whose pooled keep-alive connection
     the server closed meanwhile, so a whoami now and then fails with a protocol error and
-    ``ApiOutage{scope="credential"}`` is pending for a while; it fires only on failures in a row.
+    ``ApiOutage{scope="credential"}`` fires only on two failures in a row.
     """
     assert all(labels.get("severity") != "critical" for _, labels in stack.webhook.firing()), (
         "this phase must run first, on the fresh stack"
@@ -280,8 +293,9 @@ def test_rotated_secret_pages_the_on_call_engineer(stack: RealStack) -> None:
 
 
 def test_tenant_answering_500_raises_persistent_5xx_in_the_team_chat(stack: RealStack) -> None:
-    """org-main's tenants are probed every 2 s: the three 5xx answers the rule asks for
-    (``increase(...[6h]) >= 2``) come within seconds, then the scaled 15 s ``for:``."""
+    """org-main's tenants are probed every 2 s and a failure is confirmed after 1 s and 2 s
+    more: the three failures in a row the rule asks for come within seconds, then the scaled
+    5 s ``for:``."""
     with stack.explain_failure():
         started = time.time()
         since = len(stack.webhook.received)
@@ -313,10 +327,69 @@ def test_tenant_answering_500_raises_persistent_5xx_in_the_team_chat(stack: Real
 # --- phase 4 ----------------------------------------------------------------------------------
 
 
+def test_tenant_newly_answering_403_tells_the_team_once(stack: RealStack) -> None:
+    """An org-main tenant that has answered 200 since the start turns Partner Assistance off:
+    three 403s in a row after a success within the last day, then the scaled 5 s ``for:``. The
+    demo's msp-main tenants that have answered 403 since they were first seen (trial, no
+    Partner Assistance) are business state and never alert."""
+    with stack.explain_failure():
+        since = len(stack.webhook.received)
+        stack.admin(f"tenants/{REFUSING_TENANT}/fault", {"fault": "no_partner_assistance_403"})
+        try:
+            wait_until(
+                lambda: firing_at(
+                    stack,
+                    CHAT,
+                    since,
+                    alertname="SophosCentralForbiddenSpike",
+                    scope="tenant",
+                    credential="org-main",
+                    tenant_id=REFUSING_TENANT,
+                ),
+                60,
+                f"SophosCentralForbiddenSpike for org-main tenant {REFUSING_TENANT} in the chat",
+            )
+            (alert,) = stack.firing_in_prometheus(
+                alertname="SophosCentralForbiddenSpike", scope="tenant", credential="org-main"
+            )
+            description = alert["annotations"]["description"]
+            assert "answered 403 Forbidden" in description, description
+            assert "after succeeding within the last day" in description, description
+            # The always-403 tenants of msp-main reach three failures in a row too, but they
+            # never had a success: neither pending nor firing.
+            wait_until(
+                lambda: (
+                    len(
+                        stack.query(
+                            'sophos_central_probe_consecutive_failures{credential="msp-main"} >= 3 '
+                            "and on (tenant_id) sophos_central_probe_cause_info{cause=~"
+                            '"trial_account|partner_assistance_disabled"}'
+                        )
+                    )
+                    == len(ALWAYS_403)
+                ),
+                90,
+                "msp-main's always-403 tenants to fail three times in a row",
+            )
+            refused = [
+                a["labels"].get("tenant_id")
+                for a in stack.prometheus_alerts()
+                if a["labels"]["alertname"] == "SophosCentralForbiddenSpike"
+                and a["labels"].get("credential") == "msp-main"
+            ]
+            assert not set(refused) & set(ALWAYS_403), refused
+        finally:
+            stack.admin(f"tenants/{REFUSING_TENANT}/fault", {"fault": None})
+
+
+# --- phase 5 ----------------------------------------------------------------------------------
+
+
 def test_api_outage_pages_and_inhibits_the_per_tenant_alerts(stack: RealStack) -> None:
-    """The outage alert of org-main (more than half of its tenants answer 503: scaled ``for:``
-    5 s) comes before the per-tenant ``Persistent5xx`` of its other tenants (15 s), which fire in
-    Prometheus but are inhibited in Alertmanager and never reach the webhook."""
+    """The outage alert of org-main (more than half of its recent tenant probes answer 503:
+    scaled ``for:`` 2 s) comes before the per-tenant ``Persistent5xx`` of its other tenants
+    (three failures in a row, then 5 s), which fire in Prometheus but are inhibited in
+    Alertmanager and never reach the webhook."""
     with stack.explain_failure():
         since = len(stack.webhook.received)
         notified_before = {tuple(sorted(labels.items())) for _, labels in stack.webhook.firing()}
@@ -361,7 +434,8 @@ def test_api_outage_pages_and_inhibits_the_per_tenant_alerts(stack: RealStack) -
             wait_until(in_alertmanager, 30, "the per-tenant alerts to reach Alertmanager")
             seen_at = time.monotonic()
             # A positive control that takes longer than Alertmanager's group timers (1 s wait,
-            # 2 s interval): msp-main's outage, raised by its whoami/tenant-list probes (20 s).
+            # 2 s interval): msp-main's outage, raised once most of its 250 tenants (about 20 s
+            # to probe them all) or its whoami on two refreshes in a row (10 s apart) fail.
             wait_until(
                 lambda: firing_at(
                     stack, PAGER, since, alertname="SophosCentralApiOutage", credential="msp-main"
@@ -404,7 +478,7 @@ def test_api_outage_pages_and_inhibits_the_per_tenant_alerts(stack: RealStack) -
             stack.admin("outage", {"on": False})
 
 
-# --- phase 5 ----------------------------------------------------------------------------------
+# --- phase 6 ----------------------------------------------------------------------------------
 
 
 def test_rate_limited_credential_tells_the_team(stack: RealStack) -> None:
