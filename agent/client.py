@@ -22,7 +22,12 @@ from agent.clock import Clock
 from agent.config import Credential, Settings
 from agent.hosts import HostNotAllowed, HostPolicy
 from agent.logs import REDACTOR
-from agent.ratebudget import PRIORITY_CREDENTIAL, PRIORITY_TENANT, parse_retry_after
+from agent.ratebudget import (
+    PRIORITY_CREDENTIAL,
+    PRIORITY_TENANT,
+    parse_retry_after,
+    tenant_key,
+)
 from agent.sophos import (
     TENANT_PAGE_SIZE,
     InvalidResponse,
@@ -45,9 +50,11 @@ class Admission(Protocol):
 
     async def acquire(self, credential: str, priority: int = ...) -> None: ...
 
-    def pause(self, credential: str, retry_after: float | None) -> float: ...
+    def pause(
+        self, credential: str, retry_after: float | None = None, sent_at: float | None = None
+    ) -> float: ...
 
-    def note_success(self, credential: str) -> None: ...
+    def note_success(self, credential: str, sent_at: float | None = None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -285,7 +292,8 @@ class SophosClient:
         priority: int,
     ) -> tuple[Outcome, bytes, bool]:
         """One admitted request; the flag says the connection dropped before any response."""
-        await self._budget.acquire(self._budget_key, priority)
+        key = self._budget_key_for(tenant_id)
+        await self._budget.acquire(key, priority)
         stale = False
         started_wall = self._clock.time()
         started = self._clock.monotonic()
@@ -302,7 +310,7 @@ class SophosClient:
         finally:
             self.in_flight -= 1
         duration = self._clock.monotonic() - started
-        self._after_call(outcome)
+        self._after_call(key, outcome, started_wall)
         record = CallRecord(
             credential=self.name,
             tenant_id=tenant_id,
@@ -334,16 +342,25 @@ class SophosClient:
                     break
             return response.status_code, dict(response.headers), b"".join(chunks)[:cap]
 
-    def _after_call(self, outcome: Outcome) -> None:
+    def _budget_key_for(self, tenant_id: str) -> str:
+        """Whose rate windows a call counts against (``rate_limit_scope``).
+
+        Credential scope: every call, the credential's. Tenant scope: a call that carries
+        X-Tenant-ID (``tenant_id`` set) its tenant's own windows; token, whoami and the tenant
+        list stay on the credential's.
+        """
+        if tenant_id and self.settings.rate_limit_scope == "tenant":
+            return tenant_key(self._budget_key, tenant_id)
+        return self._budget_key
+
+    def _after_call(self, key: str, outcome: Outcome, sent_at: float) -> None:
+        """A 429 pauses the key (the budget logs it, with the window it assumes); any other
+        answer below 500 ends the escalation of 429s."""
         if outcome.status_code == 429:
             wait = parse_retry_after(outcome.retry_after, self._clock.time())
-            pause = self._budget.pause(self._budget_key, wait)
-            log.warning(
-                "rate limited by Sophos Central; pausing this credential",
-                extra={"credential": self.name, "pause_seconds": round(pause, 3)},
-            )
+            self._budget.pause(key, wait, sent_at)
         elif outcome.answered and outcome.status_code < 500:
-            self._budget.note_success(self._budget_key)
+            self._budget.note_success(key, sent_at)
 
 
 def _dropped_before_response(exc: BaseException) -> bool:

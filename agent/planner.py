@@ -29,6 +29,12 @@ plan makes sure the sustained rate does not queue up without end and that the ex
 the one that really happens. The headroom is small (5 %) because the admission control, not the
 plan, is what keeps the windows; a larger one would only leave capacity unused.
 
+With ``rate_limit_scope: tenant`` (``per_tenant=True``) the windows are not shared: a tenant's
+probes count against the tenant's own windows and the credential's windows carry only the
+credential-level calls. Then the period is bounded by one tenant's own allowance
+(``calls_per_probe / period <= tenant capacity``), not divided by the number of tenants, and only
+the tenant list is stretched to fit the credential's windows (no tenant gives way for it).
+
 The planner also gives the start offsets (``spread_offsets``) because it is what decides the shape
 of the schedule: tenants start evenly spread over one period instead of all at once.
 """
@@ -110,11 +116,14 @@ def plan_probe_period(
     headroom: float = DEFAULT_HEADROOM,
     token_renewal_interval: float = TOKEN_RENEWAL_SECONDS,
     span: Mapping[str, float] | None = None,
+    per_tenant: bool = False,
+    calls_per_probe: int = 1,
 ) -> Plan:
     """Plan one credential's probing; ``tenants``, ``pages`` and ``allowance`` are this shard's.
 
     ``span`` is how long a call occupies each window's ledger (``RateBudget.hold_seconds``'s upper
-    bound); without it, the bare window length.
+    bound); without it, the bare window length. ``per_tenant`` plans for tenant-scoped windows,
+    where each probe round of a tenant costs ``calls_per_probe`` calls of its own windows.
     """
     _validate(tenants, probe_interval, token_probe_interval, tenant_refresh_interval, headroom)
     spans = {w: float(WINDOW_SECONDS[w]) for w in allowance}
@@ -125,6 +134,18 @@ def plan_probe_period(
     per_refresh = 1 + tenant_list_pages
     tightest = min(capacity, key=lambda w: capacity[w]) if capacity else None
     cap = capacity[tightest] if tightest is not None else math.inf
+    if per_tenant:
+        return _plan_per_tenant(
+            tenants=tenants,
+            probe_interval=probe_interval,
+            tenant_refresh_interval=tenant_refresh_interval,
+            per_refresh=per_refresh,
+            fixed=fixed,
+            capacity=capacity,
+            calls_per_probe=calls_per_probe,
+            headroom=headroom,
+            allowance=allowance,
+        )
 
     refresh, period = tenant_refresh_interval, probe_interval
     left = cap - fixed
@@ -160,6 +181,74 @@ def plan_probe_period(
     )
     message = _message(plan, tenants, allowance, headroom, tenant_list_pages, fixed)
     return dataclasses.replace(plan, message=message)
+
+
+def _plan_per_tenant(
+    *,
+    tenants: int,
+    probe_interval: float,
+    tenant_refresh_interval: float,
+    per_refresh: int,
+    fixed: float,
+    capacity: Mapping[str, float],
+    calls_per_probe: int,
+    headroom: float,
+    allowance: Mapping[str, int],
+) -> Plan:
+    """Tenant scope: the tenant's own windows bound its period; the credential's windows carry
+    the token probes, renewals and the tenant list only."""
+    tightest = min(capacity, key=lambda w: capacity[w]) if capacity else None
+    cap = capacity[tightest] if tightest is not None else math.inf
+    period = max(probe_interval, calls_per_probe / cap)
+    refresh = tenant_refresh_interval
+    overhead_fits = cap > fixed
+    if not overhead_fits:
+        refresh = max(refresh, per_refresh / (REFRESH_SHARE * cap))
+    elif fixed + per_refresh / refresh > cap:
+        refresh = per_refresh / (cap - fixed)
+    rate = fixed + per_refresh / refresh
+    stretched = period > probe_interval
+    refresh_stretched = refresh > tenant_refresh_interval
+    binding = tightest if (stretched or refresh_stretched or not overhead_fits) else None
+    w = binding
+    if w is None:
+        message = f"probe period {_human(period)} for {tenants} tenants (per-tenant windows)"
+    else:
+        changes = []
+        if stretched:
+            changes.append(
+                f"probe_interval {_human(probe_interval)} stretched to {_human(period)}: each "
+                f"tenant's own {w} window allows {allowance[w]} calls (budget_share x limit) "
+                f"and a probe round costs {calls_per_probe}"
+            )
+        if refresh_stretched:
+            changes.append(
+                f"tenant_refresh_interval {_human(tenant_refresh_interval)} stretched to "
+                f"{_human(refresh)} to fit the credential's own {w} window "
+                f"({per_refresh} calls per refresh)"
+            )
+        if not overhead_fits:
+            changes.append(
+                f"token probes and renewals alone need {fixed * WINDOW_SECONDS[w]:.1f} calls "
+                f"per {w}; raise token_probe_interval or budget_share"
+            )
+        message = (
+            "; ".join(changes) + f" ({headroom:.0%} headroom); raise budget_share or rate_limits"
+        )
+    return Plan(
+        period=period,
+        requested=probe_interval,
+        stretched=stretched,
+        refresh_interval=refresh,
+        refresh_requested=tenant_refresh_interval,
+        refresh_stretched=refresh_stretched,
+        binding_window=binding,
+        overhead_fits=overhead_fits,
+        overhead={w: rate * WINDOW_SECONDS[w] for w in allowance},
+        expected={w: rate * WINDOW_SECONDS[w] for w in allowance},
+        usable={w: capacity[w] * WINDOW_SECONDS[w] for w in allowance},
+        message=message,
+    )
 
 
 def spread_offsets(n: int, period: float) -> list[float]:

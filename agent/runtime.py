@@ -164,6 +164,11 @@ class Agent:
     def ready(self) -> bool:
         return self.scheduler is not None and self.scheduler.ready
 
+    @property
+    def tenant_scope(self) -> bool:
+        """``rate_limit_scope: tenant``: each tenant's calls count against its own windows."""
+        return self.settings.rate_limit_scope == "tenant"
+
     def period(self, credential: str) -> float:
         plan = self.plans.get(credential)
         return plan.period if plan is not None else self.settings.probe_interval
@@ -195,6 +200,7 @@ class Agent:
             tenant_list_pages=self._pages(prober),
             allowance=self.budget.allowance,
             span={w: self.budget.hold_seconds(w)[1] for w in self.budget.limits},
+            per_tenant=self.tenant_scope,
         )
         previous = self.plans.get(prober.name)
         self.plans[prober.name] = plan
@@ -238,6 +244,7 @@ class Agent:
     # -- views -------------------------------------------------------------------------------
 
     def views(self) -> list[CredentialView]:
+        now = self.clock.time()
         return [
             CredentialView(
                 state=p.state,
@@ -248,6 +255,9 @@ class Agent:
                 window_calls=self.budget.exact_calls(p.name),
                 budget_key=p.name,
                 in_flight=p.client.in_flight,
+                pause=self.budget.pause_info(p.name),
+                tenant_budgets=self.budget.tenant_budgets(p.name) if self.tenant_scope else None,
+                now=now,
             )
             for p in self.probers
         ]

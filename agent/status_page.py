@@ -9,6 +9,7 @@ meta refresh so the page can stay open on a wall screen.
 from __future__ import annotations
 
 import html
+import time
 from typing import TYPE_CHECKING
 
 from agent import __version__
@@ -63,6 +64,7 @@ def _credential_section(agent: Agent, state: CredentialState, now: float) -> str
         f"<h2 id='credential-{html.escape(state.name)}'>Credential {html.escape(state.name)}</h2>",
         f"<p>{identity}; {len(state.tenants)} tenants listed, {len(state.probed)} probed; "
         f"effective probe period {agent.period(state.name):.0f} s.</p>",
+        _pause_line(agent, state.name),
         _budget_table(agent, state.name),
         f"<h3>Failing probes ({len(failing)})</h3>",
         _probe_table(failing, names, now, "failing") if failing else "<p class='ok'>None.</p>",
@@ -71,6 +73,32 @@ def _credential_section(agent: Agent, state: CredentialState, now: float) -> str
     ]
     if len(healthy) > MAX_OK_ROWS:
         parts.append(f"<p class='muted'>… and {len(healthy) - MAX_OK_ROWS} more healthy.</p>")
+    return "".join(parts)
+
+
+def _pause_line(agent: Agent, credential: str) -> str:
+    """The credential's 429 pause, if one runs: until when and which window it assumes full.
+
+    With tenant scope, also how many tenants are paused on their own windows.
+    """
+    now = agent.clock.time()
+    parts: list[str] = []
+    info = agent.budget.pause_info(credential)
+    if info is not None and info.until > now:
+        until = time.strftime("%H:%M:%S", time.gmtime(info.until))
+        parts.append(
+            f"<p class='fail pause' data-window='{html.escape(info.window)}' "
+            f"data-reason='{html.escape(info.reason)}'>Rate limited: paused until {until} UTC: "
+            f"{html.escape(info.describe())}.</p>"
+        )
+    if agent.tenant_scope:
+        summary = agent.budget.tenant_budgets(credential)
+        paused = f"; {summary.paused} paused after a 429" if summary.paused else ""
+        parts.append(
+            f"<p class='muted tenant-scope'>Rate windows counted per tenant "
+            f"(rate_limit_scope: tenant): {summary.tenants} tenant ledgers{paused}; the table "
+            "below holds the credential-level calls only.</p>"
+        )
     return "".join(parts)
 
 
