@@ -19,6 +19,7 @@ from agent.simulator.model import (
     Credential,
     Scenario,
     Tenant,
+    Throttle,
 )
 from agent.simulator.scenarios import SCENARIO_NAMES, build_scenario, tagged
 from agent.simulator.serve import serve, write_agent_config
@@ -36,6 +37,7 @@ __all__ = [
     "Scenario",
     "Simulator",
     "Tenant",
+    "Throttle",
     "TrafficStats",
     "build_scenario",
     "busiest_window",

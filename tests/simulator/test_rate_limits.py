@@ -104,3 +104,27 @@ async def test_calls_without_a_valid_token_are_not_charged_to_anyone(
     assert response.status_code == 401
     assert sim.stats.unattributed == 1
     assert all(sim.stats.arrivals(c.client_id) == 0 for c in sim.scenario.credentials)
+
+
+async def test_throttled_credential_gets_the_spec_429_without_retry_after_for_a_while(
+    start_sim: StartSim, client: httpx.AsyncClient
+) -> None:
+    clock = FakeClock()
+    sim = await start_sim("throttled", clock=clock)
+    throttled = sim.scenario.credential("msp-throttled")
+    steady = sim.scenario.credential("org-steady")
+    token = await get_token(client, sim, throttled)  # the id host is not throttled
+    whoami = f"{sim.api_url}/whoami/v1"
+
+    during = await client.get(whoami, headers=bearer(token))
+    beside = await client.get(whoami, headers=bearer(await get_token(client, sim, steady)))
+    await clock.advance(sim.scenario.throttles["msp-throttled"].duration)
+    after = await client.get(whoami, headers=bearer(token))
+
+    body = assert_central_error(during, 429, "TooManyRequests")
+    assert body["message"] == "Too many requests."
+    assert {"correlationId", "requestId", "createdAt"} <= set(body)
+    assert "retry-after" not in during.headers
+    assert not [h for h in during.headers if h.lower().startswith("x-ratelimit")]
+    assert beside.status_code == 200
+    assert after.status_code == 200
