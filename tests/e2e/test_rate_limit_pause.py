@@ -8,7 +8,7 @@ from pathlib import Path
 
 from agent import metricnames as m
 from agent.simulator import build_scenario
-from tests.e2e.harness import Stack, start_stack, stop_stack, wait_for
+from tests.e2e.harness import Stack, start_ready_stack, start_stack, stop_stack, wait_for
 
 
 async def pause_series(stack: Stack) -> dict[str, tuple[dict[str, str], float]]:
@@ -33,9 +33,7 @@ async def test_throttled_credential_pauses_and_shows_the_assumed_window(tmp_path
         assert "org-steady" not in series, "the other credential is not throttled"
 
         families = await stack.metrics()
-        until = {
-            lbl["credential"]: v for _, lbl, v in families[m.RATE_LIMIT_PAUSED_UNTIL]
-        }
+        until = {lbl["credential"]: v for _, lbl, v in families[m.RATE_LIMIT_PAUSED_UNTIL]}
         assert until["org-steady"] == 0
         assert 60 < until["msp-throttled"] - time.time() <= 61 * 1.1
         pauses = {lbl["credential"]: v for _, lbl, v in families[m.RATE_LIMIT_PAUSES_TOTAL]}
@@ -52,5 +50,43 @@ async def test_throttled_credential_pauses_and_shows_the_assumed_window(tmp_path
         logged = [line for line in stack.logs.getvalue().splitlines() if "rate limited" in line]
         assert len(logged) == 1, "one warning per pause"
         assert '"window": "1m"' in logged[0] and '"retry_after_sent": false' in logged[0]
+    finally:
+        await stop_stack(stack)
+
+
+async def test_tenant_scope_counts_tenants_apart_and_exports_only_the_busiest(
+    tmp_path: Path,
+) -> None:
+    scenario = build_scenario("healthy")
+    stack = await start_ready_stack(scenario, tmp_path, within=60, rate_limit_scope="tenant")
+    try:
+        families = await stack.metrics()
+        calls = {
+            (lbl["credential"], lbl["window"]): v for _, lbl, v in families[m.RATE_LIMIT_CALLS]
+        }
+        requests = families[m.API_REQUESTS_TOTAL]
+        credential_level = sum(
+            v
+            for name, lbl, v in requests
+            if lbl["credential"] == "msp-healthy" and not lbl["tenant_id"]
+        )
+        tenant_level = sum(
+            v
+            for name, lbl, v in requests
+            if lbl["credential"] == "msp-healthy" and lbl["tenant_id"]
+        )
+        assert tenant_level >= 20, "every tenant was probed"
+        assert calls[("msp-healthy", "1h")] == credential_level, "tenant calls count apart"
+        busiest = {
+            (lbl["credential"], lbl["window"]): v
+            for _, lbl, v in families[m.RATE_LIMIT_TENANT_MAX_UTILIZATION_RATIO]
+        }
+        limit_1d = stack.settings.rate_limits["1d"]
+        assert 0 < busiest[("msp-healthy", "1d")] * limit_1d < tenant_level
+        assert len(busiest) == 3 * 4, "one series per credential and window, not per tenant"
+        paused = {lbl["credential"]: v for _, lbl, v in families[m.RATE_LIMIT_PAUSED_TENANTS]}
+        assert paused["msp-healthy"] == 0
+        page = (await stack.get("/status")).text
+        assert "Rate windows counted per tenant (rate_limit_scope: tenant): 20 tenant" in page
     finally:
         await stop_stack(stack)
