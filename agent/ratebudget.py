@@ -126,6 +126,8 @@ NO_WINDOW = "none"
 
 TENANT_KEY_SEPARATOR = "/"
 """Credential names cannot contain it, so ``credential/tenant_id`` keys never collide."""
+SUMMARY_MAX_AGE = 5.0
+"""How long a per-tenant summary (``tenant_budgets``) is reused before the ledgers are scanned."""
 TENANT_PERSIST_SECONDS = 3600
 """Per-tenant calls are written to the state file to the hour (see "Tenant keys" above)."""
 
@@ -389,6 +391,7 @@ class RateBudget:
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self._credentials: dict[str, _Credential] = {}
         self._tenants: dict[str, dict[str, _Credential]] = {}
+        self._summaries: dict[str, tuple[float, TenantBudgets]] = {}
         self._seq = itertools.count()
         self._ladder = _escalation_ladder(limits)
         if store is not None:
@@ -554,12 +557,23 @@ class RateBudget:
         cred.streak = 0
         self._save_pause(credential, cred)
 
-    def tenant_budgets(self, credential: str) -> TenantBudgets:
+    def tenant_budgets(self, credential: str, max_age: float = SUMMARY_MAX_AGE) -> TenantBudgets:
         """The busiest tenant's window counts and the paused tenants of ``credential``.
 
         Tenants whose windows have all emptied (and that are not paused or waited on) are
-        forgotten here, so tenants that left the list do not keep their ledgers.
+        forgotten here, so tenants that left the list do not keep their ledgers. A scan of
+        10,000 ledgers takes tens of milliseconds, so a summary up to ``max_age`` seconds old is
+        reused (a scrape and a ``/status`` view share it).
         """
+        cached = self._summaries.get(credential)
+        mono = self._clock.monotonic()
+        if cached is not None and mono - cached[0] < max_age:
+            return cached[1]
+        summary = self._scan_tenants(credential)
+        self._summaries[credential] = (mono, summary)
+        return summary
+
+    def _scan_tenants(self, credential: str) -> TenantBudgets:
         now = self._clock.time()
         ledgers = self._tenants.get(credential, {})
         top = dict.fromkeys(self._limits, 0)
