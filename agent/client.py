@@ -56,6 +56,8 @@ class Admission(Protocol):
 
     def note_success(self, credential: str, sent_at: float | None = None) -> None: ...
 
+    def paused_until(self, credential: str) -> float: ...
+
 
 @dataclass(frozen=True)
 class CallRecord:
@@ -352,6 +354,17 @@ class SophosClient:
         if tenant_id and self.settings.rate_limit_scope == "tenant":
             return tenant_key(self._budget_key, tenant_id)
         return self._budget_key
+
+    async def wait_while_paused(self, tenant_id: str = "") -> None:
+        """Return once no 429 pause holds the calls of ``tenant_id`` (or the credential's).
+
+        Admission waits out a pause anyway; a caller that holds a resource shared with other
+        credentials (the scheduler's concurrency limit) waits here first, so that a credential
+        paused for an hour does not keep the other credentials' probes from running.
+        """
+        key = self._budget_key_for(tenant_id)
+        while (left := self._budget.paused_until(key) - self._clock.time()) > 0:
+            await self._clock.sleep(left)
 
     def _after_call(self, key: str, outcome: Outcome, sent_at: float) -> None:
         """A 429 pauses the key (the budget logs it, with the window it assumes); any other

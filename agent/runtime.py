@@ -10,7 +10,9 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import Sequence
+from typing import Literal
 
 import httpx
 import prometheus_client
@@ -59,6 +61,30 @@ class ListingPages:
     def last(self, credential: str) -> int | None:
         """Pages of the last complete listing, None before the first one."""
         return self._last.get(credential)
+
+
+class PausedAwareSlots(asyncio.Semaphore):
+    """The agent's shared concurrency limit as one credential's schedule sees it.
+
+    A slot is taken only once the credential is not in a 429 pause: without Retry-After a pause
+    can last an hour or a day, and probes waiting in admission while holding slots would keep
+    every other credential's probes from running. Acquire and release go to the shared limit.
+    """
+
+    def __init__(self, shared: asyncio.Semaphore, client: SophosClient) -> None:
+        super().__init__(0)
+        self._shared = shared
+        self._client = client
+
+    async def acquire(self) -> Literal[True]:
+        await self._client.wait_while_paused()
+        return await self._shared.acquire()
+
+    def release(self) -> None:
+        self._shared.release()
+
+    def locked(self) -> bool:
+        return self._shared.locked()
 
 
 class Agent:
@@ -139,7 +165,7 @@ class Agent:
                 self.clock,
                 period=functools.partial(self.period, prober.name),
                 on_refresh=self._after_refresh,
-                semaphore=self._semaphore,
+                semaphore=PausedAwareSlots(self._semaphore, prober.client),
             )
             for prober in self.probers
         ]
@@ -227,8 +253,22 @@ class Agent:
 
     async def run_cycle(self) -> list[ProbeResult]:
         """Every probe of every credential once, now (the ``check`` command)."""
+        self._warn_paused()
         results = await asyncio.gather(*(self._cycle(p) for p in self.probers))
         return [r for per_credential in results for r in per_credential]
+
+    def _warn_paused(self) -> None:
+        """A 429 pause kept in the state file holds ``check`` too: say so instead of hanging."""
+        now = self.clock.time()
+        for prober in self.probers:
+            info = self.budget.pause_info(prober.name)
+            if info is not None and info.until > now:
+                log.warning(
+                    "paused after a 429 until %s UTC (%s): this credential's probes wait for it",
+                    time.strftime("%H:%M:%S", time.gmtime(info.until)),
+                    info.describe(),
+                    extra={"credential": prober.name},
+                )
 
     async def _cycle(self, prober: CredentialProber) -> list[ProbeResult]:
         await prober.probe_token()

@@ -1,4 +1,4 @@
-"""The 429 pause on /metrics: when it ends, which window it assumes, and why."""
+"""The 429 pause on /metrics (when it ends, which window, why) and what it holds up."""
 
 from __future__ import annotations
 
@@ -83,3 +83,28 @@ async def test_tenant_series_only_with_tenant_scope() -> None:
     finally:
         await agent.stop()
         await scoped.stop()
+
+
+async def test_a_paused_credential_holds_no_shared_probe_slot() -> None:
+    import asyncio
+
+    from agent.runtime import PausedAwareSlots
+
+    clock = FakeClock()
+    agent = make_agent(clock)
+    try:
+        shared = asyncio.Semaphore(1)
+        msp, org = (PausedAwareSlots(shared, p.client) for p in agent.probers)
+        length = agent.budget.pause("msp", None)  # an escalation pause: over a minute
+        waiting = asyncio.create_task(msp.acquire())
+        await asyncio.sleep(0)
+        await asyncio.wait_for(org.acquire(), 1)  # the only slot: not taken by paused msp
+        org.release()
+        assert not waiting.done()
+        await clock.advance(length + 0.1)
+        await asyncio.wait_for(waiting, 1)
+        assert shared.locked()
+        msp.release()
+        assert not shared.locked()
+    finally:
+        await agent.stop()
