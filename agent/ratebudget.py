@@ -561,9 +561,9 @@ class RateBudget:
         """The busiest tenant's window counts and the paused tenants of ``credential``.
 
         Tenants whose windows have all emptied (and that are not paused or waited on) are
-        forgotten here, so tenants that left the list do not keep their ledgers. A scan of
-        10,000 ledgers takes tens of milliseconds, so a summary up to ``max_age`` seconds old is
-        reused (a scrape and a ``/status`` view share it).
+        forgotten here, with their 429 streak, so tenants that left the list do not keep their
+        ledgers. A scan of 10,000 ledgers takes tens of milliseconds, so a summary up to
+        ``max_age`` seconds old is reused (a scrape and a ``/status`` view share it).
         """
         cached = self._summaries.get(credential)
         mono = self._clock.monotonic()
@@ -586,11 +586,15 @@ class RateBudget:
                     top[window] = count
             if cred.paused_until > now:
                 paused += 1
-            elif not any(counts.values()) and not cred.waiters and cred.streak == 0:
+            elif not any(counts.values()) and not cred.waiters:
                 idle.append(tenant_id)
         for tenant_id in idle:
-            del ledgers[tenant_id]
-            del self._credentials[tenant_key(credential, tenant_id)]
+            key = tenant_key(credential, tenant_id)
+            cred = ledgers.pop(tenant_id)
+            del self._credentials[key]
+            if cred.streak:  # a day without a call: the next 429 starts the ladder over
+                cred.streak = 0
+                self._save_pause(key, cred)
         return TenantBudgets(max_calls=top, paused=paused, tenants=len(ledgers))
 
     def _escalation_pause(self, cred: _Credential, window: str, now: float) -> float:
