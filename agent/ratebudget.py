@@ -83,6 +83,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import dataclasses
 import email.utils
 import heapq
 import itertools
@@ -513,8 +514,10 @@ class RateBudget:
         now = self._clock.time()
         last = cred.last_pause
         if sent_at is not None and last is not None and sent_at <= last.started:
-            if retry_after is not None and retry_after >= 0:
-                cred.paused_until = max(cred.paused_until, now + _clamp(retry_after))
+            if retry_after is not None and now + _clamp(retry_after) > cred.paused_until:
+                cred.paused_until = now + _clamp(retry_after)
+                cred.last_pause = dataclasses.replace(last, until=cred.paused_until)
+                self._save_pause(credential, cred)
             return max(0.0, cred.paused_until - now)
         cred.streak += 1
         cred.pauses += 1

@@ -436,6 +436,7 @@ async def test_429s_of_calls_in_flight_together_are_one_pause_not_an_escalation(
     assert budget.pauses_total("msp") == 1
     budget.pause("msp", 600.0, sent_at=sent)  # a late Retry-After may still lengthen it
     assert budget.paused_until("msp") == pytest.approx(clock.time() + 600.0)
+    assert budget.pause_info("msp").until == budget.paused_until("msp")  # type: ignore[union-attr]
 
 
 async def test_no_call_is_admitted_during_an_escalation_pause() -> None:
