@@ -90,6 +90,7 @@ import itertools
 import logging
 import math
 import random
+import time
 from array import array
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -323,6 +324,11 @@ class PauseInfo:
     window: str
     reason: str
     consecutive: int
+
+    def until_text(self, now: float) -> str:
+        """``14:05:41 UTC``, with the date in front when the pause ends on another UTC day."""
+        fmt = "%H:%M:%S" if _utc_day(self.until) == _utc_day(now) else "%Y-%m-%d %H:%M:%S"
+        return time.strftime(fmt, time.gmtime(self.until)) + " UTC"
 
     def describe(self) -> str:
         """Why, in words: "2nd 429 in a row without Retry-After, assuming the 1h window is
@@ -733,6 +739,10 @@ CREATE TABLE IF NOT EXISTS rate_pauses (
     PRIMARY KEY (owner, key)
 ) WITHOUT ROWID;
 """
+
+
+def _utc_day(ts: float) -> int:
+    return math.floor(ts / 86400)
 
 
 def _clamp(retry_after: float) -> float:

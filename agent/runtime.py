@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import time
 from collections.abc import Sequence
 from typing import Literal
 
@@ -264,8 +263,8 @@ class Agent:
             info = self.budget.pause_info(prober.name)
             if info is not None and info.until > now:
                 log.warning(
-                    "paused after a 429 until %s UTC (%s): this credential's probes wait for it",
-                    time.strftime("%H:%M:%S", time.gmtime(info.until)),
+                    "paused after a 429 until %s (%s): this credential's probes wait for it",
+                    info.until_text(now),
                     info.describe(),
                     extra={"credential": prober.name},
                 )

@@ -9,7 +9,6 @@ meta refresh so the page can stay open on a wall screen.
 from __future__ import annotations
 
 import html
-import time
 from typing import TYPE_CHECKING
 
 from agent import __version__
@@ -85,10 +84,10 @@ def _pause_line(agent: Agent, credential: str) -> str:
     parts: list[str] = []
     info = agent.budget.pause_info(credential)
     if info is not None and info.until > now:
-        until = time.strftime("%H:%M:%S", time.gmtime(info.until))
         parts.append(
             f"<p class='fail pause' data-window='{html.escape(info.window)}' "
-            f"data-reason='{html.escape(info.reason)}'>Rate limited: paused until {until} UTC: "
+            f"data-reason='{html.escape(info.reason)}'>Rate limited: paused until "
+            f"{info.until_text(now)}: "
             f"{html.escape(info.describe())}.</p>"
         )
     if agent.tenant_scope:

@@ -649,3 +649,16 @@ async def test_tenant_calls_are_persisted_to_the_hour_and_restored_into_the_day(
         restarted = RateBudget({**DEFAULT_LIMITS, "1s": 100}, 0.1, clock, store=store)
         assert restarted.calls(key) == {"1s": 0, "1m": 0, "1h": 0, "1d": 3}
         assert restarted.calls("msp")["1m"] == 1
+
+
+def test_the_end_of_a_pause_is_shown_with_its_date_only_when_it_is_not_today() -> None:
+    clock = FakeClock(start=T_2300)  # 2023-11-14 23:00:00 UTC
+    budget = make_budget(clock)
+    budget.pause("msp", 30.0)
+    info = budget.pause_info("msp")
+    assert info is not None
+    assert info.until_text(clock.time()) == "23:00:30 UTC"
+    budget.pause("other", 7200.0)
+    info = budget.pause_info("other")
+    assert info is not None
+    assert info.until_text(clock.time()) == "2023-11-15 01:00:00 UTC"
