@@ -118,12 +118,14 @@ def plan_probe_period(
     span: Mapping[str, float] | None = None,
     per_tenant: bool = False,
     calls_per_probe: int = 1,
+    tenant_allowance: Mapping[str, int] | None = None,
 ) -> Plan:
     """Plan one credential's probing; ``tenants``, ``pages`` and ``allowance`` are this shard's.
 
     ``span`` is how long a call occupies each window's ledger (``RateBudget.hold_seconds``'s upper
     bound); without it, the bare window length. ``per_tenant`` plans for tenant-scoped windows,
-    where each probe round of a tenant costs ``calls_per_probe`` calls of its own windows.
+    where each probe round of a tenant costs ``calls_per_probe`` calls of its own windows, each
+    allowing ``tenant_allowance`` (default: ``allowance``; a shard's tenant windows are whole).
     """
     _validate(tenants, probe_interval, token_probe_interval, tenant_refresh_interval, headroom)
     spans = {w: float(WINDOW_SECONDS[w]) for w in allowance}
@@ -135,6 +137,7 @@ def plan_probe_period(
     tightest = min(capacity, key=lambda w: capacity[w]) if capacity else None
     cap = capacity[tightest] if tightest is not None else math.inf
     if per_tenant:
+        own = allowance if tenant_allowance is None else tenant_allowance
         return _plan_per_tenant(
             tenants=tenants,
             probe_interval=probe_interval,
@@ -142,9 +145,11 @@ def plan_probe_period(
             per_refresh=per_refresh,
             fixed=fixed,
             capacity=capacity,
+            tenant_capacity={w: a * (1 - headroom) / spans[w] for w, a in own.items()},
             calls_per_probe=calls_per_probe,
             headroom=headroom,
             allowance=allowance,
+            tenant_allowance=own,
         )
 
     refresh, period = tenant_refresh_interval, probe_interval
@@ -191,15 +196,18 @@ def _plan_per_tenant(
     per_refresh: int,
     fixed: float,
     capacity: Mapping[str, float],
+    tenant_capacity: Mapping[str, float],
     calls_per_probe: int,
     headroom: float,
     allowance: Mapping[str, int],
+    tenant_allowance: Mapping[str, int],
 ) -> Plan:
     """Tenant scope: the tenant's own windows bound its period; the credential's windows carry
     the token probes, renewals and the tenant list only."""
+    own_tightest = min(tenant_capacity, key=lambda w: tenant_capacity[w])
+    period = max(probe_interval, calls_per_probe / tenant_capacity[own_tightest])
     tightest = min(capacity, key=lambda w: capacity[w]) if capacity else None
     cap = capacity[tightest] if tightest is not None else math.inf
-    period = max(probe_interval, calls_per_probe / cap)
     refresh = tenant_refresh_interval
     overhead_fits = cap > fixed
     if not overhead_fits:
@@ -209,18 +217,19 @@ def _plan_per_tenant(
     rate = fixed + per_refresh / refresh
     stretched = period > probe_interval
     refresh_stretched = refresh > tenant_refresh_interval
-    binding = tightest if (stretched or refresh_stretched or not overhead_fits) else None
-    w = binding
-    if w is None:
+    credential_bound = refresh_stretched or not overhead_fits
+    binding = own_tightest if stretched else tightest if credential_bound else None
+    if binding is None:
         message = f"probe period {_human(period)} for {tenants} tenants (per-tenant windows)"
     else:
         changes = []
         if stretched:
             changes.append(
                 f"probe_interval {_human(probe_interval)} stretched to {_human(period)}: each "
-                f"tenant's own {w} window allows {allowance[w]} calls (budget_share x limit) "
-                f"and a probe round costs {calls_per_probe}"
+                f"tenant's own {own_tightest} window allows {tenant_allowance[own_tightest]} "
+                f"calls (budget_share x limit) and a probe round costs {calls_per_probe}"
             )
+        w = tightest or own_tightest
         if refresh_stretched:
             changes.append(
                 f"tenant_refresh_interval {_human(tenant_refresh_interval)} stretched to "

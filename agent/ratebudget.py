@@ -372,6 +372,9 @@ class RateBudget:
     """Window accounting, priority admission and 429 pauses, one ledger per credential.
 
     ``budget_share`` is this process's share: a shard passes ``budget_share / total_shards``.
+    ``tenant_share`` is the share of a tenant key's windows (default: ``budget_share``): a tenant
+    belongs to one shard only, so with ``rate_limit_scope: tenant`` a shard passes the whole
+    ``budget_share`` here.
     With a ``store`` every admitted call is written to the state file under ``owner`` and the
     owner's calls of the last day are loaded now, so a restart neither forgets the day's calls nor
     bursts past the minute allowance.
@@ -387,10 +390,16 @@ class RateBudget:
         *,
         margin: float = MARGIN_SECONDS,
         rng: random.Random | None = None,
+        tenant_share: float | None = None,
     ) -> None:
         _validate(limits, budget_share, margin)
+        if tenant_share is not None:
+            _validate(limits, tenant_share, margin)
         self._limits = dict(limits)
         self._allowance = allowance_for(limits, budget_share)
+        self._tenant_allowance = (
+            self._allowance if tenant_share is None else allowance_for(limits, tenant_share)
+        )
         self._clock = clock
         self._store = store
         self._owner = owner
@@ -414,6 +423,11 @@ class RateBudget:
     def allowance(self) -> dict[str, int]:
         """The agent's own ceiling per window."""
         return dict(self._allowance)
+
+    @property
+    def tenant_allowance(self) -> dict[str, int]:
+        """The agent's own ceiling per window of one tenant key (``rate_limit_scope: tenant``)."""
+        return dict(self._tenant_allowance)
 
     @property
     def margin(self) -> float:
@@ -633,8 +647,9 @@ class RateBudget:
 
     def _wait_time(self, cred: _Credential, now: float) -> float:
         wait = cred.paused_until - now
+        allowance = self._allowance if cred.log is not None else self._tenant_allowance
         for window, counter in cred.windows.items():
-            wait = max(wait, counter.wait_for_room(now, self._allowance[window]))
+            wait = max(wait, counter.wait_for_room(now, allowance[window]))
         return wait
 
     def _record(self, credential: str, cred: _Credential, now: float) -> None:

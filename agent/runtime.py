@@ -114,6 +114,7 @@ class Agent:
             self.clock,
             store=self.state_file,
             owner=self.owner,
+            tenant_share=settings.budget_share,  # a tenant belongs to one shard only
         )
         self.guard = ErrorCodeGuard()
         self.metrics = AgentMetrics(
@@ -226,6 +227,7 @@ class Agent:
             allowance=self.budget.allowance,
             span={w: self.budget.hold_seconds(w)[1] for w in self.budget.limits},
             per_tenant=self.tenant_scope,
+            tenant_allowance=self.budget.tenant_allowance,
         )
         previous = self.plans.get(prober.name)
         self.plans[prober.name] = plan

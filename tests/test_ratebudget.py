@@ -662,3 +662,20 @@ def test_the_end_of_a_pause_is_shown_with_its_date_only_when_it_is_not_today() -
     info = budget.pause_info("other")
     assert info is not None
     assert info.until_text(clock.time()) == "2023-11-15 01:00:00 UTC"
+
+
+async def test_a_shards_tenant_windows_get_the_whole_share_its_credential_windows_a_part() -> None:
+    clock = FakeClock()
+    limits = {**DEFAULT_LIMITS, "1s": 1000}
+    budget = RateBudget(limits, 0.1 / 4, clock, tenant_share=0.1)  # shard 1 of 4
+    assert budget.allowance["1m"] == 2 and budget.tenant_allowance["1m"] == 10
+    for _ in range(10):
+        await asyncio.wait_for(budget.acquire(tenant_key("msp", "t-1")), 1)
+    for _ in range(2):
+        await asyncio.wait_for(budget.acquire("msp"), 1)
+    third = asyncio.create_task(budget.acquire("msp"))
+    eleventh = asyncio.create_task(budget.acquire(tenant_key("msp", "t-1")))
+    await settle()
+    assert not third.done() and not eleventh.done()
+    third.cancel()
+    eleventh.cancel()
