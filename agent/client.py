@@ -23,7 +23,12 @@ from agent.config import Credential, Settings
 from agent.families import TENANT, Family, ProbeSpec, resolve
 from agent.hosts import HostNotAllowed, HostPolicy
 from agent.logs import REDACTOR
-from agent.ratebudget import PRIORITY_CREDENTIAL, PRIORITY_TENANT, parse_retry_after
+from agent.ratebudget import (
+    PRIORITY_CREDENTIAL,
+    PRIORITY_TENANT,
+    parse_retry_after,
+    tenant_key,
+)
 from agent.sophos import (
     TENANT_PAGE_SIZE,
     InvalidResponse,
@@ -46,9 +51,13 @@ class Admission(Protocol):
 
     async def acquire(self, credential: str, priority: int = ...) -> None: ...
 
-    def pause(self, credential: str, retry_after: float | None) -> float: ...
+    def pause(
+        self, credential: str, retry_after: float | None = None, sent_at: float | None = None
+    ) -> float: ...
 
-    def note_success(self, credential: str) -> None: ...
+    def note_success(self, credential: str, sent_at: float | None = None) -> None: ...
+
+    def paused_until(self, credential: str) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -293,7 +302,8 @@ class SophosClient:
         priority: int,
     ) -> tuple[Outcome, bytes, bool]:
         """One admitted request; the flag says the connection dropped before any response."""
-        await self._budget.acquire(self._budget_key, priority)
+        key = self._budget_key_for(tenant_id)
+        await self._budget.acquire(key, priority)
         stale = False
         started_wall = self._clock.time()
         started = self._clock.monotonic()
@@ -310,7 +320,7 @@ class SophosClient:
         finally:
             self.in_flight -= 1
         duration = self._clock.monotonic() - started
-        self._after_call(outcome)
+        self._after_call(key, outcome, started_wall)
         record = CallRecord(
             credential=self.name,
             tenant_id=tenant_id,
@@ -342,16 +352,36 @@ class SophosClient:
                     break
             return response.status_code, dict(response.headers), b"".join(chunks)[:cap]
 
-    def _after_call(self, outcome: Outcome) -> None:
+    def _budget_key_for(self, tenant_id: str) -> str:
+        """Whose rate windows a call counts against (``rate_limit_scope``).
+
+        Credential scope: every call, the credential's. Tenant scope: a call that carries
+        X-Tenant-ID (``tenant_id`` set) its tenant's own windows; token, whoami and the tenant
+        list stay on the credential's.
+        """
+        if tenant_id and self.settings.rate_limit_scope == "tenant":
+            return tenant_key(self._budget_key, tenant_id)
+        return self._budget_key
+
+    async def wait_while_paused(self, tenant_id: str = "") -> None:
+        """Return once no 429 pause holds the calls of ``tenant_id`` (or the credential's).
+
+        Admission waits out a pause anyway; a caller that holds a resource shared with other
+        credentials (the scheduler's concurrency limit) waits here first, so that a credential
+        paused for an hour does not keep the other credentials' probes from running.
+        """
+        key = self._budget_key_for(tenant_id)
+        while (left := self._budget.paused_until(key) - self._clock.time()) > 0:
+            await self._clock.sleep(left)
+
+    def _after_call(self, key: str, outcome: Outcome, sent_at: float) -> None:
+        """A 429 pauses the key (the budget logs it, with the window it assumes); any other
+        answer below 500 ends the escalation of 429s."""
         if outcome.status_code == 429:
             wait = parse_retry_after(outcome.retry_after, self._clock.time())
-            pause = self._budget.pause(self._budget_key, wait)
-            log.warning(
-                "rate limited by Sophos Central; pausing this credential",
-                extra={"credential": self.name, "pause_seconds": round(pause, 3)},
-            )
+            self._budget.pause(key, wait, sent_at)
         elif outcome.answered and outcome.status_code < 500:
-            self._budget.note_success(self._budget_key)
+            self._budget.note_success(key, sent_at)
 
 
 def _dropped_before_response(exc: BaseException) -> bool:

@@ -218,6 +218,7 @@ class Settings(BaseSettings):
     log_format: Literal["logfmt", "json"] = "logfmt"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     web_listen_address: str = ":9866"
+    rate_limit_scope: Literal["credential", "tenant"] = "credential"
     credentials: list[Credential] = Field(min_length=1)
 
     @classmethod

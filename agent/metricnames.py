@@ -26,6 +26,10 @@ PROBE_DURATION_SECONDS = "sophos_central_probe_duration_seconds"
 API_REQUESTS_IN_FLIGHT = "sophos_central_api_requests_in_flight"
 TENANT_REFRESH_INTERVAL_SECONDS = "sophos_central_tenant_refresh_interval_seconds"
 PROBE_CONSECUTIVE_FAILURES = "sophos_central_probe_consecutive_failures"
+RATE_LIMIT_PAUSED_UNTIL = "sophos_central_rate_limit_paused_until_timestamp_seconds"
+RATE_LIMIT_PAUSE_INFO = "sophos_central_rate_limit_pause_info"
+RATE_LIMIT_TENANT_MAX_UTILIZATION_RATIO = "sophos_central_rate_limit_tenant_max_utilization_ratio"
+RATE_LIMIT_PAUSED_TENANTS = "sophos_central_rate_limit_paused_tenants"
 
 CONTRACT_METRICS = (
     API_REQUESTS_TOTAL,

@@ -31,6 +31,7 @@ from agent.classify import ErrorCodeGuard
 from agent.client import CallRecord
 from agent.diagnosis import SKIP_CAUSES
 from agent.probes import CredentialState, ProbeResult
+from agent.ratebudget import PauseInfo, TenantBudgets
 from agent.sophos import Tenant, Token, WhoAmI
 
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -70,6 +71,26 @@ HELP: dict[str, tuple[str, str]] = {
     ),
     m.RATE_LIMIT_UTILIZATION_RATIO: ("gauge", "Calls in the trailing window / the window's limit."),
     m.RATE_LIMIT_PAUSES_TOTAL: ("counter", "Pauses of the credential after a 429 answer."),
+    m.RATE_LIMIT_PAUSED_UNTIL: (
+        "gauge",
+        "When the credential's last 429 pause ends or ended (Unix time; 0: never paused). No "
+        "call is made before it.",
+    ),
+    m.RATE_LIMIT_PAUSE_INFO: (
+        "gauge",
+        "The credential's last 429 pause: the window assumed exhausted ('none' when Retry-After "
+        "gave the length) and why ('retry_after', or 'escalation' when 429s came without "
+        "Retry-After); 1 while the pause runs, 0 after it ended.",
+    ),
+    m.RATE_LIMIT_TENANT_MAX_UTILIZATION_RATIO: (
+        "gauge",
+        "With rate_limit_scope tenant: the busiest tenant's calls in the trailing window / the "
+        "window's limit (as admission counts them, up to 1 s and 1 % of the window longer).",
+    ),
+    m.RATE_LIMIT_PAUSED_TENANTS: (
+        "gauge",
+        "With rate_limit_scope tenant: tenants of the credential in a 429 pause now.",
+    ),
     m.API_REQUESTS_IN_FLIGHT: (
         "gauge",
         "Calls admitted by the rate budget and not answered yet (they already count in "
@@ -185,6 +206,8 @@ class CredentialView:
     ``window_calls`` are the calls made in each trailing window, exact at the window's edges
     (``RateBudget.exact_calls``); without them the budget's own ``calls`` are shown.
     ``refresh_interval`` is the effective tenant-refresh interval, not exported when None.
+    ``pause`` is the credential's last 429 pause (``now`` tells whether it still runs);
+    ``tenant_budgets`` the per-tenant windows, only with ``rate_limit_scope: tenant``.
     """
 
     state: CredentialState
@@ -195,6 +218,9 @@ class CredentialView:
     in_flight: int = 0
     refresh_interval: float | None = None
     window_calls: Mapping[str, int] | None = None
+    pause: PauseInfo | None = None
+    tenant_budgets: TenantBudgets | None = None
+    now: float = 0.0
 
 
 class AgentMetrics:
@@ -443,6 +469,60 @@ def _render_budget(out: list[bytes], views: list[CredentialView], budget: Budget
             f"{m.RATE_LIMIT_PAUSES_TOTAL}{labels(credential=v.state.name)} "
             f"{budget.pauses_total(v.budget_key)}\n"
             for v in views
+        ),
+    )
+    _render_pauses(out, views)
+    _render_tenant_budgets(out, views, budget)
+
+
+def _render_pauses(out: list[bytes], views: list[CredentialView]) -> None:
+    """When the last 429 pause ends, and which window it assumed exhausted and why."""
+    _family(
+        out,
+        m.RATE_LIMIT_PAUSED_UNTIL,
+        (
+            f"{m.RATE_LIMIT_PAUSED_UNTIL}{labels(credential=v.state.name)} "
+            f"{fmt(v.pause.until if v.pause is not None else 0)}\n"
+            for v in views
+        ),
+    )
+    _family(
+        out,
+        m.RATE_LIMIT_PAUSE_INFO,
+        (
+            f"{m.RATE_LIMIT_PAUSE_INFO}"
+            f"{labels(credential=v.state.name, window=v.pause.window, reason=v.pause.reason)} "
+            f"{1 if v.pause.until > v.now else 0}\n"
+            for v in views
+            if v.pause is not None
+        ),
+    )
+
+
+def _render_tenant_budgets(
+    out: list[bytes], views: list[CredentialView], budget: BudgetView
+) -> None:
+    """Per-tenant windows, summed up: one series per credential and window, not per tenant
+    (10,000 tenants x 4 windows would be 40,000 series that nobody graphs)."""
+    scoped = [v for v in views if v.tenant_budgets is not None]
+    if not scoped:
+        return
+    lines: list[str] = []
+    for v in scoped:
+        assert v.tenant_budgets is not None
+        for window in m.WINDOWS:
+            used = v.tenant_budgets.max_calls.get(window, 0)
+            ratio = used / max(1, budget.limits[window])
+            lbl = labels(credential=v.state.name, window=window)
+            lines.append(f"{m.RATE_LIMIT_TENANT_MAX_UTILIZATION_RATIO}{lbl} {fmt(ratio)}\n")
+    _family(out, m.RATE_LIMIT_TENANT_MAX_UTILIZATION_RATIO, lines)
+    _family(
+        out,
+        m.RATE_LIMIT_PAUSED_TENANTS,
+        (
+            f"{m.RATE_LIMIT_PAUSED_TENANTS}{labels(credential=v.state.name)} "
+            f"{v.tenant_budgets.paused if v.tenant_budgets is not None else 0}\n"
+            for v in scoped
         ),
     )
 

@@ -32,6 +32,12 @@ plan makes sure the sustained rate does not queue up without end and that the ex
 the one that really happens. The headroom is small (5 %) because the admission control, not the
 plan, is what keeps the windows; a larger one would only leave capacity unused.
 
+With ``rate_limit_scope: tenant`` (``per_tenant=True``) the windows are not shared: a tenant's
+probes count against the tenant's own windows and the credential's windows carry only the
+credential-level calls. Then the period is bounded by one tenant's own allowance
+(``families / period <= tenant capacity``), not divided by the number of tenants, and only
+the tenant list is stretched to fit the credential's windows (no tenant gives way for it).
+
 The planner also gives the start offsets (``spread_offsets``) because it is what decides the shape
 of the schedule: tenants start evenly spread over one period instead of all at once.
 """
@@ -81,6 +87,8 @@ class Plan:
     message: str
     tenants: int = 0
     allowance: dict[str, int] = field(default_factory=dict)
+    families: int = 1
+    per_tenant: bool = False
 
     def explain(self) -> str:
         """The period and why it is what it is, in one line for users (status page, ``check``,
@@ -98,10 +106,16 @@ class Plan:
                 f"stretched to fit the rate budget: {allowed}, and token probes and renewals "
                 "alone need more (raise budget_share or token_probe_interval)"
             )
+        probes = f"{self.families} probe{'s' if self.families != 1 else ''}"
+        asks = f"probe_interval asks for {human_duration(self.requested)}"
+        if self.per_tenant:
+            return (
+                f"stretched to fit each tenant's own rate budget: {allowed} per tenant for "
+                f"{probes} ({asks}; raise budget_share to probe more often)"
+            )
         return (
-            f"stretched to fit the rate budget: {allowed} for {self.tenants} tenants x 1 probe "
-            f"(probe_interval asks for {human_duration(self.requested)}; raise budget_share to "
-            "probe more often)"
+            f"stretched to fit the rate budget: {allowed} for {self.tenants} tenants x {probes} "
+            f"({asks}; raise budget_share to probe more often)"
         )
 
 
@@ -152,12 +166,17 @@ def plan_probe_period(
     token_renewal_interval: float = TOKEN_RENEWAL_SECONDS,
     span: Mapping[str, float] | None = None,
     families: int = 1,
+    per_tenant: bool = False,
+    tenant_allowance: Mapping[str, int] | None = None,
 ) -> Plan:
     """Plan one credential's probing; ``tenants``, ``pages`` and ``allowance`` are this shard's.
 
     ``span`` is how long a call occupies each window's ledger (``RateBudget.hold_seconds``'s upper
     bound); without it, the bare window length. ``families`` is the number of per-tenant probes
-    (``tenant_probes``): every tenant costs that many calls per period.
+    (``tenant_probes``): every tenant costs that many calls per period. ``per_tenant`` plans for
+    tenant-scoped windows (``rate_limit_scope: tenant``), where each probe round of a tenant costs
+    ``families`` calls of its own windows, each allowing ``tenant_allowance`` (default:
+    ``allowance``; a shard's tenant windows are whole).
     """
     _validate(tenants, probe_interval, token_probe_interval, tenant_refresh_interval, headroom)
     if families < 1:
@@ -172,6 +191,21 @@ def plan_probe_period(
     per_refresh = 1 + tenant_list_pages
     tightest = min(capacity, key=lambda w: capacity[w]) if capacity else None
     cap = capacity[tightest] if tightest is not None else math.inf
+    if per_tenant:
+        own = allowance if tenant_allowance is None else tenant_allowance
+        return _plan_per_tenant(
+            tenants=probed,
+            probe_interval=probe_interval,
+            tenant_refresh_interval=tenant_refresh_interval,
+            per_refresh=per_refresh,
+            fixed=fixed,
+            capacity=capacity,
+            tenant_capacity={w: a * (1 - headroom) / spans[w] for w, a in own.items()},
+            calls_per_probe=families,
+            headroom=headroom,
+            allowance=allowance,
+            tenant_allowance=own,
+        )
 
     refresh, period = tenant_refresh_interval, probe_interval
     left = cap - fixed
@@ -204,11 +238,88 @@ def plan_probe_period(
         expected={w: (rate + tenants / period) * WINDOW_SECONDS[w] for w in allowance},
         usable={w: capacity[w] * WINDOW_SECONDS[w] for w in allowance},
         message="",
-        tenants=tenants,
+        tenants=probed,
         allowance=dict(allowance),
+        families=families,
     )
     message = _message(plan, probed, allowance, headroom, tenant_list_pages, fixed, families)
     return dataclasses.replace(plan, message=message)
+
+
+def _plan_per_tenant(
+    *,
+    tenants: int,
+    probe_interval: float,
+    tenant_refresh_interval: float,
+    per_refresh: int,
+    fixed: float,
+    capacity: Mapping[str, float],
+    tenant_capacity: Mapping[str, float],
+    calls_per_probe: int,
+    headroom: float,
+    allowance: Mapping[str, int],
+    tenant_allowance: Mapping[str, int],
+) -> Plan:
+    """Tenant scope: the tenant's own windows bound its period; the credential's windows carry
+    the token probes, renewals and the tenant list only."""
+    own_tightest = min(tenant_capacity, key=lambda w: tenant_capacity[w])
+    period = max(probe_interval, calls_per_probe / tenant_capacity[own_tightest])
+    tightest = min(capacity, key=lambda w: capacity[w]) if capacity else None
+    cap = capacity[tightest] if tightest is not None else math.inf
+    refresh = tenant_refresh_interval
+    overhead_fits = cap > fixed
+    if not overhead_fits:
+        refresh = max(refresh, per_refresh / (REFRESH_SHARE * cap))
+    elif fixed + per_refresh / refresh > cap:
+        refresh = per_refresh / (cap - fixed)
+    rate = fixed + per_refresh / refresh
+    stretched = period > probe_interval
+    refresh_stretched = refresh > tenant_refresh_interval
+    credential_bound = refresh_stretched or not overhead_fits
+    binding = own_tightest if stretched else tightest if credential_bound else None
+    if binding is None:
+        message = f"probe period {_human(period)} for {tenants} tenants (per-tenant windows)"
+    else:
+        changes = []
+        if stretched:
+            changes.append(
+                f"probe_interval {_human(probe_interval)} stretched to {_human(period)}: each "
+                f"tenant's own {own_tightest} window allows {tenant_allowance[own_tightest]} "
+                f"calls (budget_share x limit) and a probe round costs {calls_per_probe}"
+            )
+        w = tightest or own_tightest
+        if refresh_stretched:
+            changes.append(
+                f"tenant_refresh_interval {_human(tenant_refresh_interval)} stretched to "
+                f"{_human(refresh)} to fit the credential's own {w} window "
+                f"({per_refresh} calls per refresh)"
+            )
+        if not overhead_fits:
+            changes.append(
+                f"token probes and renewals alone need {fixed * WINDOW_SECONDS[w]:.1f} calls "
+                f"per {w}; raise token_probe_interval or budget_share"
+            )
+        message = (
+            "; ".join(changes) + f" ({headroom:.0%} headroom); raise budget_share or rate_limits"
+        )
+    return Plan(
+        period=period,
+        requested=probe_interval,
+        stretched=stretched,
+        refresh_interval=refresh,
+        refresh_requested=tenant_refresh_interval,
+        refresh_stretched=refresh_stretched,
+        binding_window=binding,
+        overhead_fits=overhead_fits,
+        overhead={w: rate * WINDOW_SECONDS[w] for w in allowance},
+        expected={w: rate * WINDOW_SECONDS[w] for w in allowance},
+        usable={w: capacity[w] * WINDOW_SECONDS[w] for w in allowance},
+        message=message,
+        tenants=tenants,
+        allowance=dict(tenant_allowance if stretched else allowance),
+        families=calls_per_probe,
+        per_tenant=True,
+    )
 
 
 def spread_offsets(n: int, period: float) -> list[float]:

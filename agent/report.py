@@ -98,6 +98,16 @@ class WindowUse:
 
 
 @dataclass(frozen=True)
+class Pause:
+    """A 429 pause that is running now: until when, and which window the agent assumes full."""
+
+    until: str
+    why: str
+    window: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class CredentialReport:
     name: str
     identity: str
@@ -110,6 +120,8 @@ class CredentialReport:
     groups: list[CauseGroup]
     healthy: list[Row]
     windows: list[WindowUse]
+    pause: Pause | None = None
+    scope_note: str = ""
 
     def all_rows(self) -> list[Row]:
         """Every probe of the credential: the failing token (shown on its own), groups, healthy."""
@@ -184,6 +196,9 @@ def _attention(creds: list[CredentialReport]) -> list[Attention]:
     """Failures only (business state and not-run are counted, not listed): token first."""
     lines: list[Attention] = []
     for cred in creds:
+        if cred.pause is not None:
+            what = f"paused until {cred.pause.until}: {cred.pause.why}"
+            lines.append(Attention(cred.name, "rate_limited", 1, what, [], pause_anchor(cred.name)))
         if cred.token_failed and cred.token is not None:
             what = f"token issuance fails ({cred.token.status}); nothing else is run"
             anchor = token_anchor(cred.name)
@@ -207,6 +222,10 @@ def _who(row: Row) -> str:
 
 def token_anchor(credential: str) -> str:
     return f"{credential}--token"
+
+
+def pause_anchor(credential: str) -> str:
+    return f"{credential}--pause"
 
 
 def _credential(agent: Agent, state: CredentialState, now: float) -> CredentialReport:
@@ -233,6 +252,28 @@ def _credential(agent: Agent, state: CredentialState, now: float) -> CredentialR
         ),
         healthy=[r for r in rows if r.kind == "ok"],
         windows=_windows(agent, state.name),
+        pause=_pause(agent, state.name, now),
+        scope_note=_scope_note(agent, state.name),
+    )
+
+
+def _pause(agent: Agent, credential: str, now: float) -> Pause | None:
+    info = agent.budget.pause_info(credential)
+    if info is None or info.until <= now:
+        return None
+    return Pause(info.until_text(now), info.describe(), info.window, info.reason)
+
+
+def _scope_note(agent: Agent, credential: str) -> str:
+    """With per-tenant rate windows, the table shows credential-level calls only: say so."""
+    if not agent.tenant_scope:
+        return ""
+    summary = agent.budget.tenant_budgets(credential)
+    paused = f"; {summary.paused} paused after a 429" if summary.paused else ""
+    return (
+        "Rate windows counted per tenant (rate_limit_scope: tenant): "
+        f"{summary.tenants} tenant ledgers{paused}; "
+        "the table holds the credential-level calls only."
     )
 
 

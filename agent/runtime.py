@@ -11,6 +11,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import Sequence
+from typing import Literal
 
 import httpx
 import prometheus_client
@@ -61,6 +62,30 @@ class ListingPages:
         return self._last.get(credential)
 
 
+class PausedAwareSlots(asyncio.Semaphore):
+    """The agent's shared concurrency limit as one credential's schedule sees it.
+
+    A slot is taken only once the credential is not in a 429 pause: without Retry-After a pause
+    can last an hour or a day, and probes waiting in admission while holding slots would keep
+    every other credential's probes from running. Acquire and release go to the shared limit.
+    """
+
+    def __init__(self, shared: asyncio.Semaphore, client: SophosClient) -> None:
+        super().__init__(0)
+        self._shared = shared
+        self._client = client
+
+    async def acquire(self) -> Literal[True]:
+        await self._client.wait_while_paused()
+        return await self._shared.acquire()
+
+    def release(self) -> None:
+        self._shared.release()
+
+    def locked(self) -> bool:
+        return self._shared.locked()
+
+
 class Agent:
     """The exporter's moving parts for one configuration.
 
@@ -89,6 +114,7 @@ class Agent:
             self.clock,
             store=self.state_file,
             owner=self.owner,
+            tenant_share=settings.budget_share,  # a tenant belongs to one shard only
         )
         self.guard = ErrorCodeGuard()
         self.metrics = AgentMetrics(
@@ -139,7 +165,7 @@ class Agent:
                 self.clock,
                 period=functools.partial(self.period, prober.name),
                 on_refresh=self._after_refresh,
-                semaphore=self._semaphore,
+                semaphore=PausedAwareSlots(self._semaphore, prober.client),
                 confirm_interval=self.settings.confirm_interval,
             )
             for prober in self.probers
@@ -166,6 +192,11 @@ class Agent:
     @property
     def ready(self) -> bool:
         return self.scheduler is not None and self.scheduler.ready
+
+    @property
+    def tenant_scope(self) -> bool:
+        """``rate_limit_scope: tenant``: each tenant's calls count against its own windows."""
+        return self.settings.rate_limit_scope == "tenant"
 
     def period(self, credential: str) -> float:
         plan = self.plans.get(credential)
@@ -210,6 +241,8 @@ class Agent:
             allowance=self.budget.allowance,
             span={w: self.budget.hold_seconds(w)[1] for w in self.budget.limits},
             families=len(prober.families),
+            per_tenant=self.tenant_scope,
+            tenant_allowance=self.budget.tenant_allowance,
         )
         previous = self.plans.get(prober.name)
         self.plans[prober.name] = plan
@@ -241,8 +274,22 @@ class Agent:
 
     async def run_cycle(self) -> list[ProbeResult]:
         """Every probe of every credential once, now (the ``check`` command)."""
+        self._warn_paused()
         results = await asyncio.gather(*(self._cycle(p) for p in self.probers))
         return [r for per_credential in results for r in per_credential]
+
+    def _warn_paused(self) -> None:
+        """A 429 pause kept in the state file holds ``check`` too: say so instead of hanging."""
+        now = self.clock.time()
+        for prober in self.probers:
+            info = self.budget.pause_info(prober.name)
+            if info is not None and info.until > now:
+                log.warning(
+                    "paused after a 429 until %s (%s): this credential's probes wait for it",
+                    info.until_text(now),
+                    info.describe(),
+                    extra={"credential": prober.name},
+                )
 
     async def _cycle(self, prober: CredentialProber) -> list[ProbeResult]:
         await prober.probe_token()
@@ -262,6 +309,7 @@ class Agent:
     # -- views -------------------------------------------------------------------------------
 
     def views(self) -> list[CredentialView]:
+        now = self.clock.time()
         return [
             CredentialView(
                 state=p.state,
@@ -272,6 +320,9 @@ class Agent:
                 window_calls=self.budget.exact_calls(p.name),
                 budget_key=p.name,
                 in_flight=p.client.in_flight,
+                pause=self.budget.pause_info(p.name),
+                tenant_budgets=self.budget.tenant_budgets(p.name) if self.tenant_scope else None,
+                now=now,
             )
             for p in self.probers
         ]

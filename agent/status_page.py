@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from markupsafe import Markup, escape
 from starlette.templating import Jinja2Templates
 
-from agent.report import build_report, remedy_parts, token_anchor
+from agent.report import build_report, pause_anchor, remedy_parts, token_anchor
 
 if TYPE_CHECKING:
     from agent.runtime import Agent
@@ -23,7 +23,7 @@ REFRESH_SECONDS = 15
 MAX_OK_ROWS = 500
 
 _TEMPLATES = Jinja2Templates(directory=Path(__file__).with_name("templates"))
-_TEMPLATES.env.globals.update(token_anchor=token_anchor)
+_TEMPLATES.env.globals.update(token_anchor=token_anchor, pause_anchor=pause_anchor)
 
 
 def remedy_html(text: str) -> Markup:

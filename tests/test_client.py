@@ -182,6 +182,64 @@ async def test_429_pauses_only_this_credential_for_retry_after() -> None:
     assert budget.paused_until("other") <= clock.time()
 
 
+SPEC_429 = {
+    "error": "TooManyRequests",
+    "message": "Too many requests.",
+    "correlationId": "6f1f3e0c-3c1e-4c55-9a57-0b7c6f0a2d11",
+    "requestId": "0b8a4c1e-9d55-4f0e-8b7a-3f2d1e6c5a44",
+    "createdAt": "2024-01-15T10:30:00.000Z",
+}
+
+
+async def test_429_without_retry_after_pauses_a_minute_and_logs_the_assumed_window(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/oauth2/token"):
+            return token_response()
+        return httpx.Response(429, json=SPEC_429)
+
+    clock = FakeClock()
+    client, budget = make_client(Recorder(handler), clock)
+    with caplog.at_level("WARNING"):
+        await client.probe_tenant(Tenant(id="t1", name="T", api_host=REGION))
+    info = budget.pause_info("c1")
+    assert info is not None
+    assert (info.window, info.reason, info.consecutive) == ("1m", "escalation", 1)
+    assert 61 <= budget.paused_until("c1") - clock.time() <= 61 * 1.1
+    (warning,) = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert "assuming the 1m window is exhausted" in warning.getMessage()
+    assert warning.retry_after_sent is False  # type: ignore[attr-defined]
+    assert warning.window == "1m"  # type: ignore[attr-defined]
+
+
+async def test_tenant_scope_counts_tenant_calls_against_the_tenants_own_windows() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/oauth2/token"):
+            return token_response()
+        if request.headers.get("X-Tenant-ID") == "t1":
+            return httpx.Response(429, json=SPEC_429)
+        return httpx.Response(200, json={"items": []})
+
+    clock = FakeClock()
+    client, budget = make_client(Recorder(handler), clock, rate_limit_scope="tenant")
+    await client.probe_tenant(Tenant(id="t1", name="T", api_host=REGION))
+    await client.probe_tenant(Tenant(id="t2", name="T2", api_host=REGION))
+    assert budget.calls("c1")["1m"] == 1, "only the token call counts for the credential"
+    assert budget.calls("c1/t2")["1m"] == 1
+    assert budget.paused_until("c1/t1") > clock.time(), "the 429 pauses tenant t1 only"
+    assert budget.paused_until("c1") == 0.0
+    assert budget.tenant_budgets("c1").paused == 1
+
+
+async def test_credential_scope_counts_every_call_against_the_credential() -> None:
+    clock = FakeClock()
+    client, budget = make_client(Recorder(default_handler), clock)
+    await client.probe_tenant(Tenant(id="t1", name="T", api_host=REGION))
+    assert budget.calls("c1")["1m"] == 2
+    assert budget.tenant_budgets("c1").tenants == 0
+
+
 async def test_tenant_list_follows_every_page() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path.endswith("/oauth2/token"):

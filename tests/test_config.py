@@ -55,6 +55,7 @@ INVALID = [
     ("invalid-rate-window.yml", "rate_limits: unknown window '1w'; use 1s, 1m, 1h or 1d"),
     ("invalid-rate-value.yml", "rate_limits: 1m: must be a positive whole number of calls"),
     ("invalid-shard.yml", "shard: must be between 0 and total_shards - 1 (2)"),
+    ("invalid-rate-limit-scope.yml", "rate_limit_scope: Input should be 'credential' or 'tenant'"),
     (
         "invalid-allowed-host.yml",
         "allowed_api_hosts: 'https://*.sophos.com' is not a host name pattern (no scheme, port or "

@@ -659,7 +659,10 @@ def test_status_page_escapes_hostile_tenant_names() -> None:
     state = hostile_state(EXAMPLE_NAMES, ["Forbidden"])
     budget = Budget()
     budget_view = SimpleNamespace(
-        calls=budget.calls, limits=budget.limits, allowance=budget.allowance
+        calls=budget.calls,
+        limits=budget.limits,
+        allowance=budget.allowance,
+        pause_info=lambda _credential: None,
     )
     agent = SimpleNamespace(
         clock=SimpleNamespace(time=lambda: 1_700_000_030.0),
@@ -667,6 +670,7 @@ def test_status_page_escapes_hostile_tenant_names() -> None:
         period=lambda _name: 60.0,
         explain_period=lambda _name: "every 60 s: as configured (probe_interval)",
         budget=budget_view,
+        tenant_scope=False,
     )
     page = render_status_page(agent)  # type: ignore[arg-type]
     page.encode("utf-8")

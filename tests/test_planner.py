@@ -287,3 +287,44 @@ def test_human_duration_says_periods_as_people_do(seconds: float, text: str) -> 
     from agent.planner import human_duration
 
     assert human_duration(seconds) == text
+
+
+# -- rate_limit_scope: tenant ------------------------------------------------------------------
+
+
+def tenant_scope_plan(tenants: int, probe_interval: float, calls_per_probe: int = 1) -> Plan:
+    budget = RateBudget(DEFAULT_LIMITS, 0.1, FakeClock())
+    return plan_probe_period(
+        tenants=tenants,
+        probe_interval=probe_interval,
+        token_probe_interval=300.0,
+        tenant_refresh_interval=900.0,
+        tenant_list_pages=pages_for(tenants),
+        allowance=budget.allowance,
+        span={w: budget.hold_seconds(w)[1] for w in budget.limits},
+        per_tenant=True,
+        families=calls_per_probe,
+    )
+
+
+def test_tenant_scope_does_not_divide_the_period_by_the_number_of_tenants() -> None:
+    shared = plan(10_000, 0.1)
+    own = tenant_scope_plan(10_000, 60.0)
+    assert shared.period > 3600, "credential scope: 10,000 tenants share 100 calls an hour"
+    assert own.period == 60.0 and not own.stretched
+    # The credential's windows carry only token probes, renewals and 101 pages a refresh.
+    assert own.refresh_stretched
+    assert own.expected["1h"] <= own.usable["1h"] + 1e-9
+
+
+def test_tenant_scope_period_is_bounded_by_one_tenants_own_windows() -> None:
+    # One tenant may make 100 calls an hour (0.1 x 1000); after margin, buckets and 5 %
+    # headroom that is one probe every ~38 s, whatever the number of tenants.
+    for tenants in (1, 10_000):
+        result = tenant_scope_plan(tenants, 5.0)
+        assert result.binding_window == "1h"
+        assert result.period == pytest.approx(3637 / 95, rel=1e-3)
+        assert "each tenant's own 1h window allows 100 calls" in result.message
+    assert tenant_scope_plan(1, 5.0, calls_per_probe=3).period == pytest.approx(
+        3 * 3637 / 95, rel=1e-3
+    )

@@ -8,13 +8,12 @@ import email.utils
 import random
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
 from agent.clock import FakeClock
 from agent.ratebudget import (
-    BACKOFF_BASE_SECONDS,
-    BACKOFF_CAP_SECONDS,
     BUCKETS_PER_WINDOW,
     DEFAULT_LIMITS,
     MARGIN_SECONDS,
@@ -24,7 +23,12 @@ from agent.ratebudget import (
     RateBudget,
     allowance_for,
     parse_retry_after,
+    tenant_key,
 )
+from agent.statefile import StateFile
+
+T_2300 = 1_700_002_800.0
+"""2023-11-14 23:00:00 UTC: a clock hour starts."""
 
 
 def make_budget(
@@ -310,22 +314,178 @@ def test_retry_after_values_parse_to_seconds_or_none(
     assert parse_retry_after(value, FakeClock().time()) == expected
 
 
-def test_backoff_without_retry_after_grows_has_jitter_is_capped_and_resets() -> None:
+def test_a_429_with_retry_after_assumes_no_window_and_says_so() -> None:
     budget = make_budget(FakeClock())
-    pauses = [budget.pause("msp", None) for _ in range(12)]
-    for n, length in enumerate(pauses, start=1):
-        ceiling = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (n - 1))
-        assert ceiling / 2 <= length <= ceiling, (n, length)
-    below_cap = pauses[:8]  # ceilings 2, 4, ..., 256: their jitter ranges do not overlap
-    assert below_cap == sorted(below_cap), "grows with consecutive 429s"
-    assert all(BACKOFF_CAP_SECONDS / 2 <= p <= BACKOFF_CAP_SECONDS for p in pauses[8:])
+    assert budget.pause("msp", 30.0) == 30.0
+    info = budget.pause_info("msp")
+    assert info is not None
+    assert (info.window, info.reason, info.consecutive) == ("none", "retry_after", 1)
+    assert info.describe() == "1st 429 in a row, for as long as its Retry-After header asked"
 
+
+async def steady_calls(budget: RateBudget, clock: FakeClock, every: float, hours: float) -> None:
+    """One call every ``every`` seconds for ``hours``: the agent's own ledger in steady use."""
+    for _ in range(int(hours * 3600 / every)):
+        await budget.acquire("msp")
+        await clock.advance(every)
+
+
+async def test_429s_without_retry_after_escalate_minute_then_rest_of_hour_then_day() -> None:
+    clock = FakeClock(start=T_2300)
+    budget = make_budget(clock)
+    await steady_calls(budget, clock, every=300.0, hours=2.0)  # 23:00 to 01:00
+    await clock.advance(600.0)  # 01:10:00
+    sent = clock.time()
+    await budget.acquire("msp")
+
+    first = budget.pause("msp", None, sent_at=sent)
+    assert 61.0 <= first <= 61.0 * 1.1, "a whole minute plus the margin, and some jitter"
+    info = budget.pause_info("msp")
+    assert info is not None
+    assert (info.window, info.reason, info.consecutive) == ("1m", "escalation", 1)
+
+    await clock.advance(first)
+    sent = clock.time()
+    await budget.acquire("msp")
+    budget.pause("msp", None, sent_at=sent)
+    info = budget.pause_info("msp")
+    assert info is not None
+    assert (info.window, info.consecutive) == ("1h", 2)
+    assert info.describe() == (
+        "2nd 429 in a row without Retry-After, assuming the 1h window is exhausted"
+    )
+    top_of_hour = T_2300 + 3 * 3600  # 02:00: our oldest call of the hour leaves long before
+    assert top_of_hour <= budget.paused_until("msp") <= top_of_hour + 60
+
+    await clock.advance(budget.paused_until("msp") - clock.time())
+    sent = clock.time()
+    await budget.acquire("msp")
+    budget.pause("msp", None, sent_at=sent)
+    info = budget.pause_info("msp")
+    assert info is not None
+    assert (info.window, info.consecutive) == ("1d", 3)
+    midnight = T_2300 + 3600 + 86400  # the next UTC midnight; our oldest call left at 23:00
+    assert midnight <= budget.paused_until("msp") <= midnight + 60
+
+    await clock.advance(budget.paused_until("msp") - clock.time())
+    sent = clock.time()
+    await budget.acquire("msp")
+    fourth = budget.pause("msp", None, sent_at=sent)
+    info = budget.pause_info("msp")
+    assert info is not None
+    assert (info.window, info.consecutive) == ("1d", 4)
+    assert fourth >= 3601.0, "past the day step, at most one call an hour into a full window"
+    assert budget.pauses_total("msp") == 4
+
+
+async def test_the_hour_step_waits_for_our_own_oldest_call_of_the_hour_to_leave() -> None:
+    clock = FakeClock(start=T_2300 + 3000)  # 23:50, a fresh agent: its calls are all recent
+    budget = make_budget(clock)
+    sent = clock.time()
+    await budget.acquire("msp")
+    first = budget.pause("msp", None, sent_at=sent)
+    await clock.advance(first)
+    sent = clock.time()
+    await budget.acquire("msp")
+    budget.pause("msp", None, sent_at=sent)
+    # The next clock hour (00:00) is near, but a sliding hour still holds our 23:50 call.
+    oldest_leaves = T_2300 + 3000 + 3600 + MARGIN_SECONDS
+    assert oldest_leaves <= budget.paused_until("msp") <= oldest_leaves + 36 + 60
+
+
+async def test_a_success_resets_the_escalation_but_not_one_sent_before_the_pause() -> None:
+    clock = FakeClock()
+    budget = make_budget(clock)
+    before = clock.time()
+    await budget.acquire("msp")
+    await budget.acquire("msp")
+    budget.pause("msp", None, sent_at=before)
+    budget.note_success("msp", sent_at=before)  # the other call was in flight: says nothing
+    await clock.advance(budget.paused_until("msp") - clock.time())
+    sent = clock.time()
+    await budget.acquire("msp")
+    budget.pause("msp", None, sent_at=sent)
+    assert budget.pause_info("msp").window == "1h"  # type: ignore[union-attr]
+
+    await clock.advance(budget.paused_until("msp") - clock.time())
+    sent = clock.time()
+    await budget.acquire("msp")
+    budget.note_success("msp", sent_at=sent)
+    sent = clock.time()
+    await budget.acquire("msp")
+    length = budget.pause("msp", None, sent_at=sent)
+    info = budget.pause_info("msp")
+    assert info is not None
+    assert (info.window, info.consecutive) == ("1m", 1)
+    assert length <= 61.0 * 1.1
+
+
+async def test_429s_of_calls_in_flight_together_are_one_pause_not_an_escalation() -> None:
+    clock = FakeClock()
+    budget = make_budget(clock)
+    sent = clock.time()
+    for _ in range(5):
+        await budget.acquire("msp")
+    first = budget.pause("msp", None, sent_at=sent)
+    await clock.advance(0.3)
+    for _ in range(4):  # the other four answer 429 a moment later
+        assert budget.pause("msp", None, sent_at=sent) == pytest.approx(first - 0.3)
+    info = budget.pause_info("msp")
+    assert info is not None
+    assert (info.window, info.consecutive) == ("1m", 1)
+    assert budget.pauses_total("msp") == 1
+    budget.pause("msp", 600.0, sent_at=sent)  # a late Retry-After may still lengthen it
+    assert budget.paused_until("msp") == pytest.approx(clock.time() + 600.0)
+    assert budget.pause_info("msp").until == budget.paused_until("msp")  # type: ignore[union-attr]
+
+
+async def test_no_call_is_admitted_during_an_escalation_pause() -> None:
+    clock = FakeClock()
+    budget = make_budget(clock)
+    length = budget.pause("msp", None)
+    waiters = [asyncio.create_task(budget.acquire("msp")) for _ in range(3)]
+    await settle()
+    await clock.advance(length - 0.05)
+    assert not any(w.done() for w in waiters)
+    assert budget.calls("msp")["1m"] == 0
+    await clock.advance(0.1)
+    await settle()
+    assert all(w.done() for w in waiters)
+    assert budget.exact_calls("msp")["1s"] == 3
+
+
+def test_every_credential_comes_back_at_its_own_moment() -> None:
+    budget = make_budget(FakeClock())
     firsts = {budget.pause(f"cred-{i}", None) for i in range(10)}
     assert len(firsts) == 10, "jitter: credentials do not come back in lockstep"
 
-    budget.note_success("msp")
-    assert BACKOFF_BASE_SECONDS / 2 <= budget.pause("msp", None) <= BACKOFF_BASE_SECONDS
-    assert budget.pauses_total("msp") == 13
+
+async def test_a_pause_and_its_streak_survive_a_restart(tmp_path: Path) -> None:
+    clock = FakeClock()
+    path = tmp_path / "state.db"
+    with StateFile(path, clock) as store:
+        budget = RateBudget(DEFAULT_LIMITS, 0.1, clock, store=store, rng=random.Random(1))
+        sent = clock.time()
+        await budget.acquire("msp")
+        budget.pause("msp", None, sent_at=sent)
+        await clock.advance(budget.paused_until("msp") - clock.time())
+        sent = clock.time()
+        await budget.acquire("msp")
+        budget.pause("msp", None, sent_at=sent)
+        until = budget.paused_until("msp")
+    await clock.advance(10.0)
+    with StateFile(path, clock) as store:
+        restarted = RateBudget(DEFAULT_LIMITS, 0.1, clock, store=store, rng=random.Random(1))
+        assert restarted.paused_until("msp") == until
+        info = restarted.pause_info("msp")
+        assert info is not None
+        assert (info.window, info.consecutive) == ("1h", 2)
+        waiter = asyncio.create_task(restarted.acquire("msp"))
+        await settle()
+        assert not waiter.done(), "the restarted agent keeps the pause"
+        waiter.cancel()
+        restarted.pause("msp", None)
+        assert restarted.pause_info("msp").window == "1d"  # type: ignore[union-attr]
 
 
 def test_a_later_shorter_pause_does_not_cut_a_running_one_short() -> None:
@@ -422,3 +582,100 @@ async def test_the_exact_log_never_holds_more_than_the_longest_windows_allowance
     assert budget.exact_calls("msp")["1h"] <= 600
     assert waiter is not None
     waiter.cancel()
+
+
+# -- tenant keys (rate_limit_scope: tenant) ------------------------------------------------------
+
+
+async def test_tenant_keys_have_their_own_windows_apart_from_the_credentials() -> None:
+    clock = FakeClock()
+    budget = make_budget(clock, share=0.1, limits={**DEFAULT_LIMITS, "1s": 100})
+    for _ in range(10):  # a tenant's own minute allowance: 10 calls
+        await asyncio.wait_for(budget.acquire(tenant_key("msp", "t-1")), 1)
+    await budget.acquire(tenant_key("msp", "t-2"))
+    await budget.acquire("msp")
+    assert budget.calls("msp")["1m"] == 1, "tenant calls do not count against the credential"
+    blocked = asyncio.create_task(budget.acquire(tenant_key("msp", "t-1")))
+    other = asyncio.create_task(budget.acquire(tenant_key("msp", "t-2")))
+    await settle()
+    assert other.done() and not blocked.done(), "only the full tenant waits"
+    summary = budget.tenant_budgets("msp")
+    assert summary.max_calls == {"1s": 10, "1m": 10, "1h": 10, "1d": 10}
+    assert (summary.paused, summary.tenants) == (0, 2)
+    assert budget.credentials() == ["msp"]
+    blocked.cancel()
+
+
+async def test_a_429_on_a_tenant_key_pauses_that_tenant_only() -> None:
+    clock = FakeClock()
+    budget = make_budget(clock)
+    budget.pause(tenant_key("msp", "t-1"), None)
+    assert budget.tenant_budgets("msp").paused == 1
+    await asyncio.wait_for(budget.acquire("msp"), 1)
+    await asyncio.wait_for(budget.acquire(tenant_key("msp", "t-2")), 1)
+    assert budget.paused_until("msp") == 0.0
+
+
+async def test_tenant_ledgers_stay_small_and_are_forgotten_once_empty() -> None:
+    clock = FakeClock()
+    budget = make_budget(clock, share=0.1)
+    keys = [tenant_key("msp", f"t-{i}") for i in range(200)]
+    for _ in range(60):  # an hour of one call a minute per tenant
+        for key in keys:
+            await budget.acquire(key)
+        await clock.advance(60.0)
+    assert budget.logged_calls(keys[0]) == 0, "no exact log per tenant"
+    assert budget.stored_buckets(keys[0]) <= 2 + 61 + 61 + 2
+    assert budget.exact_calls(keys[0]) == budget.calls(keys[0])
+    await clock.advance(86400 + 3600)
+    assert budget.tenant_budgets("msp").tenants == 0
+    assert budget.stored_buckets(keys[0]) == 0
+
+
+async def test_tenant_calls_are_persisted_to_the_hour_and_restored_into_the_day(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock(start=T_2300 + 60)
+    path = tmp_path / "state.db"
+    key = tenant_key("msp", "t-1")
+    with StateFile(path, clock) as store:
+        budget = RateBudget({**DEFAULT_LIMITS, "1s": 100}, 0.1, clock, store=store)
+        for _ in range(3):
+            await asyncio.wait_for(budget.acquire(key), 1)
+        await budget.acquire("msp")
+        rows = store.execute("SELECT credential, second, calls FROM rate_calls ORDER BY 1")
+    assert (key, int(T_2300 + 3600), 3) in rows, "one row for the tenant's hour"
+    with StateFile(path, clock) as store:
+        restarted = RateBudget({**DEFAULT_LIMITS, "1s": 100}, 0.1, clock, store=store)
+        assert restarted.calls(key) == {"1s": 0, "1m": 0, "1h": 0, "1d": 3}
+        assert restarted.calls("msp")["1m"] == 1
+
+
+def test_the_end_of_a_pause_is_shown_with_its_date_only_when_it_is_not_today() -> None:
+    clock = FakeClock(start=T_2300)  # 2023-11-14 23:00:00 UTC
+    budget = make_budget(clock)
+    budget.pause("msp", 30.0)
+    info = budget.pause_info("msp")
+    assert info is not None
+    assert info.until_text(clock.time()) == "23:00:30 UTC"
+    budget.pause("other", 7200.0)
+    info = budget.pause_info("other")
+    assert info is not None
+    assert info.until_text(clock.time()) == "2023-11-15 01:00:00 UTC"
+
+
+async def test_a_shards_tenant_windows_get_the_whole_share_its_credential_windows_a_part() -> None:
+    clock = FakeClock()
+    limits = {**DEFAULT_LIMITS, "1s": 1000}
+    budget = RateBudget(limits, 0.1 / 4, clock, tenant_share=0.1)  # shard 1 of 4
+    assert budget.allowance["1m"] == 2 and budget.tenant_allowance["1m"] == 10
+    for _ in range(10):
+        await asyncio.wait_for(budget.acquire(tenant_key("msp", "t-1")), 1)
+    for _ in range(2):
+        await asyncio.wait_for(budget.acquire("msp"), 1)
+    third = asyncio.create_task(budget.acquire("msp"))
+    eleventh = asyncio.create_task(budget.acquire(tenant_key("msp", "t-1")))
+    await settle()
+    assert not third.done() and not eleventh.done()
+    third.cancel()
+    eleventh.cancel()

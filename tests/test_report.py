@@ -26,6 +26,9 @@ class Budget:
     def calls(self, credential: str) -> Mapping[str, int]:
         return {"1s": 0, "1m": 3, "1h": 22, "1d": 120}
 
+    def pause_info(self, credential: str) -> None:
+        return None
+
 
 def result(
     cred: str, tenant_id: str, probe: str, status: int, code: str, cause: str
@@ -70,6 +73,7 @@ def agent_of(*states: CredentialState) -> Any:
         period=lambda _name: 13_680.0,
         explain_period=lambda _name: "every 3.8 h: stretched to fit the rate budget",
         budget=Budget(),
+        tenant_scope=False,
     )
 
 

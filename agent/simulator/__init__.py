@@ -20,6 +20,7 @@ from agent.simulator.model import (
     Credential,
     Scenario,
     Tenant,
+    Throttle,
 )
 from agent.simulator.scenarios import SCENARIO_NAMES, build_scenario, tagged
 from agent.simulator.serve import serve, write_agent_config
@@ -38,6 +39,7 @@ __all__ = [
     "Scenario",
     "Simulator",
     "Tenant",
+    "Throttle",
     "TrafficStats",
     "build_scenario",
     "busiest_window",

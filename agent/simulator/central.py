@@ -92,6 +92,10 @@ class _Session:
     expires_at: float
 
 
+TOO_MANY_REQUESTS = "Too many requests."
+"""The 429 message of Sophos's API specification."""
+
+
 class BadRequest(ValueError):
     """A query parameter Central would refuse with 400."""
 
@@ -114,6 +118,7 @@ class Central:
         self._tokens: dict[str, _Session] = {}
         self.outage = scenario.outage
         self._urls: HostUrls | None = None
+        self._started = clock.monotonic()
 
     def _placement(self, tenant: Tenant) -> str | None:
         if not tenant.activated:
@@ -262,7 +267,14 @@ class Central:
             return central_error(401, now, "Full authentication is required")
         if session.expires_at <= self._clock.monotonic():
             return expired_token_error()
-        return self._route(req, self._by_client[session.client_id])
+        cred = self._by_client[session.client_id]
+        if self._throttled(cred.name):
+            return central_error(429, now, TOO_MANY_REQUESTS)  # no Retry-After: the usual 429
+        return self._route(req, cred)
+
+    def _throttled(self, credential_name: str) -> bool:
+        throttle = self.scenario.throttles.get(credential_name)
+        return throttle is not None and throttle.active(self._clock.monotonic() - self._started)
 
     def _route(self, req: ApiRequest, cred: Credential) -> Reply:
         path = req.path.rstrip("/") or "/"

@@ -121,12 +121,34 @@ class Credential:
 
 
 @dataclass(slots=True)
+class Throttle:
+    """A credential whose API calls Central answers 429, without Retry-After, for a while.
+
+    The way a real 429 looks for the APIs the agent calls: the spec body, no Retry-After, no
+    ``X-RateLimit-*`` header. It stands for another integration that exhausts a shared window:
+    ``duration`` seconds out of every ``every``, the first time ``start`` seconds after the
+    simulator started. Token calls are not throttled (the id host is another service).
+    """
+
+    start: float = 0.0
+    duration: float = 30.0
+    every: float = 600.0
+
+    def active(self, elapsed: float) -> bool:
+        """True while the throttle holds, ``elapsed`` seconds after the simulator started."""
+        since = elapsed - self.start
+        return since >= 0 and since % self.every < self.duration
+
+
+@dataclass(slots=True)
 class Scenario:
     """A whole simulated Sophos Central.
 
     ``faults`` maps tenant id to fault name at start; ``slow_seconds`` is how long the ``slow``
     fault waits (keep it above the agent's request timeout); ``agent_overrides`` are extra keys
     for the generated agent config (shorter intervals, a larger budget share for the demo).
+    ``throttles`` maps credential names to a ``Throttle``: at times their API calls answer 429
+    without Retry-After.
     """
 
     name: str
@@ -139,6 +161,7 @@ class Scenario:
     slow_seconds: float = 15.0
     outage: bool = False
     agent_overrides: dict[str, Any] = field(default_factory=dict)
+    throttles: dict[str, Throttle] = field(default_factory=dict)
 
     def credential(self, name: str) -> Credential:
         for cred in self.credentials:
@@ -175,6 +198,10 @@ class Scenario:
         """Refuse a scenario the simulator could not serve consistently, naming the problem."""
         _check_positive(self)
         _check_credentials(self.credentials)
+        for name, throttle in self.throttles.items():
+            self.credential(name)  # KeyError names an unknown credential
+            if not 0 < throttle.duration <= throttle.every or throttle.start < 0:
+                raise ValueError(f"throttles[{name!r}]: need 0 < duration <= every, start >= 0")
         known = {t.id for t in self.tenants()}
         for tenant_id, fault in self.faults.items():
             if tenant_id not in known:

@@ -11,6 +11,9 @@ The demo raises the rate limits (1s: 50, 1m: 3000, 1h: 100000, 1d: 1000000) and 
 ``budget_share: 0.5`` with a 30 s probe interval: with Sophos's defaults and the agent's default
 share (0.1 of 100/minute = 10 calls a minute) its ~260 tenants would take half an hour to show
 up. The limits are the simulator's own, so the agent still budgets against the limits it meets.
+Once in a while (40 s every 10 minutes, from 3 minutes after start) the demo answers
+``tenant-direct``'s API calls 429 without Retry-After, so that ``/status`` and the metrics show a
+429 pause with the window it assumes; ``throttled`` does the same at once and for longer.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from agent.simulator.model import (
     IdType,
     Scenario,
     Tenant,
+    Throttle,
 )
 
 _PREFIXES = (
@@ -160,6 +164,22 @@ def _demo() -> Scenario:
         rate_limits=dict(DEMO_LIMITS),
         slow_seconds=8.0,
         agent_overrides={"budget_share": 0.5, "probe_interval": "30s", "request_timeout": "5s"},
+        throttles={"tenant-direct": Throttle(start=180.0, duration=40.0, every=600.0)},
+    )
+
+
+def _throttled() -> Scenario:
+    """429s without Retry-After: ``msp-throttled`` from the start for 90 s (long enough for a
+    1st and a 2nd 429 in a row), again every hour; ``org-steady`` beside it is never throttled."""
+    b = _Builder("throttled")
+    return Scenario(
+        name="throttled",
+        credentials=[
+            b.credential("msp-throttled", "partner", b.healthy(6, 2)),
+            b.credential("org-steady", "organization", b.healthy(2, 2)),
+        ],
+        regions=2,
+        throttles={"msp-throttled": Throttle(start=0.0, duration=90.0, every=3600.0)},
     )
 
 
@@ -257,6 +277,7 @@ _BUILDERS: dict[str, Callable[[], Scenario]] = {
     "healthy": _healthy,
     "faults": _faults,
     "outage": _outage,
+    "throttled": _throttled,
     "chaos": _chaos,
     "families": _families,
     "scale-10k": _scale_10k,

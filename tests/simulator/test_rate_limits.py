@@ -104,3 +104,51 @@ async def test_calls_without_a_valid_token_are_not_charged_to_anyone(
     assert response.status_code == 401
     assert sim.stats.unattributed == 1
     assert all(sim.stats.arrivals(c.client_id) == 0 for c in sim.scenario.credentials)
+
+
+async def test_throttled_credential_gets_the_spec_429_without_retry_after_for_a_while(
+    start_sim: StartSim, client: httpx.AsyncClient
+) -> None:
+    clock = FakeClock()
+    sim = await start_sim("throttled", clock=clock)
+    throttled = sim.scenario.credential("msp-throttled")
+    steady = sim.scenario.credential("org-steady")
+    token = await get_token(client, sim, throttled)  # the id host is not throttled
+    whoami = f"{sim.api_url}/whoami/v1"
+
+    during = await client.get(whoami, headers=bearer(token))
+    beside = await client.get(whoami, headers=bearer(await get_token(client, sim, steady)))
+    await clock.advance(sim.scenario.throttles["msp-throttled"].duration)
+    after = await client.get(whoami, headers=bearer(token))
+
+    body = assert_central_error(during, 429, "TooManyRequests")
+    assert body["message"] == "Too many requests."
+    assert {"correlationId", "requestId", "createdAt"} <= set(body)
+    assert "retry-after" not in during.headers
+    assert not [h for h in during.headers if h.lower().startswith("x-ratelimit")]
+    assert beside.status_code == 200
+    assert after.status_code == 200
+
+
+async def test_the_demo_throttles_tenant_direct_once_in_a_while_after_a_clean_start(
+    start_sim: StartSim, client: httpx.AsyncClient
+) -> None:
+    clock = FakeClock()
+    sim = await start_sim("demo", clock=clock)
+    cred = sim.scenario.credential("tenant-direct")
+    whoami = f"{sim.api_url}/whoami/v1"
+
+    async def status_at(elapsed: float) -> int:
+        await clock.advance(elapsed - clock.monotonic() + start)
+        token = await get_token(client, sim, cred)
+        response = await client.get(whoami, headers=bearer(token))
+        if response.status_code == 429:
+            assert "retry-after" not in response.headers
+        return response.status_code
+
+    start = clock.monotonic()
+    statuses = [await status_at(t) for t in (0, 170, 185, 215, 230, 785, 830)]
+    assert statuses == [200, 200, 429, 429, 200, 429, 200]
+    other = sim.scenario.credential("org-main")
+    token = await get_token(client, sim, other)
+    assert (await client.get(whoami, headers=bearer(token))).status_code == 200
