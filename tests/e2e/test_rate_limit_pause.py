@@ -40,13 +40,18 @@ async def test_throttled_credential_pauses_and_shows_the_assumed_window(tmp_path
         assert pauses["msp-throttled"] == 1
 
         page = (await stack.get("/status")).text
-        match = re.search(r"paused until (\d\d:\d\d:\d\d) UTC: ([^<]*)", page)
+        match = re.search(
+            r'data-window="1m" data-reason="escalation"><strong>Rate limited: paused until '
+            r"(\d\d:\d\d:\d\d) UTC:</strong> ([^<]*)",
+            page,
+        )
         assert match is not None, "the credential's section says it is paused"
         assert match.group(1) == time.strftime("%H:%M:%S", time.gmtime(until["msp-throttled"]))
         assert match.group(2) == (
             "1st 429 in a row without Retry-After, assuming the 1m window is exhausted."
         )
-        assert "data-reason='escalation'" in page
+        # ... and the summary at the top of the page lists it among what needs attention.
+        assert re.search(r'<li data-credential="msp-throttled" data-cause="rate_limited">', page)
         logged = [line for line in stack.logs.getvalue().splitlines() if "rate limited" in line]
         assert len(logged) == 1, "one warning per pause"
         assert '"window": "1m"' in logged[0] and '"retry_after_sent": false' in logged[0]
