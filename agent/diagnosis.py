@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agent.classify import Outcome
+from agent.classify import PROXY_CODES, Outcome
 from agent.sophos import Tenant
 
 FRESH_TOKEN_SECONDS = 120.0
@@ -81,6 +81,13 @@ REMEDIES: dict[str, str] = {
         "The tenant has no apiHost: it is not activated yet, so there is nothing to probe. Finish "
         "its activation in Sophos Central."
     ),
+    "proxy_error": (
+        "The outbound proxy did not pass the call on, so Sophos never saw it. error_code says "
+        "why: proxy_auth_required (407: set user:password@ in proxy_url, or check them), "
+        "proxy_refused (the proxy answered CONNECT with another status: allow CONNECT to "
+        "*.sophos.com:443 and id.sophos.com:443), proxy_unreachable (check the host:port in "
+        "proxy_url or HTTPS_PROXY, and that the proxy runs)."
+    ),
     "invalid_response": (
         "Sophos answered 2XX with a body the agent cannot read. Usually a proxy or a Sophos-side "
         "defect; capture the response and contact Sophos support if it persists."
@@ -135,6 +142,8 @@ def cause_of(probe: str, outcome: Outcome, context: Context) -> str:
         return "host_not_allowed"
     if code == "not_activated":
         return "not_activated"
+    if status == 0 and code in PROXY_CODES:
+        return "proxy_error"
     if status == 0:
         return "network_error"
     if outcome.ok:

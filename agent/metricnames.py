@@ -62,6 +62,8 @@ CAUSES = (
     "not_activated",
     # Addition: a 2XX whose body does not have the documented shape.
     "invalid_response",
+    # Addition: the outbound proxy refused the call or could not be reached (status "0").
+    "proxy_error",
 )
 
 PROBES = ("token", "whoami", "tenant_list", "tenant")
