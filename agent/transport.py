@@ -56,8 +56,8 @@ _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
 class ProxyFailure(httpx.ProxyError):
     """The proxy refused the call or could not be reached; no byte reached Sophos.
 
-    ``code`` is one of ``agent.classify.PROXY_CODES``. The message names the proxy by host and port only, never
-    its credentials.
+    ``code`` is one of ``agent.classify.PROXY_CODES``. The message names the proxy by host and
+    port only, never its credentials.
     """
 
     def __init__(self, code: str, message: str) -> None:
@@ -170,8 +170,12 @@ class AgentTransport(AiohttpTransport):
             return httpx.ConnectTimeout(str(original) or "connecting timed out")
         if isinstance(original, TimeoutError):
             return httpx.ReadTimeout(str(original) or "reading the response timed out")
+        if isinstance(original, aiohttp.ClientSSLError):
+            return httpx.ConnectError(str(original))  # caused by the ssl.SSLError: tls_error
         if isinstance(original, aiohttp.ClientConnectorError):
-            return httpx.ConnectError(str(original))
+            # Not str(original): it says "ssl:default" even for a plain refused connection.
+            why = original.os_error.strerror or type(original.os_error).__name__
+            return httpx.ConnectError(f"cannot connect to {original.host}:{original.port}: {why}")
         if isinstance(original, aiohttp.ServerDisconnectedError):
             if body:
                 return httpx.RemoteProtocolError("peer closed connection during the body")
