@@ -22,7 +22,7 @@ from agent.simulator.model import (
 )
 from agent.simulator.scenarios import SCENARIO_NAMES, build_scenario, tagged
 from agent.simulator.serve import serve, write_agent_config
-from agent.simulator.simulator import Simulator
+from agent.simulator.simulator import Simulator, TlsFiles
 from agent.simulator.traffic import TrafficStats, busiest_window, window_seconds
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "Scenario",
     "Simulator",
     "Tenant",
+    "TlsFiles",
     "TrafficStats",
     "build_scenario",
     "busiest_window",
