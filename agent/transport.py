@@ -29,6 +29,7 @@ never approved), and TLS trusts the system CAs plus ``ca_bundle``.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import re
@@ -118,6 +119,13 @@ class AgentTransport(AiohttpTransport):
         limits: httpx.Limits = DEFAULT_LIMITS,
         proxy: httpx.Proxy | None = None,
     ) -> None:
+        self._proxy_authorization: str | None = None
+        if proxy is not None and proxy.auth is not None:
+            # As a header, not aiohttp's deprecated proxy_auth: sent with CONNECT only, so the
+            # proxy credentials never enter the tunnel to Sophos.
+            self._proxy_authorization = _basic(*proxy.auth)
+            headers = {**proxy.headers, "Proxy-Authorization": self._proxy_authorization}
+            proxy = httpx.Proxy(proxy.url, headers=headers)
         super().__init__(verify=verify, trust_env=False, limits=limits, proxy=proxy)
         self._proxy_name = _host_port(proxy.url) if proxy is not None else ""
 
@@ -136,6 +144,9 @@ class AgentTransport(AiohttpTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         _refuse_unsafe_headers(request)
+        if self._proxy_authorization is not None and request.url.scheme == "http":
+            # Plain http is forwarded, not tunnelled: the proxy reads this request's headers.
+            request.headers["Proxy-Authorization"] = self._proxy_authorization
         with self._translated(body=False):
             response = await super().handle_async_request(request)
         if self.proxy is not None and response.status_code == 407:
@@ -225,6 +236,10 @@ def _refuse_unsafe_headers(request: httpx.Request) -> None:
             raise httpx.LocalProtocolError(f"illegal header {name[:40]!r}")
     if _UNSAFE.search(request.url.raw_path.decode("ascii", "replace")):
         raise httpx.LocalProtocolError("illegal request target")
+
+
+def _basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
 
 
 def _host_port(url: httpx.URL) -> str:

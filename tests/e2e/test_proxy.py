@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import logging
 import re
 import shutil
 import socket
@@ -294,6 +295,7 @@ async def test_credentials_in_proxy_url_pass_and_the_password_shows_nowhere(
             log_level="debug",
         )
         try:
+            logging.getLogger("tests").warning("as a last line of defence: %s", proxy_url)
             pages = [(await stack.get(p)).text for p in ("/metrics", "/status", "/")]
             check_out = io.StringIO()
             await run_check(stack.settings, check_out)
@@ -303,8 +305,27 @@ async def test_credentials_in_proxy_url_pass_and_the_password_shows_nowhere(
     config_out = capsys.readouterr().out
     assert proxy.requests() and {r.split()[0] for r in proxy.requests()} == {"CONNECT"}
     assert "proxy_url: http://<masked>@127.0.0.1:" in config_out
+    assert (
+        "as a last line of defence: http://exporter:<redacted>@127.0.0.1:" in stack.logs.getvalue()
+    )
     for text in [*pages, check_out.getvalue(), config_out, stack.logs.getvalue()]:
         assert PROXY_PASSWORD not in text
+
+
+@pytest.mark.usefixtures("clean_proxy_env")
+async def test_plain_http_is_forwarded_with_the_proxy_credentials(tmp_path: Path) -> None:
+    """Loopback only (the simulator without TLS): no CONNECT, the proxy reads each request."""
+    with tinyproxy(tmp_path, connect_ports=[], basic_auth=True) as proxy:
+        stack = await start_ready_stack(
+            build_scenario("healthy"),
+            tmp_path,
+            within=40,
+            probe_interval="2s",
+            proxy_url=f"http://{PROXY_USER}:{PROXY_PASSWORD}@{proxy.address}",
+        )
+        await stop_stack(stack)
+    methods = {r.split()[0] for r in proxy.requests()}
+    assert methods == {"GET", "POST"}, "forwarded, not tunnelled"
 
 
 @pytest.mark.usefixtures("clean_proxy_env")
