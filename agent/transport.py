@@ -172,7 +172,10 @@ class AgentTransport(AiohttpTransport):
         original = _original(exc)
         if isinstance(original, aiohttp.ClientHttpProxyError):
             return self._proxy_failure(original.status, original.message)
-        if isinstance(original, aiohttp.ClientProxyConnectionError):
+        if isinstance(original, aiohttp.ClientProxyConnectionError) or (
+            isinstance(original, aiohttp.ClientConnectorError)
+            and self._proxy_name == f"{original.host}:{original.port}"  # e.g. its name unknown
+        ):
             why = original.os_error.strerror or type(original.os_error).__name__
             return ProxyFailure(
                 "proxy_unreachable", f"cannot connect to proxy {self._proxy_name}: {why}"

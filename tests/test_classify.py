@@ -16,6 +16,7 @@ from agent.classify import (
 )
 from agent.diagnosis import Context, diagnose
 from agent.sophos import Tenant
+from agent.transport import ProxyFailure
 
 
 def body(**fields: object) -> bytes:
@@ -124,6 +125,10 @@ def test_retry_after_is_kept_for_the_budget() -> None:
         (httpx.ReadError("reset"), "protocol_error"),
         (httpx.DecodingError("bad gzip"), "protocol_error"),
         (ValueError("anything else"), "protocol_error"),
+        (ProxyFailure("proxy_auth_required", "proxy p:3128 answered 407"), "proxy_auth_required"),
+        (ProxyFailure("proxy_refused", "proxy p:3128 answered 403 Forbidden"), "proxy_refused"),
+        (ProxyFailure("proxy_unreachable", "cannot connect to proxy p:3128"), "proxy_unreachable"),
+        (httpx.ProxyError("some other proxy trouble"), "proxy_refused"),
     ],
 )
 def test_no_answer_gets_status_0_and_a_transport_code(exc: BaseException, code: str) -> None:
@@ -188,6 +193,9 @@ DIAGNOSES = [
     ("token", Outcome(0, "tls_error"), None, "network_error"),
     ("tenant", Outcome(0, "host_not_allowed"), None, "host_not_allowed"),
     ("tenant", Outcome(0, "not_activated"), None, "not_activated"),
+    ("token", Outcome(0, "proxy_auth_required"), None, "proxy_error"),
+    ("tenant", Outcome(0, "proxy_refused"), None, "proxy_error"),
+    ("whoami", Outcome(0, "proxy_unreachable"), None, "proxy_error"),
     ("tenant", Outcome(200, ""), None, "ok"),
     ("whoami", Outcome(200, "invalid_response"), None, "invalid_response"),
 ]

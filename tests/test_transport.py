@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 import pytest
 import trustme
@@ -32,7 +33,13 @@ from agent.config import Settings
 from agent.hosts import HostPolicy
 from agent.ratebudget import RateBudget
 from agent.sophos import Tenant, Token
-from agent.transport import NO_RESPONSE, build_http_client, proxy_secrets
+from agent.transport import (
+    NO_RESPONSE,
+    AgentTransport,
+    ProxyFailure,
+    build_http_client,
+    proxy_secrets,
+)
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
 LIMITS = {"1s": 1000, "1m": 100000, "1h": 1000000, "1d": 10000000}
@@ -482,3 +489,17 @@ async def test_a_host_outside_the_allowlist_receives_no_byte(
         outcome = await sophos.probe_tenant(Tenant(id="t1", name="T", api_host=outside))
     assert outcome.error_code == "host_not_allowed"
     assert server.connections == 0
+
+
+def test_a_proxy_whose_name_does_not_resolve_is_unreachable_not_a_sophos_failure() -> None:
+    from aiohttp.client_reqrep import ConnectionKey
+
+    transport = AgentTransport(proxy=httpx.Proxy("http://u:proxy-pass-77@proxy.invalid:3128"))
+    key = ConnectionKey("proxy.invalid", 3128, False, True, None, None, None)
+    dns = aiohttp.ClientConnectorDNSError(key, OSError(-2, "Name or service not known"))
+    translated = transport._translate(httpx.ConnectError("x"), body=False) is None
+    assert translated, "an httpx error without an aiohttp cause stays as it is"
+    error = transport._translate(dns, body=False)
+    assert isinstance(error, ProxyFailure)
+    assert classify_exception(error).error_code == "proxy_unreachable"
+    assert str(error) == "cannot connect to proxy proxy.invalid:3128: Name or service not known"
