@@ -503,3 +503,16 @@ def test_a_proxy_whose_name_does_not_resolve_is_unreachable_not_a_sophos_failure
     assert isinstance(error, ProxyFailure)
     assert classify_exception(error).error_code == "proxy_unreachable"
     assert str(error) == "cannot connect to proxy proxy.invalid:3128: Name or service not known"
+
+
+async def test_through_a_proxy_the_allowlist_still_applies_to_the_final_host(
+    serve: Callable[[Script], Awaitable[Server]],
+) -> None:
+    proxy = await serve_script(serve, keep_answering(answer(b"{}")))
+    sophos, _, _, http = sophos_client("https://api.central.sophos.com", proxy_url=proxy.url)
+    async with http:
+        outcome = await sophos.probe_tenant(
+            Tenant(id="t1", name="T", api_host="https://collector.example")
+        )
+    assert outcome.error_code == "host_not_allowed"
+    assert proxy.connections == 0, "not even a CONNECT for a host outside the allowlist"
