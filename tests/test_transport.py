@@ -516,3 +516,21 @@ async def test_through_a_proxy_the_allowlist_still_applies_to_the_final_host(
         )
     assert outcome.error_code == "host_not_allowed"
     assert proxy.connections == 0, "not even a CONNECT for a host outside the allowlist"
+
+
+async def test_proxy_url_wins_over_the_environment(
+    serve: Callable[[Script], Awaitable[Server]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    refuse = one_reply(answer(b"", status="403 Forbidden"))
+    configured = await serve_script(serve, refuse)
+    from_env = await serve_script(serve, refuse)
+    monkeypatch.setenv("HTTPS_PROXY", from_env.url)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    cfg = settings(proxy_url=configured.url, proxy_from_environment=True)
+    async with build_http_client(cfg) as http:
+        with pytest.raises(ProxyFailure) as caught:
+            await http.get("https://api-eu01.central.sophos.com/endpoint/v1/endpoints")
+    assert classify_exception(caught.value).error_code == "proxy_refused"
+    assert configured.requests[0].startswith(b"CONNECT api-eu01.central.sophos.com:443 ")
+    assert from_env.connections == 0
