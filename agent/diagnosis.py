@@ -9,6 +9,7 @@ outage, and the remedy says so.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from agent.classify import PROXY_CODES, Outcome
@@ -124,6 +125,10 @@ REDIRECT_REMEDY = (
 """The ``bad_request`` remedy for a redirect: no cause fits better, the advice must differ."""
 
 
+_PROXY_NAMED = re.compile(r"\bproxy (\[?[A-Za-z0-9.:-]+\]?:[0-9]{1,5})\b")
+"""How ``agent.transport.ProxyFailure`` names the proxy in its message: host and port only."""
+
+
 def diagnose(probe: str, outcome: Outcome, context: Context | None = None) -> Diagnosis:
     cause = cause_of(probe, outcome, context or Context())
     remedy = REMEDIES[cause]
@@ -132,6 +137,8 @@ def diagnose(probe: str, outcome: Outcome, context: Context | None = None) -> Di
         remedy = HEADER_401_REMEDY
     if cause == "bad_request" and 300 <= outcome.status_code < 400:
         remedy = REDIRECT_REMEDY
+    if cause == "proxy_error" and (named := _PROXY_NAMED.search(outcome.message)):
+        remedy = f"{remedy} Proxy: {named[1]}."
     return Diagnosis(cause, remedy)
 
 

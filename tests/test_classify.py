@@ -14,7 +14,7 @@ from agent.classify import (
     classify_exception,
     classify_response,
 )
-from agent.diagnosis import Context, diagnose
+from agent.diagnosis import REMEDIES, Context, diagnose
 from agent.sophos import Tenant
 from agent.transport import ProxyFailure
 
@@ -220,3 +220,11 @@ def test_401_with_a_fresh_token_points_at_headers_not_expiry() -> None:
     old = diagnose("tenant", Outcome(401, "Unauthorized"), Context(token_age=3000))
     assert "header" in fresh.remedy and "moments ago" in fresh.remedy
     assert "one hour" in old.remedy
+
+
+def test_a_proxy_error_remedy_names_the_proxy_by_host_and_port_only() -> None:
+    failure = ProxyFailure("proxy_auth_required", "proxy proxy.example:3128 answered 407 Nope")
+    diagnosis = diagnose("token", classify_exception(failure))
+    assert diagnosis.cause == "proxy_error"
+    assert diagnosis.remedy.endswith(" Proxy: proxy.example:3128.")
+    assert diagnose("token", Outcome(0, "proxy_refused")).remedy == REMEDIES["proxy_error"]

@@ -273,6 +273,7 @@ async def test_a_proxy_wanting_credentials_is_a_proxy_error_naming_407(
     assert cause == "proxy_error"
     assert (labels["status_code"], labels["error_code"]) == ("0", "proxy_auth_required")
     assert "proxy_error" in status
+    assert f"Proxy: {proxy.address}." in status
     assert f"proxy {proxy.address} answered 407" in stack.logs.getvalue()
     assert stack.sim.stats.arrivals() == 0, "nothing may reach Sophos past a refusing proxy"
 
