@@ -534,3 +534,31 @@ async def test_proxy_url_wins_over_the_environment(
     assert classify_exception(caught.value).error_code == "proxy_refused"
     assert configured.requests[0].startswith(b"CONNECT api-eu01.central.sophos.com:443 ")
     assert from_env.connections == 0
+
+
+async def test_informational_responses_are_skipped_and_empty_statuses_have_no_body(
+    serve: Callable[[Script], Awaitable[Server]],
+) -> None:
+    async def script(
+        server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int
+    ) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n" + answer(b"after"))
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 304 Not Modified\r\n\r\n")
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")  # to a HEAD: no body
+        await server.read_request(reader)
+        writer.write(answer(b"last"))
+        await writer.drain()
+
+    server = await serve_script(serve, script)
+    async with client() as http:
+        assert (await http.get(server.url)).content == b"after"
+        assert (await http.get(server.url)).status_code == 204
+        assert (await http.get(server.url)).status_code == 304
+        assert (await http.head(server.url)).content == b""
+        assert (await http.get(server.url)).content == b"last"
+    assert server.connections == 1
