@@ -562,3 +562,12 @@ async def test_informational_responses_are_skipped_and_empty_statuses_have_no_bo
         assert (await http.head(server.url)).content == b""
         assert (await http.get(server.url)).content == b"last"
     assert server.connections == 1
+
+
+async def test_a_huge_response_head_is_refused(
+    serve: Callable[[Script], Awaitable[Server]],
+) -> None:
+    huge = b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n"
+    error = await failure(await serve_script(serve, one_reply(huge, then_wait=True)))
+    assert isinstance(error, httpx.RemoteProtocolError), repr(error)
+    assert classify_exception(error).error_code == "protocol_error"
