@@ -24,7 +24,10 @@ import httpx
 ERROR_CODE_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]{0,63}$")
 MAX_DISTINCT_ERROR_CODES = 100
 OTHER = "other"
-TRANSPORT_CODES = ("timeout", "connect_error", "tls_error", "protocol_error")
+PROXY_CODES = ("proxy_auth_required", "proxy_refused", "proxy_unreachable")
+"""No answer from Sophos because the proxy in between asked for credentials (407), refused the
+CONNECT (any other status) or could not be reached."""
+TRANSPORT_CODES = ("timeout", "connect_error", "tls_error", "protocol_error", *PROXY_CODES)
 _ID_KEYS = ("trackingId", "correlationId", "requestId", "code")
 """Body fields copied to ``Outcome.ids``: the ids support asks for, and Sophos's own error code
 (``USR00004c5``), which names the failure more precisely than the ``error`` string."""
@@ -118,7 +121,11 @@ def classify_exception(exc: BaseException) -> Outcome:
 
 def transport_code(exc: BaseException) -> str:
     """Map an httpx/ssl exception to ``timeout``, ``tls_error``, ``connect_error`` or
-    ``protocol_error``. TLS failures surface as a ConnectError wrapping an SSLError."""
+    ``protocol_error``, or a proxy code. TLS failures surface as a ConnectError wrapping an
+    SSLError; a proxy's refusal as ``agent.transport.ProxyFailure``, whose ``code`` says which."""
+    if isinstance(exc, httpx.ProxyError):
+        code = getattr(exc, "code", "proxy_refused")
+        return code if code in PROXY_CODES else "proxy_refused"
     if isinstance(exc, httpx.TimeoutException | TimeoutError):
         return "timeout"
     if _caused_by(exc, ssl.SSLError):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
@@ -87,22 +86,6 @@ class TokenUnavailable(Exception):
     def __init__(self, outcome: Outcome) -> None:
         super().__init__(outcome.error_code or outcome.status_label)
         self.outcome = outcome
-
-
-def build_http_client(settings: Settings) -> httpx.AsyncClient:
-    """The shared connection pool. Redirects are never followed: a redirect could carry the
-    bearer token to a host the allowlist never approved."""
-    verify: ssl.SSLContext = ssl.create_default_context()
-    if settings.ca_bundle is not None:
-        verify.load_verify_locations(cafile=str(settings.ca_bundle))
-    return httpx.AsyncClient(
-        verify=verify,
-        timeout=httpx.Timeout(settings.request_timeout),
-        follow_redirects=False,
-        limits=httpx.Limits(max_connections=100, max_keepalive_connections=50),
-        headers={"User-Agent": "sophos-central-exporter"},
-        trust_env=False,
-    )
 
 
 class SophosClient:
@@ -385,7 +368,10 @@ class SophosClient:
 
 
 def _dropped_before_response(exc: BaseException) -> bool:
-    """The keep-alive race: the server closed an idle pooled connection as we reused it."""
+    """The keep-alive race: the server closed an idle pooled connection as we reused it.
+
+    ``agent.transport`` raises exactly this for aiohttp's ``ServerDisconnectedError`` before
+    any response arrived."""
     return isinstance(exc, httpx.RemoteProtocolError) and "without sending" in str(exc)
 
 

@@ -144,6 +144,27 @@ def check_url(url: str) -> str:
     return url.rstrip("/") if parts.path in ("", "/") else url
 
 
+def check_proxy_url(url: str) -> None:
+    """An ``http://`` or ``https://`` proxy with a host, optional port and ``user:password@``.
+
+    Messages name the proxy by scheme, host and port only: the URL may carry a password.
+    """
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        raise ValueError("is not a URL; use http://[user:password@]host:port") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(
+            "must start with http:// or https:// (the proxy's own scheme; socks is not supported)"
+        )
+    if not parts.hostname:
+        raise ValueError("has no host; use http://[user:password@]host:port")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        where = f"{parts.scheme}://{parts.hostname}" + (f":{port}" if port else "")
+        raise ValueError(f"must be just {where} (no path, query or fragment)")
+
+
 class Credential(BaseModel):
     """One Sophos Central API credential (partner, organization or tenant)."""
 
@@ -219,6 +240,8 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     web_listen_address: str = ":9866"
     rate_limit_scope: Literal["credential", "tenant"] = "credential"
+    proxy_url: SecretStr | None = None
+    proxy_from_environment: bool = False
     credentials: list[Credential] = Field(min_length=1)
 
     @classmethod
@@ -264,6 +287,18 @@ class Settings(BaseSettings):
                     f"{value} is not a PEM file of CA certificates ({reason})"
                 ) from None
         return value
+
+    @field_validator("proxy_url", mode="before")
+    @classmethod
+    def _proxy(cls, value: Any) -> Any:
+        """Only the proxy's scheme, host and port may be echoed: its URL may hold a password."""
+        if value is None:
+            return None
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if not isinstance(text, str):
+            raise ValueError("must be a URL such as http://proxy.example:3128")
+        check_proxy_url(text)
+        return text
 
     @field_validator("budget_share")
     @classmethod
@@ -338,7 +373,18 @@ class Settings(BaseSettings):
             cred["client_id"] = "<masked>"
             if cred.get("client_secret") is not None:
                 cred["client_secret"] = "<masked>"  # noqa: S105 - a mask, not a secret
+        if self.proxy_url is not None:
+            data["proxy_url"] = masked_proxy_url(self.proxy_url.get_secret_value())
         return data
+
+
+def masked_proxy_url(url: str) -> str:
+    """The proxy URL as it may be shown: credentials, if any, masked."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return f"{parts.scheme}://<masked>@{host}"
 
 
 def load_settings(path: str | os.PathLike[str] | None, **overrides: Any) -> Settings:

@@ -9,9 +9,10 @@ outage, and the remedy says so.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-from agent.classify import Outcome
+from agent.classify import PROXY_CODES, Outcome
 from agent.sophos import Tenant, is_data_region_url
 
 FRESH_TOKEN_SECONDS = 120.0
@@ -84,6 +85,13 @@ REMEDIES: dict[str, str] = {
         "The tenant has no apiHost: it is not activated yet, so there is nothing to probe. Finish "
         "its activation in Sophos Central."
     ),
+    "proxy_error": (
+        "The outbound proxy did not pass the call on, so Sophos never saw it. error_code says "
+        "why: proxy_auth_required (407: set user:password@ in proxy_url, or check them), "
+        "proxy_refused (the proxy answered CONNECT with another status: allow CONNECT to "
+        "*.sophos.com:443 and id.sophos.com:443), proxy_unreachable (check the host:port in "
+        "proxy_url or HTTPS_PROXY, and that the proxy runs)."
+    ),
     "invalid_response": (
         "Sophos answered 2XX with a body the agent cannot read. Usually a proxy or a Sophos-side "
         "defect; capture the response and contact Sophos support if it persists."
@@ -143,6 +151,10 @@ FAMILY_REMEDY = (
 """The ``forbidden`` remedy when families disagree for one tenant (``tenant_probes``)."""
 
 
+_PROXY_NAMED = re.compile(r"\bproxy (\[?[A-Za-z0-9.:-]+\]?:[0-9]{1,5})\b")
+"""How ``agent.transport.ProxyFailure`` names the proxy in its message: host and port only."""
+
+
 def diagnose(probe: str, outcome: Outcome, context: Context | None = None) -> Diagnosis:
     cause = cause_of(probe, outcome, context or Context())
     remedy = REMEDIES[cause]
@@ -153,12 +165,16 @@ def diagnose(probe: str, outcome: Outcome, context: Context | None = None) -> Di
         remedy = REDIRECT_REMEDY
     if outcome.status_code == 403 and context is not None and context.permitted:
         cause, remedy = "forbidden", FAMILY_REMEDY.format(context.permitted, context.path)
+    if cause == "proxy_error" and (named := _PROXY_NAMED.search(outcome.message)):
+        remedy = f"{remedy} Proxy: {named[1]}."
     return Diagnosis(cause, remedy)
 
 
 def cause_of(probe: str, outcome: Outcome, context: Context) -> str:
     """The one cause label value for an outcome (CONTRACT.md's fixed set)."""
     status, code = outcome.status_code, outcome.error_code
+    if status == 0 and code in PROXY_CODES:
+        return "proxy_error"
     if status == 0:
         # The agent's own codes for calls it did not make; a body can never set these, since
         # an answer always has a status.

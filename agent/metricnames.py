@@ -70,6 +70,8 @@ CAUSES = (
     # Additions: whoami sent to a data-region host (it answers 504), and HTTP 451.
     "wrong_api_host",
     "export_restricted",
+    # Addition: the outbound proxy refused the call or could not be reached (status "0").
+    "proxy_error",
 )
 
 PROBES = ("token", "whoami", "tenant_list", "tenant")

@@ -22,7 +22,6 @@ from agent.clock import Clock, SystemClock
 from agent.config import Settings
 from agent.evidence import EvidenceRecorder
 from agent.hosts import HostPolicy
-from agent.http11 import build_http11_client as build_http_client
 from agent.logs import REDACTOR
 from agent.metrics import AgentMetrics, CredentialView
 from agent.planner import Plan, human_duration, pages_for, plan_probe_period
@@ -31,6 +30,7 @@ from agent.ratebudget import RateBudget
 from agent.scheduler import CredentialSchedule, ProbeScheduler, tick_seconds
 from agent.sharding import owns
 from agent.statefile import StateFile
+from agent.transport import build_http_client, proxy_secrets
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ class Agent:
             *extra_observers,
         ]
         self._own_http = http is None
-        self.http = http or build_http_client(settings)  # agent.http11's lean transport
+        self.http = http or build_http_client(settings)  # agent.transport: httpx on aiohttp
         self.policy = HostPolicy(
             settings.allowed_api_hosts, fixed_urls=(settings.auth_url, settings.api_url)
         )
@@ -343,4 +343,4 @@ def _secrets(settings: Settings) -> list[str]:
         values.append(credential.client_id.get_secret_value())
         with contextlib.suppress(OSError):
             values.append(credential.secret())
-    return values
+    return values + proxy_secrets(settings)

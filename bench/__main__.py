@@ -179,6 +179,28 @@ def _cpu(r: dict[str, Any], checks: Checks) -> list[str]:
         f"  {r['blackbox_cpu_ms_per_probe']:.3f} ms",
         f"   ratio agent/blackbox {r['ratio_agent_to_blackbox']:.3f} (rounds: {rounds}); "
         f"simulator answered {r['simulator_regional_statuses']}",
+        *_proxy(r.get("proxy")),
+    ]
+
+
+def _proxy(p: dict[str, Any] | None) -> list[str]:
+    if p is None:
+        return []
+    if "skipped" in p:
+        return [f"c. through a proxy: skipped ({p['skipped']})"]
+
+    def per_probe(x: dict[str, Any]) -> float:
+        return float(x["cpu_seconds"]) / max(1, int(x["probes"]))
+
+    rounds = ", ".join(
+        f"{per_probe(x['proxied']) / per_probe(x['direct']):.2f}" for x in p["rounds"]
+    )
+    return [
+        f"c. the same probe over {p['scheme']}, direct and through {p['proxy']} (CONNECT), "
+        f"{p['probes_direct']:,} / {p['probes_proxied']:,} probes, 3 alternating rounds",
+        f"   direct  {p['direct_cpu_ms_per_probe']:.3f} ms, through the proxy  "
+        f"{p['proxied_cpu_ms_per_probe']:.3f} ms ({p['proxy_connects']} CONNECT tunnels)",
+        f"   ratio proxied/direct {p['ratio_proxied_to_direct']:.3f} (rounds: {rounds})",
     ]
 
 

@@ -208,8 +208,12 @@ def start_simulator(
     origin: float | None = None,
     wall_origin: float | None = None,
     tenants: int | None = None,
+    tls: tuple[Path, Path] | None = None,
+    name: str = "simulator",
 ) -> Child:
-    """``bench.simproc`` in a child; its announcement holds the URLs and the config path."""
+    """``bench.simproc`` in a child; its announcement holds the URLs and the config path.
+
+    With ``tls`` (certificate chain, key) every host serves HTTPS."""
     argv = [
         sys.executable,
         "-m",
@@ -219,7 +223,7 @@ def start_simulator(
         "--limits",
         json.dumps(dict(limits)),
         "--config-out",
-        str(workdir / "agent.yml"),
+        str(workdir / f"agent-for-{name}.yml"),
         "--speed",
         str(speed),
     ]
@@ -227,7 +231,9 @@ def start_simulator(
         argv += ["--origin", repr(origin), "--wall-origin", repr(wall_origin)]
     if tenants is not None:
         argv += ["--tenants", str(tenants)]
-    return spawn("simulator", argv, workdir, announce=True)
+    if tls is not None:
+        argv += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
+    return spawn(name, argv, workdir, announce=True)
 
 
 async def simulator_state(sim: Child) -> dict[str, Any]:

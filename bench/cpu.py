@@ -15,17 +15,25 @@ loopback. The simulator answers 401/403 unless both headers are right; every pro
 The two take turns, three rounds each, so both meet the same machine; the agent is stopped
 (SIGSTOP) while blackbox is measured and given a few seconds to settle after it continues. The
 simulator runs in a third process; its CPU is nobody's.
+
+Then the cost of an outbound proxy: a second simulator serves the same scenario over HTTPS (a
+``trustme`` CA the agents trust through ``ca_bundle``), and two agents probe it the same way, one
+directly and one through tinyproxy (``proxy_url``: ``CONNECT`` tunnels, TLS inside). They take
+turns too, three rounds each; the figure is the proxied agent's CPU per probe over the direct
+one's. tinyproxy's CPU, like the simulator's, is nobody's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -50,6 +58,7 @@ TENANTS = 1000
 PERIOD = "4s"
 LIMITS = {"1s": 100_000, "1m": 1_000_000, "1h": 10_000_000, "1d": 100_000_000}
 BLACKBOX = "prometheus-blackbox-exporter"
+TINYPROXY = "tinyproxy"
 CONCURRENCY = 2
 PROBE_PATH = "/endpoint/v1/endpoints?pageSize=1&view=basic"
 ROUNDS = 3
@@ -69,6 +78,7 @@ async def run(workdir: Path, window: float = 4.0) -> dict[str, Any]:
         running.append(blackbox)
         rounds = await _rounds(agent, blackbox, url, window)
         statuses = await _regional_statuses(sim)
+    proxy = await _proxy_cost(workdir / "proxy", window)
     agent_cpu = sum(r["agent_cpu_seconds"] for r in rounds)
     blackbox_cpu = sum(r["blackbox_cpu_seconds"] for r in rounds)
     probes = sum(r["probes"] for r in rounds)
@@ -87,12 +97,16 @@ async def run(workdir: Path, window: float = 4.0) -> dict[str, Any]:
         "blackbox_failed_probes": sum(r["blackbox_failed"] for r in rounds),
         "rounds": rounds,
         "simulator_regional_statuses": statuses,
+        "proxy": proxy,
     }
 
 
-def _start_agent(workdir: Path, sim: Child) -> Child:
+def _start_agent(
+    workdir: Path, sim: Child, name: str = "agent-cpu", extra: tuple[str, ...] = ()
+) -> Child:
+    sets = [arg for setting in extra for arg in ("--set", setting)]
     return spawn(
-        "agent-cpu",
+        name,
         [
             sys.executable,
             "-m",
@@ -104,7 +118,8 @@ def _start_agent(workdir: Path, sim: Child) -> Child:
             "--set",
             "budget_share=1.0",
             "--set",
-            f"state_file={workdir / 'agent-cpu.db'}",
+            f"state_file={workdir / f'{name}.db'}",
+            *sets,
         ],
         workdir,
         announce=True,
@@ -122,6 +137,121 @@ async def _snapshot(agent: Child) -> dict[str, Any]:
         agent.check()
     snapshot: dict[str, Any] = json.loads(line)
     return snapshot
+
+
+async def _proxy_cost(workdir: Path, window: float) -> dict[str, Any]:
+    """CPU per probe through tinyproxy over a direct probe, both over HTTPS, in turns."""
+    binary = shutil.which(TINYPROXY)
+    if binary is None:
+        return {"skipped": f"{TINYPROXY} is not installed"}
+    cert, key, bundle = _certificates(workdir)
+    with children() as running:
+        sim = start_simulator(
+            workdir, "scale-10k", LIMITS, tenants=TENANTS, tls=(cert, key), name="tls-simulator"
+        )
+        running.append(sim)
+        assert sim.announcement["api_url"].startswith("https://")
+        with _tinyproxy(workdir, binary) as proxy_port:
+            trust = (f"ca_bundle={bundle}",)
+            direct = _start_agent(workdir, sim, "agent-direct", trust)
+            running.append(direct)
+            proxied_settings = (*trust, f"proxy_url=http://127.0.0.1:{proxy_port}")
+            proxied = _start_agent(workdir, sim, "agent-proxied", proxied_settings)
+            running.append(proxied)
+            rounds = await _turns({"direct": direct, "proxied": proxied}, window)
+            connects = _count_connects(workdir / "tinyproxy-requests.log")
+    per_probe = {
+        name: sum(r[name]["cpu_seconds"] for r in rounds) / sum(r[name]["probes"] for r in rounds)
+        for name in ("direct", "proxied")
+    }
+    return {
+        "scheme": "https",
+        "proxy": _version_line([binary, "-v"]),
+        "probes_direct": sum(r["direct"]["probes"] for r in rounds),
+        "probes_proxied": sum(r["proxied"]["probes"] for r in rounds),
+        "direct_cpu_ms_per_probe": per_probe["direct"] * 1000,
+        "proxied_cpu_ms_per_probe": per_probe["proxied"] * 1000,
+        "ratio_proxied_to_direct": per_probe["proxied"] / per_probe["direct"],
+        "proxy_connects": connects,
+        "rounds": rounds,
+    }
+
+
+def _certificates(workdir: Path) -> tuple[Path, Path, Path]:
+    import trustme
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    ca = trustme.CA()
+    issued = ca.issue_cert("127.0.0.1", "localhost")
+    cert, key, bundle = workdir / "sim.pem", workdir / "sim.key", workdir / "ca.pem"
+    cert.write_bytes(b"".join(blob.bytes() for blob in issued.cert_chain_pems))
+    issued.private_key_pem.write_to_path(str(key))
+    ca.cert_pem.write_to_path(str(bundle))
+    return cert, key, bundle
+
+
+@contextlib.contextmanager
+def _tinyproxy(workdir: Path, binary: str) -> Iterator[int]:
+    """tinyproxy in the foreground on a free port, CONNECT allowed to any port; yields the port."""
+    port = free_port()
+    config = workdir / "tinyproxy.conf"
+    config.write_text(
+        f"Port {port}\nListen 127.0.0.1\nTimeout 600\nMaxClients 400\nAllow 127.0.0.1\n"
+        f'DisableViaHeader Yes\nLogLevel Connect\nLogFile "{workdir / "tinyproxy-requests.log"}"\n'
+    )
+    child = spawn("tinyproxy", [binary, "-d", "-c", str(config)], workdir)
+    try:
+        deadline = time.monotonic() + 10
+        while not _listening(port):
+            child.check()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"tinyproxy did not listen on 127.0.0.1:{port}")
+            time.sleep(0.05)
+        yield port
+    finally:
+        child.stop()
+
+
+def _count_connects(log: Path) -> int:
+    """CONNECT requests tinyproxy logged: one per tunnel, not per probe (keep-alive inside)."""
+    return log.read_text(errors="replace").count(": CONNECT ")
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+        return True
+    return False
+
+
+async def _turns(agents: dict[str, Child], window: float) -> list[dict[str, Any]]:
+    """Each agent alone for ``window`` seconds per round (the others stopped), ROUNDS times."""
+    for agent in agents.values():
+
+        async def ready(agent: Child = agent) -> bool:
+            return bool((await _snapshot(agent))["ready"])
+
+        await wait_until(ready, 120, f"{agent.name}'s first probe cycle", every=0.5)
+        agent.process.send_signal(signal.SIGSTOP)
+    rounds = []
+    for _ in range(ROUNDS):
+        measured: dict[str, Any] = {}
+        for name, agent in agents.items():
+            agent.process.send_signal(signal.SIGCONT)
+            await asyncio.sleep(SETTLE_SECONDS)
+            first = await _snapshot(agent)
+            await asyncio.sleep(window)
+            last = await _snapshot(agent)
+            agent.process.send_signal(signal.SIGSTOP)
+            measured[name] = {
+                "probes": last["tenant_probes"] - first["tenant_probes"],
+                "cpu_seconds": last["cpu_seconds"] - first["cpu_seconds"],
+            }
+        rounds.append(measured)
+    for agent in agents.values():
+        agent.process.send_signal(signal.SIGCONT)
+    return rounds
 
 
 async def _rounds(agent: Child, blackbox: Child, url: str, window: float) -> list[dict[str, Any]]:
@@ -241,6 +371,10 @@ async def _regional_statuses(sim: Any) -> dict[str, int]:
 
 
 def _version(binary: str) -> str:
-    out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False)
+    return _version_line([binary, "--version"])
+
+
+def _version_line(argv: list[str]) -> str:
+    out = subprocess.run(argv, capture_output=True, text=True, check=False)
     text = (out.stdout or out.stderr).splitlines()
     return text[0] if text else "unknown"

@@ -14,8 +14,9 @@ from agent.classify import (
     classify_exception,
     classify_response,
 )
-from agent.diagnosis import Context, diagnose
+from agent.diagnosis import REMEDIES, Context, diagnose
 from agent.sophos import Tenant
+from agent.transport import ProxyFailure
 
 
 def body(**fields: object) -> bytes:
@@ -145,6 +146,10 @@ def test_retry_after_is_kept_for_the_budget() -> None:
         (httpx.ReadError("reset"), "protocol_error"),
         (httpx.DecodingError("bad gzip"), "protocol_error"),
         (ValueError("anything else"), "protocol_error"),
+        (ProxyFailure("proxy_auth_required", "proxy p:3128 answered 407"), "proxy_auth_required"),
+        (ProxyFailure("proxy_refused", "proxy p:3128 answered 403 Forbidden"), "proxy_refused"),
+        (ProxyFailure("proxy_unreachable", "cannot connect to proxy p:3128"), "proxy_unreachable"),
+        (httpx.ProxyError("some other proxy trouble"), "proxy_refused"),
     ],
 )
 def test_no_answer_gets_status_0_and_a_transport_code(exc: BaseException, code: str) -> None:
@@ -209,6 +214,9 @@ DIAGNOSES = [
     ("token", Outcome(0, "tls_error"), None, "network_error"),
     ("tenant", Outcome(0, "host_not_allowed"), None, "host_not_allowed"),
     ("tenant", Outcome(0, "not_activated"), None, "not_activated"),
+    ("token", Outcome(0, "proxy_auth_required"), None, "proxy_error"),
+    ("tenant", Outcome(0, "proxy_refused"), None, "proxy_error"),
+    ("whoami", Outcome(0, "proxy_unreachable"), None, "proxy_error"),
     ("tenant", Outcome(200, ""), None, "ok"),
     ("whoami", Outcome(200, "invalid_response"), None, "invalid_response"),
     ("tenant", Outcome(0, "trial_account"), None, "trial_account"),
@@ -288,3 +296,11 @@ def test_401_with_a_fresh_token_points_at_headers_not_expiry() -> None:
     old = diagnose("tenant", Outcome(401, "Unauthorized"), Context(token_age=3000))
     assert "header" in fresh.remedy and "moments ago" in fresh.remedy
     assert "one hour" in old.remedy
+
+
+def test_a_proxy_error_remedy_names_the_proxy_by_host_and_port_only() -> None:
+    failure = ProxyFailure("proxy_auth_required", "proxy proxy.example:3128 answered 407 Nope")
+    diagnosis = diagnose("token", classify_exception(failure))
+    assert diagnosis.cause == "proxy_error"
+    assert diagnosis.remedy.endswith(" Proxy: proxy.example:3128.")
+    assert diagnose("token", Outcome(0, "proxy_refused")).remedy == REMEDIES["proxy_error"]

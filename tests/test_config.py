@@ -65,6 +65,11 @@ INVALID = [
         "invalid-secret-file.yml",
         "credentials.0: client_secret_file /nonexistent/secret is not a readable file",
     ),
+    (
+        "invalid-proxy-url.yml",
+        "proxy_url: must start with http:// or https:// (the proxy's own scheme; socks is not "
+        "supported)",
+    ),
 ]
 
 
@@ -285,3 +290,35 @@ def test_no_warning_for_other_api_urls(
 ) -> None:
     assert main(["config", "check", "--config", str(_regional_config(tmp_path, api_url))]) == 0
     assert "data-region" not in capsys.readouterr().err
+
+
+def test_proxy_url_is_a_secret_masked_in_the_effective_config(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    credentials = [{"name": "a", "client_id": "x", "client_secret": "y"}]
+    monkeypatch.setenv("SOPHOS_EXPORTER_PROXY_URL", "http://squid-user:proxy-pass-77@proxy:3128")
+    monkeypatch.setenv("SOPHOS_EXPORTER_PROXY_FROM_ENVIRONMENT", "true")
+    settings = Settings(credentials=credentials)
+    assert settings.proxy_from_environment is True
+    assert settings.proxy_url is not None
+    assert "proxy-pass-77" not in repr(settings)
+    assert settings.masked()["proxy_url"] == "http://<masked>@proxy:3128"
+    monkeypatch.delenv("SOPHOS_EXPORTER_PROXY_URL")
+    plain = Settings(credentials=credentials, proxy_url="https://proxy:3128")
+    assert plain.masked()["proxy_url"] == "https://proxy:3128"
+
+
+def test_a_bad_proxy_url_never_echoes_its_password() -> None:
+    for bad in (
+        "socks5://u:proxy-pass-77@h:1",
+        "http://u:proxy-pass-77@h/x",
+        "http://u:proxy-pass-77@h:x",
+    ):
+        with pytest.raises(ConfigError) as caught:
+            load_settings(
+                None,
+                proxy_url=bad,
+                credentials=[{"name": "a", "client_id": "x", "client_secret": "y"}],
+            )
+        assert "proxy_url: " in str(caught.value)
+        assert "proxy-pass-77" not in str(caught.value)

@@ -24,7 +24,7 @@ from agent.simulator.model import (
 )
 from agent.simulator.scenarios import SCENARIO_NAMES, build_scenario, tagged
 from agent.simulator.serve import serve, write_agent_config
-from agent.simulator.simulator import Simulator
+from agent.simulator.simulator import Simulator, TlsFiles
 from agent.simulator.traffic import TrafficStats, busiest_window, window_seconds
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "Simulator",
     "Tenant",
     "Throttle",
+    "TlsFiles",
     "TrafficStats",
     "build_scenario",
     "busiest_window",

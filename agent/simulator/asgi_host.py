@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Generator
+from typing import TYPE_CHECKING
 
 import uvicorn
 from starlette.applications import Starlette
@@ -23,6 +24,9 @@ from starlette.types import Receive, Scope, Send
 from agent.clock import Clock
 from agent.simulator.raw_host import Handler, pause, reset_transport
 from agent.simulator.wire import ApiRequest, Reply
+
+if TYPE_CHECKING:
+    from agent.simulator.simulator import TlsFiles
 
 _METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 _STARTUP_SECONDS = 10.0
@@ -58,11 +62,19 @@ async def _until_disconnect(receive: Receive) -> None:
 class AsgiHost:
     """One uvicorn listener serving ``handler`` under the host key ``key``."""
 
-    def __init__(self, key: str, handler: Handler, clock: Clock, stopping: asyncio.Event) -> None:
+    def __init__(
+        self,
+        key: str,
+        handler: Handler,
+        clock: Clock,
+        stopping: asyncio.Event,
+        tls: TlsFiles | None = None,
+    ) -> None:
         self.key = key
         self._handler = handler
         self._clock = clock
         self._stopping = stopping
+        self._tls = tls
         self.app = Starlette(routes=[Route("/{path:path}", self._endpoint, methods=_METHODS)])
         self._server: _QuietServer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -78,6 +90,8 @@ class AsgiHost:
             proxy_headers=False,
             server_header=False,
             timeout_graceful_shutdown=2,
+            ssl_certfile=None if self._tls is None else str(self._tls.certfile),
+            ssl_keyfile=None if self._tls is None else str(self._tls.keyfile),
         )
         server = self._server = _QuietServer(config)
         self._task = asyncio.create_task(server.serve(sockets=sockets))

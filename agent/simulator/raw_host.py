@@ -13,10 +13,14 @@ import socket
 import struct
 from collections.abc import Callable
 from http import HTTPStatus
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, unquote
 
 from agent.clock import Clock
 from agent.simulator.wire import ApiRequest, Reply
+
+if TYPE_CHECKING:
+    from agent.simulator.simulator import TlsFiles
 
 Handler = Callable[[ApiRequest], Reply]
 
@@ -67,17 +71,27 @@ def encode_head(
 class RawHost:
     """One listener whose replies may break HTTP on purpose."""
 
-    def __init__(self, key: str, handler: Handler, clock: Clock, stopping: asyncio.Event) -> None:
+    def __init__(
+        self,
+        key: str,
+        handler: Handler,
+        clock: Clock,
+        stopping: asyncio.Event,
+        tls: TlsFiles | None = None,
+    ) -> None:
         self.key = key
         self._handler = handler
         self._clock = clock
         self._stopping = stopping
+        self._ssl = None if tls is None else tls.server_context()
         self._servers: list[asyncio.Server] = []
         self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
 
     async def start(self, sockets: list[socket.socket]) -> None:
         for sock in sockets:
-            server = await asyncio.start_server(self._on_connection, sock=sock, limit=MAX_HEAD)
+            server = await asyncio.start_server(
+                self._on_connection, sock=sock, limit=MAX_HEAD, ssl=self._ssl
+            )
             self._servers.append(server)
 
     async def stop(self) -> None:

@@ -11,6 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -42,14 +45,32 @@ DEFAULT_AGENT_SETTINGS: dict[str, Any] = {
 _WILDCARDS = {"", "0.0.0.0", "::"}  # noqa: S104 - recognised, never bound by default
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """A PEM certificate chain and its key: every host then serves HTTPS (``https://`` URLs).
+
+    The certificate must name the host the URLs use (``127.0.0.1``, and ``localhost`` for the
+    rogue listener); tests and benchmarks issue one with ``trustme`` and point ``ca_bundle`` at
+    its CA.
+    """
+
+    certfile: Path
+    keyfile: Path
+
+    def server_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(str(self.certfile), str(self.keyfile))
+        return context
+
+
 class _Host(Protocol):
     async def start(self, sockets: list[socket.socket]) -> None: ...
 
     async def stop(self) -> None: ...
 
 
-def _url(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+def _url(host: str, port: int, scheme: str = "http") -> str:
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -88,8 +109,10 @@ class Simulator:
         host: str = "127.0.0.1",
         port: int = 0,
         clock: Clock | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.scenario = scenario
+        self.tls = tls
         self.clock: Clock = clock if clock is not None else SystemClock()
         self._bind_host = host
         self._public_host = "::1" if host == "::" else ("127.0.0.1" if host in _WILDCARDS else host)
@@ -107,21 +130,23 @@ class Simulator:
         if self._urls is not None:
             raise RuntimeError("the simulator is already running")
         main, regions, faulty, rogue = self._bind_all()
+        scheme = "http" if self.tls is None else "https"
         self._urls = HostUrls(
-            main=_url(self._public_host, _port_of(main)),
-            regions=tuple(_url(self._public_host, _port_of(s)) for s in regions),
-            faulty=_url(self._public_host, _port_of(faulty)),
-            rogue=_url("localhost", _port_of(rogue[0])),
+            main=_url(self._public_host, _port_of(main), scheme),
+            regions=tuple(_url(self._public_host, _port_of(s), scheme) for s in regions),
+            faulty=_url(self._public_host, _port_of(faulty), scheme),
+            rogue=_url("localhost", _port_of(rogue[0]), scheme),
         )
         self._central.bind_urls(self._urls)
+        tls, stopping = self.tls, self._stopping
         plan: list[tuple[_Host, list[socket.socket]]] = [
-            (AsgiHost(HOST_MAIN, self._main_handler, self.clock, self._stopping), [main]),
+            (AsgiHost(HOST_MAIN, self._main_handler, self.clock, stopping, tls), [main]),
             *(
-                (AsgiHost(region_host(i), self._central.handle, self.clock, self._stopping), [s])
+                (AsgiHost(region_host(i), self._central.handle, self.clock, stopping, tls), [s])
                 for i, s in enumerate(regions)
             ),
-            (RawHost(HOST_FAULTY, self._central.handle, self.clock, self._stopping), [faulty]),
-            (RawHost(HOST_ROGUE, self._rogue.handle, self.clock, self._stopping), rogue),
+            (RawHost(HOST_FAULTY, self._central.handle, self.clock, stopping, tls), [faulty]),
+            (RawHost(HOST_ROGUE, self._rogue.handle, self.clock, stopping, tls), rogue),
         ]
         try:
             for host, sockets in plan:

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent.config import Settings, load_settings
 from agent.logs import setup_logging
 from agent.server import AgentService
-from agent.simulator import Scenario, Simulator, tagged
+from agent.simulator import Scenario, Simulator, TlsFiles, tagged
 
 
 @dataclass
@@ -50,8 +50,11 @@ def parse_metrics(text: str) -> dict[str, list[tuple[str, dict[str, str], float]
     return families
 
 
-async def start_stack(scenario: Scenario, tmp: Path, **overrides: Any) -> Stack:
-    sim = Simulator(scenario, host="127.0.0.1", port=0)
+async def start_stack(
+    scenario: Scenario, tmp: Path, tls: TlsFiles | None = None, **overrides: Any
+) -> Stack:
+    """The simulator (serving HTTPS with ``tls``) and an agent configured for it."""
+    sim = Simulator(scenario, host="127.0.0.1", port=0, tls=tls)
     await sim.start()
     config = {
         **sim.agent_config(),
@@ -74,11 +77,11 @@ GENEROUS_LIMITS = {"1s": 1000, "1m": 60_000, "1h": 10_000_000, "1d": 100_000_000
 
 
 async def start_ready_stack(
-    scenario: Scenario, tmp: Path, within: float, **overrides: Any
+    scenario: Scenario, tmp: Path, within: float, tls: TlsFiles | None = None, **overrides: Any
 ) -> Stack:
     """A stack under ``GENEROUS_LIMITS`` whose first probe cycle is complete (/readyz 200)."""
     scenario.rate_limits.update(GENEROUS_LIMITS)
-    stack = await start_stack(scenario, tmp, budget_share=1.0, **overrides)
+    stack = await start_stack(scenario, tmp, tls, budget_share=1.0, **overrides)
 
     async def ready() -> bool:
         return (await stack.get("/readyz")).status_code == 200

@@ -43,7 +43,15 @@ from agent.statefile import StateFile
 from tests.e2e.harness import wait_for
 
 SCENARIOS = [name for name in SCENARIO_NAMES if not name.startswith("scale")]
-THIRD_PARTY_LOGGERS = ("httpx", "httpcore", "apscheduler", "uvicorn", "uvicorn.error", "asyncio")
+THIRD_PARTY_LOGGERS = (
+    "httpx",
+    "httpcore",
+    "aiohttp",
+    "apscheduler",
+    "uvicorn",
+    "uvicorn.error",
+    "asyncio",
+)
 BIG_LIMITS = {"1s": 1000, "1m": 60_000, "1h": 10_000_000, "1d": 100_000_000}
 
 
