@@ -17,6 +17,7 @@ import logging
 import re
 import shlex
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -64,6 +65,13 @@ CREATE TABLE IF NOT EXISTS evidence_5xx (
     ids TEXT NOT NULL,
     PRIMARY KEY (owner, credential, tenant_id, probe)
 );
+CREATE TABLE IF NOT EXISTS evidence_tenant_names (
+    owner TEXT NOT NULL,
+    credential TEXT NOT NULL,
+    tenant_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    PRIMARY KEY (owner, credential, tenant_id)
+);
 """
 _COLUMNS = (
     "owner, credential, tenant_id, probe, first_seen, last_seen, failures, calls, consecutive, "
@@ -85,7 +93,16 @@ _UPDATE_ANSWERED = (
     f"UPDATE evidence_5xx SET calls = calls + 1, consecutive = 0, last_ok = ? WHERE {_KEY}"  # noqa: S608
 )
 _UPDATE_UNANSWERED = f"UPDATE evidence_5xx SET calls = calls + 1 WHERE {_KEY}"  # noqa: S608
-_SELECT_ALL = f"SELECT {_COLUMNS} FROM evidence_5xx ORDER BY persistent DESC, last_seen DESC"  # noqa: S608
+_SELECT_ALL = (
+    f"SELECT {', '.join('e.' + c.strip() for c in _COLUMNS.split(','))}, COALESCE(n.name, '') "  # noqa: S608
+    "FROM evidence_5xx e LEFT JOIN evidence_tenant_names n "
+    "ON n.owner = e.owner AND n.credential = e.credential AND n.tenant_id = e.tenant_id "
+    "ORDER BY e.persistent DESC, e.last_seen DESC"
+)
+_UPSERT_NAME = (
+    "INSERT INTO evidence_tenant_names (owner, credential, tenant_id, name) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (owner, credential, tenant_id) DO UPDATE SET name = excluded.name"
+)
 
 
 @dataclass(frozen=True)
@@ -108,19 +125,41 @@ class Evidence:
     response_headers: dict[str, str]
     response_body: str
     ids: dict[str, str]
+    tenant_name: str = ""
 
     @property
     def share(self) -> float:
         """Failed share of this probe's calls since the first 5XX."""
         return self.failures / self.calls if self.calls else 0.0
 
+    @property
+    def state(self) -> str:
+        """Where the probe stands now, in words that agree with the counts printed beside them."""
+        in_a_row = f"{self.consecutive} 5XX in a row; persistent from {PERSISTENT_AFTER}"
+        if self.consecutive and self.persistent:
+            return f"failing now, persistent ({in_a_row})"
+        if self.consecutive:
+            return f"failing now, not yet persistent ({in_a_row})"
+        if self.persistent:
+            return f"recovered since; it was persistent ({PERSISTENT_AFTER} or more 5XX in a row)"
+        return "intermittent: recovered after each 5XX"
+
+
+TenantNames = Callable[[str, str], str]
+"""(credential, tenant id) -> the tenant's name as listed, or ""."""
+
 
 class EvidenceRecorder:
-    """A ``CallObserver`` that keeps 5XX evidence in the state file."""
+    """A ``CallObserver`` that keeps 5XX evidence in the state file.
 
-    def __init__(self, store: StateFile, owner: str = "") -> None:
+    The tenant's name is kept beside the evidence, so that ``support-bundle`` (which reads the
+    state file while no agent runs) names tenants as ``/support`` does.
+    """
+
+    def __init__(self, store: StateFile, owner: str = "", names: TenantNames | None = None) -> None:
         self._store = store
         self._owner = owner
+        self._names = names
         store.ensure_schema(_SCHEMA)
         self._tracked = self._load_keys()
 
@@ -174,6 +213,9 @@ class EvidenceRecorder:
             json.dumps(ids),
         )
         self._store.execute(_UPSERT_FAILURE, values)
+        name = self._names(key[0], key[1]) if self._names is not None and key[1] else ""
+        if name:
+            self._store.execute(_UPSERT_NAME, (self._owner, key[0], key[1], name))
         if key not in self._tracked:
             self._tracked.add(key)
             log.warning(
@@ -233,6 +275,7 @@ def _evidence(row: tuple[Any, ...]) -> Evidence:
         response_headers=json.loads(row[13]),
         response_body=str(row[14]),
         ids=json.loads(row[15]),
+        tenant_name=str(row[16]),
     )
 
 
@@ -251,7 +294,7 @@ def render_markdown(items: list[Evidence], tenant_names: dict[str, str] | None =
         "",
     ]
     for item in items:
-        lines += _markdown_item(item, names.get(item.tenant_id, ""))
+        lines += _markdown_item(item, names.get(item.tenant_id) or item.tenant_name)
     return "\n".join(lines)
 
 
@@ -265,11 +308,9 @@ def _markdown_item(item: Evidence, tenant_name: str) -> list[str]:
     return [
         f"## {item.credential} / {item.probe} / {tenant}",
         "",
-        f"- Status: **{'persistent' if item.persistent else 'intermittent'}**, "
-        f"last answer HTTP {item.status}",
+        f"- Status: **{item.state}**; last 5XX answer HTTP {item.status}",
         f"- First seen: {_iso(item.first_seen)}; last seen: {_iso(item.last_seen)}",
-        f"- How often: {item.failures} of {item.calls} calls since first seen "
-        f"({item.share:.0%}); {item.consecutive} consecutive now",
+        f"- How often: {item.failures} of {item.calls} calls since first seen ({item.share:.0%})",
         f"- Last success after a 5XX: {_iso(item.last_ok) if item.last_ok else 'none'}",
         f"- Correlation / request ids: {ids}",
         *([f"- Sophos error code and documentation: {sophos_code}"] if sophos_code else []),

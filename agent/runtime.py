@@ -123,7 +123,7 @@ class Agent:
             total_shards=settings.total_shards,
             process_registry=prometheus_client.REGISTRY if process_metrics else None,
         )
-        self.evidence = EvidenceRecorder(self.state_file, self.owner)
+        self.evidence = EvidenceRecorder(self.state_file, self.owner, names=self.tenant_name)
         self.listing = ListingPages()
         self.observers: list[CallObserver] = [
             self.metrics,
@@ -201,6 +201,14 @@ class Agent:
     def period(self, credential: str) -> float:
         plan = self.plans.get(credential)
         return plan.period if plan is not None else self.settings.probe_interval
+
+    def tenant_name(self, credential: str, tenant_id: str) -> str:
+        """The name a tenant was listed under, or "" (it left the list, or none was read yet)."""
+        for prober in self.probers:
+            if prober.name == credential:
+                tenant = prober.state.tenants.get(tenant_id)
+                return tenant.name if tenant is not None else ""
+        return ""
 
     def explain_period(self, credential: str) -> str:
         """The credential's per-tenant probe period and why (``Plan.explain``), or the

@@ -179,3 +179,55 @@ def test_support_bundle_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture
     bad = tmp_path / "bad.yml"
     bad.write_text("budget_share: 7\n")
     assert main(["support-bundle", "--config", str(bad)]) == 2
+
+
+def test_the_bundle_names_tenants_as_the_support_page_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``support-bundle`` reads only the state file, with no agent running: the tenant's name
+    was kept with the evidence, so the case names the tenant the way ``/support`` did."""
+    store = StateFile(tmp_path / "state.db")
+    names = {("msp-main", "tenant-1"): "Crème Brûlée S.A."}
+    recorder = EvidenceRecorder(store, names=lambda cred, tid: names.get((cred, tid), ""))
+    recorder.observe_call(call(500, 10.0))
+    live = render_markdown(load_evidence(store), {"tenant-1": "Crème Brûlée S.A."})
+    store.close()
+    config = tmp_path / "config.yml"
+    config.write_text(
+        f"state_file: {tmp_path / 'state.db'}\n"
+        "credentials: [{name: msp-main, client_id: x, client_secret: y}]\n"
+    )
+    config.chmod(0o600)
+    assert main(["support-bundle", "--config", str(config)]) == 0
+    bundle = capsys.readouterr().out
+    assert "## msp-main / tenant / Crème Brûlée S.A. (tenant-1)" in bundle
+    assert bundle == live
+
+
+@pytest.mark.parametrize(
+    ("statuses", "state", "often"),
+    [
+        (
+            [500, 500],
+            "failing now, not yet persistent (2 5XX in a row; persistent from 3)",
+            "2 of 2",
+        ),
+        ([500] * 3, "failing now, persistent (3 5XX in a row; persistent from 3)", "3 of 3"),
+        ([500, 200], "intermittent: recovered after each 5XX", "1 of 2"),
+        (
+            [500] * 3 + [200],
+            "recovered since; it was persistent (3 or more 5XX in a row)",
+            "3 of 4",
+        ),
+    ],
+)
+def test_the_status_line_agrees_with_the_counts_beside_it(
+    tmp_path: Path, statuses: list[int], state: str, often: str
+) -> None:
+    store = StateFile(tmp_path / "state.db")
+    recorder = EvidenceRecorder(store)
+    for i, status in enumerate(statuses):
+        recorder.observe_call(call(status, 10.0 + i))
+    text = render_markdown(load_evidence(store))
+    assert f"- Status: **{state}**; last 5XX answer HTTP 500" in text
+    assert f"- How often: {often} calls since first seen" in text

@@ -212,7 +212,7 @@ async def test_5xx_evidence_counts_how_often_a_probe_fails_and_when_it_recovered
     assert before["share"] == 1.0 and before["last_ok"] is None
     assert before["failures"] == before["calls"] == before["consecutive"]
     support = (await stack.get("/support")).text
-    assert f"({tid})" in support and "**persistent**" in support
+    assert f"({tid})" in support and "**failing now, persistent (" in support
     assert re.search(r"How often: \d+ of \d+ calls since first seen \(100%\)", support)
 
     stack.sim.set_fault(tid, None)
