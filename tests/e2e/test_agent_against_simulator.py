@@ -201,9 +201,9 @@ async def test_landing_health_and_status_pages(stack: Stack) -> None:
 async def test_status_page_says_the_probe_period_first_for_each_credential(stack: Stack) -> None:
     status = (await stack.get("/status")).text
     for credential in stack.settings.credentials:
-        section = status.split(f"<h2 id='credential-{credential.name}'>", 1)[1]
-        first = section.split("</h2>", 1)[1].split("</p>", 1)[0]
-        assert first.startswith("<p class='period' data-period='4'>"), (credential.name, first)
+        section = status.split(f'<section class="credential" id="credential-{credential.name}"')
+        first = section[1].split("</h2>", 1)[1].split("</p>", 1)[0].strip()
+        assert first.startswith('<p class="period" data-period-seconds="4">'), first
         assert "Each tenant is probed every 4 s: as configured (probe_interval)" in first
 
 
