@@ -1,5 +1,6 @@
 """The command line: ``run`` (default), ``check``, ``demo``, ``simulate``, ``support-bundle``,
-``config check``. Exit codes are part of the contract: 2 means the configuration is unusable."""
+``config check``. Exit codes are part of the interface scripts rely on: 2 means the
+configuration is unusable."""
 
 from __future__ import annotations
 

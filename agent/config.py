@@ -1,8 +1,8 @@
 """The configuration schema: one YAML file plus ``SOPHOS_EXPORTER_*`` environment variables.
 
-This module is the single description of what a user may configure (CONTRACT.md, "Configuration
-file"). A mistake must come back as one readable sentence that names the key, because the person
-reading it is usually an on-call engineer staring at a crash-looping container.
+This module is the single description of what a user may configure (the README's configuration
+reference follows it). A mistake must come back as one readable sentence that names the key,
+because the person reading it is usually an on-call engineer staring at a crash-looping container.
 """
 
 from __future__ import annotations
@@ -209,7 +209,7 @@ class Credential(BaseModel):
 
 
 class Settings(BaseSettings):
-    """The whole agent configuration (CONTRACT.md). Environment variables override the file."""
+    """The whole agent configuration. Environment variables override the file."""
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,

@@ -1,10 +1,10 @@
 """Why a probe failed and what to do about it.
 
-blackbox_exporter tells you *that* a probe failed; users keep asking *why* (its issue #1077). Every
-outcome here maps to one ``cause`` from a fixed set (a label value, CONTRACT.md) and a remedy
-paraphrased from Sophos's "Common troubleshooting steps for Sophos Central API errors". A 403 on a
-tenant is often business state (a trial account, a term customer without Partner Assistance), not an
-outage, and the remedy says so.
+blackbox_exporter tells you *that* a probe failed; users keep asking *why* (its issue #1077).
+Every outcome here maps to one ``cause`` from a fixed set (a label value that users' alerts and
+dashboards rely on) and a remedy paraphrased from Sophos's "Common troubleshooting steps for
+Sophos Central API errors". A 403 on a tenant is often business state (a trial account, a term
+customer without Partner Assistance), not an outage, and the remedy says so.
 """
 
 from __future__ import annotations
@@ -171,7 +171,7 @@ def diagnose(probe: str, outcome: Outcome, context: Context | None = None) -> Di
 
 
 def cause_of(probe: str, outcome: Outcome, context: Context) -> str:
-    """The one cause label value for an outcome (CONTRACT.md's fixed set)."""
+    """The one cause label value for an outcome (one of ``metricnames.CAUSES``)."""
     status, code = outcome.status_code, outcome.error_code
     if status == 0 and code in PROXY_CODES:
         return "proxy_error"

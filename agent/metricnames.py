@@ -1,4 +1,6 @@
-"""The public metric names (CONTRACT.md): one source of truth for agent, dashboards, alerts."""
+"""The public metric names: one source of truth for agent, dashboards, alerts and users' queries.
+
+Renaming or removing one breaks somebody's dashboard or alert; add, never rename."""
 
 PREFIX = "sophos_central_"
 
@@ -18,7 +20,7 @@ SHARD_ORDINAL = "sophos_central_shard_ordinal"
 TOTAL_SHARDS = "sophos_central_total_shards"
 PROBE_CAUSE_INFO = "sophos_central_probe_cause_info"
 
-# Additions beyond the contract.
+# Added later, beside the original set.
 RATE_LIMIT_ALLOWED_CALLS = "sophos_central_rate_limit_allowed_calls"
 RATE_LIMIT_PAUSES_TOTAL = "sophos_central_rate_limit_pauses_total"
 TENANTS = "sophos_central_tenants"
@@ -31,7 +33,7 @@ RATE_LIMIT_PAUSE_INFO = "sophos_central_rate_limit_pause_info"
 RATE_LIMIT_TENANT_MAX_UTILIZATION_RATIO = "sophos_central_rate_limit_tenant_max_utilization_ratio"
 RATE_LIMIT_PAUSED_TENANTS = "sophos_central_rate_limit_paused_tenants"
 
-CONTRACT_METRICS = (
+STABLE_METRICS = (
     API_REQUESTS_TOTAL,
     API_REQUEST_DURATION_SECONDS,
     PROBE_SUCCESS,

@@ -186,5 +186,5 @@ def bind_socket(host: str, port: int) -> socket.socket:
 @contextlib.contextmanager
 def _no_signal_capture() -> Iterator[None]:
     """uvicorn would re-raise SIGTERM after its shutdown (exit 143); the CLI handles signals and
-    exits 0, as the contract asks."""
+    exits 0, as supervisors expect of a clean stop."""
     yield
