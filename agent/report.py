@@ -135,6 +135,21 @@ class CredentialReport:
 
 
 @dataclass(frozen=True)
+class Example:
+    """One probe named in a needs-attention line: tenant name, id and probe."""
+
+    name: str
+    tenant_id: str
+    probe: str
+
+    def __str__(self) -> str:
+        if not self.tenant_id:
+            return self.probe
+        who = f"{self.name} ({self.tenant_id})" if self.name else self.tenant_id
+        return who if self.probe == "tenant" else f"{who} {self.probe}"
+
+
+@dataclass(frozen=True)
 class Attention:
     """One line of "needs attention": a credential's failure group, with a few of its tenants."""
 
@@ -142,7 +157,7 @@ class Attention:
     cause: str
     count: int
     what: str
-    examples: list[str]
+    examples: list[Example]
     anchor: str
 
 
@@ -206,18 +221,14 @@ def _attention(creds: list[CredentialReport]) -> list[Attention]:
         for group in cred.groups:
             if group.kind != "failure":
                 continue
-            examples = [_who(r) for r in group.rows[:ATTENTION_EXAMPLES]]
+            examples = [
+                Example(r.tenant_name, r.tenant_id, r.probe)
+                for r in group.rows[:ATTENTION_EXAMPLES]
+            ]
             what = f"{len(group.rows)} {'probe' if len(group.rows) == 1 else 'probes'}"
             count = len(group.rows)
             lines.append(Attention(cred.name, group.cause, count, what, examples, group.anchor))
     return lines
-
-
-def _who(row: Row) -> str:
-    if not row.tenant_id:
-        return row.probe
-    name = f"{row.tenant_name} ({row.tenant_id})" if row.tenant_name else row.tenant_id
-    return name if row.probe == "tenant" else f"{name} {row.probe}"
 
 
 def token_anchor(credential: str) -> str:

@@ -185,7 +185,7 @@ async def test_failures_are_grouped_by_cause_with_the_remedy_once(page: Page) ->
 
 async def test_tenant_ids_do_not_wrap(page: Page) -> None:
     heights = await page.eval_on_selector_all(
-        "tr.probe td.id",
+        "tr.probe td.id, #attention span.id",
         "els => els.filter(e => e.offsetParent).map(e => e.getBoundingClientRect().height)",
     )
     assert heights and max(heights) < 2 * min(heights)
