@@ -446,10 +446,11 @@ def _print_demo_banner(listen: str, simulator_url: str, config_path: Path) -> No
         f"  readiness:    {base}/readyz\n"
         f"  simulator:    {simulator_url}\n"
         f"  config used:  {config_path} (removed when the demo stops)\n"
-        "The simulator grants far larger rate limits than Sophos Central does, and the demo\n"
-        "probes every 30 s, so that every kind of failure shows within the first minute; the\n"
-        "first full cycle over all tenants takes about a minute. With real credentials the\n"
-        "default limits stretch the probe period to fit your tenants (see the README).\n"
+        "The simulator grants far larger rate limits than Sophos Central does, so the demo can\n"
+        "probe each tenant about every half minute and every kind of failure shows within a\n"
+        "minute or two (the first full cycle over all tenants takes about a minute). With real\n"
+        "credentials, Sophos's limits stretch the period to fit your tenants: the status page\n"
+        "says the period in force, and the README has a table to size the budget with.\n"
         f"Try, in another shell: {own_command()} check --config {shlex.quote(str(config_path))}\n"
         "Press Ctrl-C to stop.\n",
         flush=True,
