@@ -27,9 +27,11 @@ Two phases per size, on one continuous clock:
    from the calls so far) so that their first failed probe comes within minutes; figure (b) is
    the time from that first failed probe to the moment ``SophosCentralPersistent5xx`` or
    ``SophosCentralForbiddenSpike{scope="tenant"}`` for that tenant is firing (the first
-   evaluation with ``ALERTS{alertstate="firing"}``, read back from Prometheus). Then every call
-   answers 503 (the simulator's outage switch), and (b) for the outage is from the first failed
-   probe to ``SophosCentralApiOutage{scope="tenants"}`` firing.
+   evaluation with ``ALERTS{alertstate="firing"}``, read back from Prometheus). The faults come
+   one at a time (the next once the last one paged: a single tenant breaking), then all of
+   them at once (tenants breaking together share the confirmations' cap, which shows). Then
+   every call answers 503 (the simulator's outage switch), and (b) for the outage is from the
+   first failed probe to ``SophosCentralApiOutage{scope="tenants"}`` firing.
 
 Budget: the simulator's busiest window of each length over the whole run (both phases, the
 confirmations and the outage included) divided by the agent's allowance (0.1 x the limit), and
@@ -85,6 +87,7 @@ AGENT_SETTINGS = {
     "budget_share": str(BUDGET_SHARE),
 }
 FAULTS = {"5xx": "server_error_500", "403": "no_partner_assistance_403"}
+STATUS = {"5xx": 500, "403": 403}
 ALERTS = {"5xx": "SophosCentralPersistent5xx", "403": "SophosCentralForbiddenSpike"}
 JOB = "sophos-central-exporter"
 SLOW_SPEED = 60.0
@@ -151,17 +154,28 @@ class Calls:
         calls = [c for c in self.by_tenant.get(tenant, []) if c[0] < before]
         return calls[-1][0] if calls and calls[-1][1] == 200 else None
 
-    def first_failure(self, tenant: str, since: float) -> float | None:
-        for at, status in self.by_tenant.get(tenant, []):
-            if at >= since and status != 200:
+    def first_failure(self, tenant: str, since: float, status: int) -> float | None:
+        """The first call since ``since`` answered with the injected fault's ``status``."""
+        for at, answered in self.by_tenant.get(tenant, []):
+            if at >= since and answered == status:
                 return at
         return None
 
-    def any_failure(self, since: float) -> float | None:
+    def any_failure(self, since: float, status: int) -> float | None:
         times = [
-            at for calls in self.by_tenant.values() for at, st in calls if at >= since and st != 200
+            at
+            for calls in self.by_tenant.values()
+            for at, answered in calls
+            if at >= since and answered == status
         ]
         return min(times) if times else None
+
+    def statuses(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for calls in self.by_tenant.values():
+            for _, answered in calls:
+                counts[str(answered)] = counts.get(str(answered), 0) + 1
+        return dict(sorted(counts.items()))
 
 
 async def run(workdir: Path, sizes: tuple[Size, ...] = SIZES) -> dict[str, Any]:
@@ -210,7 +224,9 @@ async def _run_size(workdir: Path, size: Size) -> dict[str, Any]:
         outage = await _outage(clock, sim, calls, prometheus, mapping, watched, slow)
         state = await simulator_state(sim)
         page = parse_page((await scrape(base)).text)
-    return _figures(size, period, fast, slow, together, outage, state, page)
+    result = _figures(size, period, fast, slow, together, outage, state, page)
+    result["per_tenant_call_statuses"] = calls.statuses()
+    return result
 
 
 def _start_agent(
@@ -306,7 +322,9 @@ async def _fast_phase(
             child.check()
         calls.read()
         for fault in faults:
-            fault.first_failed = calls.first_failure(fault.tenant, fault.injected)
+            fault.first_failed = calls.first_failure(
+                fault.tenant, fault.injected, STATUS[fault.kind]
+            )
         return all(f.first_failed is not None for f in faults)
 
     await wait_until(all_probed, 1.5 * period / size.fast_speed + 60, "(a) first failed probes")
@@ -518,7 +536,9 @@ async def _until_paged(
             child.check()
         calls.read()
         for fault in faults:
-            fault.first_failed = calls.first_failure(fault.tenant, fault.injected)
+            fault.first_failed = calls.first_failure(
+                fault.tenant, fault.injected, STATUS[fault.kind]
+            )
         for kind in {f.kind for f in faults}:
             fired = await _first_firing(prometheus, _selector(kind), started_real, mapping, step)
             for fault in faults:
@@ -555,7 +575,7 @@ async def _outage(
         for child in watched:
             child.check()
         calls.read()
-        result["first_failed"] = calls.any_failure(started_clock)
+        result["first_failed"] = calls.any_failure(started_clock, 503)
         fired = await _first_firing(prometheus, selector, started_real, mapping, 0.1)
         if "" in fired:
             result["fired"] = fired[""]
