@@ -88,6 +88,8 @@ def main() -> int:
             report[name + "_seconds"] = round(time.monotonic() - step_started, 1)
     report["load_average_at_end"] = os.getloadavg()
     report["total_seconds"] = round(time.monotonic() - started, 1)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
     checks = Checks()
     print(format_report(report, checks))
     report["checks"] = [{"check": c, "figure": f, "ok": ok} for c, f, ok in checks.rows]
@@ -222,10 +224,6 @@ def _rss(r: dict[str, Any], checks: Checks) -> list[str]:
     ]
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
-
-
 def _minutes(seconds: float | None) -> str:
     return "   n/a" if seconds is None else f"{seconds / 60:6.1f}"
 
@@ -284,3 +282,7 @@ def _faultpage(r: dict[str, Any], checks: Checks) -> list[str]:
             checks.at_most(f"{tag} busiest {window} window / allowance", ratio, 1.0)
         checks.equal(f"{tag} 429s", size["rate_limited"], 0)
     return lines
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
