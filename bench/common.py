@@ -84,9 +84,15 @@ class WarpClock:
         return 10_000.0 + self.elapsed()
 
     async def sleep(self, seconds: float) -> None:
-        now = time.monotonic()
-        until = self.real_at(self.elapsed_at(now) + max(0.0, seconds))
-        await asyncio.sleep(max(0.0, until - now))
+        """Sleep ``seconds`` of clock time; in real slices of at most 0.1 s, so that a sleep
+        that spans a switch announced after it began still ends at the right clock time."""
+        target = self.elapsed() + max(0.0, seconds)
+        while True:
+            now = time.monotonic()
+            left = self.real_at(target) - now
+            if left <= 0:
+                return
+            await asyncio.sleep(min(left, 0.1))
 
 
 def watch_switch(clock: WarpClock, path: str, then: Callable[[float], None] | None = None) -> None:
