@@ -239,11 +239,12 @@ class SophosClient:
         except HostNotAllowed as exc:
             return Outcome(status_code=0, error_code="host_not_allowed", message=str(exc)), b""
         try:
-            token = await self.bearer()
+            await self.bearer()  # no token to be had: fail now, without spending the budget
         except TokenUnavailable as exc:
             return replace(exc.outcome, from_token=True), b""
-        headers = {**headers, "Authorization": f"Bearer {token}"}
-        outcome, body = await self._call(probe, tenant_id, "GET", url, headers, priority=priority)
+        outcome, body = await self._call(
+            probe, tenant_id, "GET", url, headers, priority=priority, authorize=True
+        )
         if outcome.status_code == 401:
             self.drop_token()
         return outcome, body
@@ -258,19 +259,24 @@ class SophosClient:
         *,
         form: Mapping[str, str] | None = None,
         priority: int = PRIORITY_CREDENTIAL,
+        authorize: bool = False,
     ) -> tuple[Outcome, bytes]:
         """Send one request under the budget and a single deadline; classify, never raise.
+
+        With ``authorize`` the bearer token is taken once the call is admitted, not before: with
+        a saturated budget (a long tenant list being paged) a call can wait for admission
+        longer than a token lives, and would leave with an expired one (a false 401).
 
         A GET whose pooled connection the server closed just as we reused it (no response at
         all) is sent once more: that race is ours, not Sophos's, and must not read as an outage.
         Both attempts pass admission and both are counted.
         """
         outcome, body, stale = await self._attempt(
-            probe, tenant_id, method, url, headers, form, priority
+            probe, tenant_id, method, url, headers, form, priority, authorize
         )
         if stale and method == "GET":
             outcome, body, _ = await self._attempt(
-                probe, tenant_id, method, url, headers, form, priority
+                probe, tenant_id, method, url, headers, form, priority, authorize
             )
         return outcome, body
 
@@ -283,10 +289,16 @@ class SophosClient:
         headers: dict[str, str],
         form: Mapping[str, str] | None,
         priority: int,
+        authorize: bool = False,
     ) -> tuple[Outcome, bytes, bool]:
         """One admitted request; the flag says the connection dropped before any response."""
         key = self._budget_key_for(tenant_id)
         await self._budget.acquire(key, priority)
+        if authorize:
+            try:
+                headers = {**headers, "Authorization": f"Bearer {await self.bearer()}"}
+            except TokenUnavailable as exc:
+                return replace(exc.outcome, from_token=True), b"", False
         stale = False
         started_wall = self._clock.time()
         started = self._clock.monotonic()

@@ -1,7 +1,8 @@
 """The agent in its own process, for benchmarks that need what the command line cannot give it.
 
     python -m bench.agentproc --config agent.yml [--set key=value ...]
-        [--speed 240 --origin <monotonic> --wall-origin <epoch>]
+        [--speed 240 --origin <monotonic> --wall-origin <epoch>] [--switch-file PATH]
+        [--events calls.jsonl]
 
 It runs the same ``AgentService`` as ``sophos-central-exporter run`` (scheduler, rate budget,
 state file, HTTP server), optionally on the ``WarpClock`` shared with the simulator. It prints one
@@ -27,19 +28,46 @@ from agent.client import CallRecord
 from agent.clock import Clock, SystemClock
 from agent.config import load_settings
 from agent.logs import setup_logging
+from agent.scheduler import ProbeScheduler
 from agent.server import AgentService
-from bench.common import WarpClock
+from bench.common import WarpClock, watch_switch
 
 
 class TenantProbeCounter:
-    """Counts answered tenant probes (an extra observer of every call)."""
+    """Counts answered tenant probes (an extra observer of every call); with ``events``, also
+    writes one JSON line per answered per-tenant call: clock time, tenant, probe, status."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock, events: str | None = None) -> None:
         self.count = 0
+        self._clock = clock
+        self._events = None if events is None else open(events, "a", buffering=1)  # noqa: SIM115
 
     def observe_call(self, record: CallRecord) -> None:
         if record.probe == "tenant":
             self.count += 1
+        if self._events is not None and record.tenant_id:
+            line = {
+                "t": self._clock.time(),
+                "tenant": record.tenant_id,
+                "probe": record.probe,
+                "status": record.outcome.status_code,
+            }
+            self._events.write(json.dumps(line) + "\n")
+
+
+def switch_speed(scheduler: ProbeScheduler, speed: float) -> None:
+    """The clock changed speed: run token probes, refreshes and ticks at the new real pace."""
+    scheduler._speed = speed
+    for schedule in scheduler.schedules:
+        intervals = {
+            f"token:{schedule.name}": scheduler._token_interval,
+            f"refresh:{schedule.name}": scheduler.refresh_interval(schedule),
+        }
+        for job_id, seconds in intervals.items():
+            job = scheduler._scheduler.get_job(job_id)
+            if job is not None:
+                job.reschedule("interval", seconds=seconds / speed)
+        scheduler.retick(schedule)
 
 
 def _value(text: str) -> Any:
@@ -55,7 +83,7 @@ async def run(args: argparse.Namespace) -> None:
     if args.origin is not None:
         clock = WarpClock(args.speed, args.origin, args.wall_origin)
         speed = args.speed
-    counter = TenantProbeCounter()
+    counter = TenantProbeCounter(clock, args.events)
     service = AgentService(
         settings,
         "127.0.0.1:0",
@@ -82,6 +110,13 @@ async def run(args: argparse.Namespace) -> None:
 
     loop.add_signal_handler(signal.SIGUSR1, snapshot)
     await service.start()
+    if isinstance(clock, WarpClock) and args.switch_file is not None:
+
+        def rescheduled(new_speed: float) -> None:
+            if service.agent.scheduler is not None:
+                switch_speed(service.agent.scheduler, new_speed)
+
+        watch_switch(clock, args.switch_file, rescheduled)
     try:
         sys.stdout.write(json.dumps({"port": service.port}) + "\n")
         sys.stdout.flush()
@@ -98,6 +133,8 @@ def main() -> None:
     parser.add_argument("--origin", type=float, default=None)
     parser.add_argument("--wall-origin", type=float, default=None)
     parser.add_argument("--log-level", default="warning")
+    parser.add_argument("--events", default=None, help="append per-tenant calls here (JSON lines)")
+    parser.add_argument("--switch-file", default=None, help="SIGUSR2 switches the clock's speed")
     parser.add_argument("--profile", default=None, help="write cProfile stats here (ad hoc)")
     args = parser.parse_args()
     if args.profile is None:

@@ -36,6 +36,10 @@ class WarpClock:
     simulator and the agent, each in its own process, read the same fast time from the same
     ``origin``. Sleeping a clock second takes ``1 / speed`` real seconds. With it, an hour window
     passes in seconds while calls still travel over real loopback HTTP.
+
+    ``switch(at, speed)`` changes the speed from the real moment ``at`` (monotonic) on; the
+    clock stays continuous. Every process that shares the clock must be told the same ``at``
+    before it comes (bench/faultpage.py does it through a file and a signal).
     """
 
     def __init__(self, speed: float, origin: float, wall_origin: float) -> None:
@@ -44,9 +48,34 @@ class WarpClock:
         self.speed = speed
         self._origin = origin
         self._wall_origin = wall_origin
+        self._switch_at: float | None = None
+        self._then_speed = speed
+
+    def switch(self, at: float, speed: float) -> None:
+        if speed <= 0 or at < self._origin:
+            raise ValueError("the switch needs a speed > 0 and a moment after the origin")
+        self._switch_at, self._then_speed = at, speed
+
+    def speed_now(self) -> float:
+        at = self._switch_at
+        return self.speed if at is None or time.monotonic() < at else self._then_speed
+
+    def elapsed_at(self, monotonic: float) -> float:
+        """Clock seconds since the origin at the real moment ``monotonic``."""
+        at = self._switch_at
+        if at is None or monotonic <= at:
+            return (monotonic - self._origin) * self.speed
+        return (at - self._origin) * self.speed + (monotonic - at) * self._then_speed
+
+    def real_at(self, elapsed: float) -> float:
+        """The real moment (monotonic) when the clock shows ``elapsed`` seconds since origin."""
+        at = self._switch_at
+        if at is None or elapsed <= (at - self._origin) * self.speed:
+            return self._origin + elapsed / self.speed
+        return at + (elapsed - (at - self._origin) * self.speed) / self._then_speed
 
     def elapsed(self) -> float:
-        return (time.monotonic() - self._origin) * self.speed
+        return self.elapsed_at(time.monotonic())
 
     def time(self) -> float:
         return self._wall_origin + self.elapsed()
@@ -55,7 +84,31 @@ class WarpClock:
         return 10_000.0 + self.elapsed()
 
     async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(max(0.0, seconds) / self.speed)
+        """Sleep ``seconds`` of clock time; in real slices of at most 0.1 s, so that a sleep
+        that spans a switch announced after it began still ends at the right clock time."""
+        target = self.elapsed() + max(0.0, seconds)
+        while True:
+            now = time.monotonic()
+            left = self.real_at(target) - now
+            if left <= 0:
+                return
+            await asyncio.sleep(min(left, 0.1))
+
+
+def watch_switch(clock: WarpClock, path: str, then: Callable[[float], None] | None = None) -> None:
+    """On SIGUSR2, read ``<monotonic moment> <speed>`` from ``path`` and switch the clock then.
+
+    ``then`` is called at that moment with the new speed (the agent reschedules its jobs)."""
+    loop = asyncio.get_running_loop()
+
+    def switch() -> None:
+        at_text, speed_text = Path(path).read_text().split()
+        at, speed = float(at_text), float(speed_text)
+        clock.switch(at, speed)
+        if then is not None:
+            loop.call_later(max(0.0, at - time.monotonic()), then, speed)
+
+    loop.add_signal_handler(signal.SIGUSR2, switch)
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -210,6 +263,7 @@ def start_simulator(
     tenants: int | None = None,
     tls: tuple[Path, Path] | None = None,
     name: str = "simulator",
+    switch_file: Path | None = None,
 ) -> Child:
     """``bench.simproc`` in a child; its announcement holds the URLs and the config path.
 
@@ -233,6 +287,8 @@ def start_simulator(
         argv += ["--tenants", str(tenants)]
     if tls is not None:
         argv += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
+    if switch_file is not None:
+        argv += ["--switch-file", str(switch_file)]
     return spawn(name, argv, workdir, announce=True)
 
 

@@ -2,14 +2,14 @@
 
     python -m bench.simproc --scenario scale-10k --limits '{"1m": 100}' --config-out agent.yml
         [--speed 240 --origin <monotonic> --wall-origin <epoch>] [--tenants 2000]
-        [--tls-cert cert.pem --tls-key key.pem]
+        [--tls-cert cert.pem --tls-key key.pem] [--switch-file PATH]
 
 Prints one JSON line (URLs, admin URL, credential names) once it listens, writes an agent config
 for it (owner-only: it holds the secrets), and serves until SIGTERM. With ``--speed`` the
 simulator runs on a ``WarpClock`` shared with the agent: its rate windows and token lifetimes pass
 that many times faster than real time. ``--tenants`` trims or builds a one-partner scenario of that
 many tenants (from ``scale-10k``'s tenants). ``--tls-cert``/``--tls-key`` serve every host over
-HTTPS.
+HTTPS. ``--switch-file``: on SIGUSR2 the shared clock changes speed (see ``WarpClock.switch``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from agent.clock import Clock, SystemClock
 from agent.simulator import Simulator, TlsFiles, build_scenario, write_agent_config
-from bench.common import WarpClock
+from bench.common import WarpClock, watch_switch
 
 
 async def serve(args: argparse.Namespace) -> None:
@@ -35,6 +35,8 @@ async def serve(args: argparse.Namespace) -> None:
     clock: Clock = SystemClock()
     if args.origin is not None:
         clock = WarpClock(args.speed, args.origin, args.wall_origin)
+        if args.switch_file is not None:
+            watch_switch(clock, args.switch_file)
     tls = None if args.tls_cert is None else TlsFiles(Path(args.tls_cert), Path(args.tls_key))
     sim = Simulator(scenario, host="127.0.0.1", port=0, clock=clock, tls=tls)
     await sim.start()
@@ -65,6 +67,7 @@ def main() -> None:
     parser.add_argument("--origin", type=float, default=None)
     parser.add_argument("--wall-origin", type=float, default=None)
     parser.add_argument("--tenants", type=int, default=None)
+    parser.add_argument("--switch-file", default=None, help="SIGUSR2 switches the clock's speed")
     parser.add_argument("--tls-cert", default=None)
     parser.add_argument("--tls-key", default=None)
     asyncio.run(serve(parser.parse_args()))

@@ -23,11 +23,14 @@ Handler = Callable[[httpx.Request], httpx.Response]
 
 
 def settings(**extra: object) -> Settings:
+    options: dict[str, object] = {
+        "rate_limits": {"1s": 1000, "1m": 100000, "1h": 1000000, "1d": 10000000},
+        "budget_share": 1.0,
+        **extra,
+    }
     return Settings(
         credentials=[{"name": "c1", "client_id": "client-id-1", "client_secret": "secret-1"}],
-        rate_limits={"1s": 1000, "1m": 100000, "1h": 1000000, "1d": 10000000},
-        budget_share=1.0,
-        **extra,
+        **options,
     )
 
 
@@ -312,3 +315,36 @@ async def test_other_protocol_errors_are_not_retried() -> None:
     outcome = await client.probe_tenant(Tenant(id="t1", name="T", api_host=REGION))
     assert (outcome.status_code, outcome.error_code) == (0, "protocol_error")
     assert len(attempts) == 1
+
+
+async def test_a_call_that_waits_for_admission_longer_than_a_token_lives_gets_a_fresh_one() -> None:
+    """With a saturated budget a probe can wait for admission for over an hour; it must not
+    leave with the token it would have had when it started waiting (a false 401)."""
+    import asyncio
+
+    clock = FakeClock()
+    issued: dict[str, float] = {}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/oauth2/token"):
+            value = f"tok-{len(issued)}"
+            issued[value] = clock.time()
+            body = {"access_token": value, "token_type": "bearer", "expires_in": 3600}
+            return httpx.Response(200, json=body)
+        token = request.headers["Authorization"].removeprefix("Bearer ")
+        if clock.time() >= issued[token] + 3600:
+            return httpx.Response(401, json={"error": "Unauthorized"})
+        return httpx.Response(200, json={"items": []})
+
+    limits = {"1s": 1000, "1m": 100000, "1h": 2, "1d": 10000000}
+    client, _ = make_client(Recorder(handler), clock, rate_limits=limits)
+    tenant = Tenant(id="t1", name="T", api_host=REGION)
+    assert (await client.probe_tenant(tenant)).status_code == 200  # the token + this: 2 calls
+    second = asyncio.create_task(client.probe_tenant(tenant))
+    for _ in range(3 * 3600 // 60):
+        if second.done():
+            break
+        await clock.advance(60)
+    assert second.done()
+    assert second.result().status_code == 200
+    assert len(issued) == 2

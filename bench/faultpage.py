@@ -1,0 +1,655 @@
+"""e. Fault to page: how long a tenant fault takes to be probed, and then to page.
+
+With the product's default budget (the simulator has the seed's limits, 10 a second, 100 a
+minute, 1,000 an hour and 50,000 a day; the agent spends ``budget_share: 0.1`` of them, probes
+every ``probe_interval: 60s`` as far as the budget allows, and re-probes a failed tenant after
+``confirm_interval: 1m`` and 2 minutes later), at 250 and at 10,000 tenants of one partner
+credential, the simulator and the agent (``bench.agentproc``, the same ``AgentService`` as
+``run``) run as two processes over real loopback HTTP, on one shared fast clock (``WarpClock``).
+Every figure is in clock seconds: the time the agent and the simulator live in.
+
+Two phases per size, on one continuous clock:
+
+1. **Fast** (480x at 250 tenants, 2,880x at 10,000): the agent lists the tenants and probes
+   them on its routine schedule. At random moments, single tenants get a persistent 500
+   (``server_error_500``) or a newly-403 (``no_partner_assistance_403``, only on a tenant whose
+   last probe succeeded), each through the simulator's admin API. Figure (a) is the time from
+   the fault to the first failed probe of that tenant (the agent writes every per-tenant call
+   with its clock time, ``--events``), against the routine period it exports as
+   ``sophos_central_probe_interval_seconds``: the wait is up to one period, half on average.
+2. **Slow** (60x): the clock slows down (``WarpClock.switch``: both processes switch at the same
+   real moment, the agent reschedules its jobs) and a real Prometheus (the Debian
+   ``prometheus`` binary) scrapes the agent. The project's own rule files are loaded with every
+   duration divided by 60 (each ``for:``, each range ``[..]`` and ``offset``) and ``time()``
+   replaced by the agent's clock (a linear function of Prometheus's time); the scrape and
+   evaluation intervals are set in real time, which is 60x as long in clock time (15 s or
+   60 s, as the report says). New faults go onto the tenants due next in the rotation (known
+   from the calls so far) so that their first failed probe comes within minutes; figure (b) is
+   the time from that first failed probe to the moment ``SophosCentralPersistent5xx`` or
+   ``SophosCentralForbiddenSpike{scope="tenant"}`` for that tenant is firing (the first
+   evaluation with ``ALERTS{alertstate="firing"}``, read back from Prometheus). The faults come
+   one at a time (the next once the last one paged: a single tenant breaking), then all of
+   them at once (tenants breaking together share the confirmations' cap, which shows). Then
+   every call answers 503 (the simulator's outage switch), and (b) for the outage is from the
+   first failed probe to ``SophosCentralApiOutage{scope="tenants"}`` firing.
+
+Budget: the simulator's busiest window of each length over the whole run (both phases, the
+confirmations and the outage included) divided by the agent's allowance (0.1 x the limit), and
+the 429s it answered.
+
+Why two speeds: (a) needs whole probe periods (3.8 hours at 250 tenants, about 4 days at 10,000),
+(b) needs Prometheus to scrape and evaluate often enough in clock time, and Prometheus runs on
+real time: at 2,880x a one-second scrape interval would be 48 clock minutes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import re
+import shutil
+import signal
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from bench.common import (
+    ROOT,
+    Child,
+    WarpClock,
+    children,
+    free_port,
+    parse_page,
+    scrape,
+    simulator_state,
+    spawn,
+    start_simulator,
+    wait_until,
+)
+from tools.shorten_for import duration_ms, format_ms
+
+SEED_LIMITS = {"1s": 10, "1m": 100, "1h": 1_000, "1d": 50_000}
+BUDGET_SHARE = 0.1
+WINDOWS = {"1s": 1, "1m": 60, "1h": 3600, "1d": 86400}
+AGENT_SETTINGS = {
+    "probe_interval": "60s",
+    "token_probe_interval": "5m",
+    "tenant_refresh_interval": "15m",
+    "request_timeout": "10s",
+    "confirm_interval": "1m",
+    "budget_share": str(BUDGET_SHARE),
+}
+FAULTS = {"5xx": "server_error_500", "403": "no_partner_assistance_403"}
+STATUS = {"5xx": 500, "403": 403}
+ALERTS = {"5xx": "SophosCentralPersistent5xx", "403": "SophosCentralForbiddenSpike"}
+JOB = "sophos-central-exporter"
+SLOW_SPEED = 60.0
+
+
+@dataclass(frozen=True)
+class Size:
+    tenants: int
+    fast_speed: float
+    scrape_real: str
+    eval_real: str
+    faults: int = 5
+    seed: int = 4
+
+
+SIZES = (
+    Size(250, fast_speed=480, scrape_real="250ms", eval_real="250ms"),
+    Size(10_000, fast_speed=2_880, scrape_real="1s", eval_real="500ms"),
+)
+
+
+@dataclass
+class Fault:
+    kind: str
+    tenant: str
+    injected: float
+    first_failed: float | None = None
+    fired: float | None = None
+    last_ok_before: float | None = None
+
+    def to_probe(self) -> float | None:
+        return None if self.first_failed is None else self.first_failed - self.injected
+
+    def to_page(self) -> float | None:
+        if self.first_failed is None or self.fired is None:
+            return None
+        return self.fired - self.first_failed
+
+
+@dataclass
+class Calls:
+    """The agent's per-tenant calls (``--events``), read as the file grows."""
+
+    path: Path
+    by_tenant: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
+    offset: int = 0
+    first: float | None = None
+
+    def read(self) -> None:
+        if not self.path.exists():
+            return
+        with self.path.open("rb") as handle:
+            handle.seek(self.offset)
+            data = handle.read()
+        end = data.rfind(b"\n") + 1
+        self.offset += end
+        for line in data[:end].splitlines():
+            event = json.loads(line)
+            self.by_tenant.setdefault(event["tenant"], []).append((event["t"], event["status"]))
+            if self.first is None:
+                self.first = event["t"]
+
+    def last_ok(self, tenant: str, before: float) -> float | None:
+        calls = [c for c in self.by_tenant.get(tenant, []) if c[0] < before]
+        return calls[-1][0] if calls and calls[-1][1] == 200 else None
+
+    def first_failure(self, tenant: str, since: float, status: int) -> float | None:
+        """The first call since ``since`` answered with the injected fault's ``status``."""
+        for at, answered in self.by_tenant.get(tenant, []):
+            if at >= since and answered == status:
+                return at
+        return None
+
+    def any_failure(self, since: float, status: int) -> float | None:
+        times = [
+            at
+            for calls in self.by_tenant.values()
+            for at, answered in calls
+            if at >= since and answered == status
+        ]
+        return min(times) if times else None
+
+    def statuses(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for calls in self.by_tenant.values():
+            for _, answered in calls:
+                counts[str(answered)] = counts.get(str(answered), 0) + 1
+        return dict(sorted(counts.items()))
+
+
+async def run(workdir: Path, sizes: tuple[Size, ...] = SIZES) -> dict[str, Any]:
+    if shutil.which("prometheus") is None:
+        return {"skipped": "the prometheus binary is not on PATH (Debian package prometheus)"}
+    results = []
+    for size in sizes:
+        size_dir = workdir / f"faultpage-{size.tenants}"
+        size_dir.mkdir(parents=True, exist_ok=True)
+        print(f"  e. {size.tenants:,} tenants ...", file=sys.stderr, flush=True)
+        results.append(await _run_size(size_dir, size))
+    return {"sizes": results}
+
+
+async def _run_size(workdir: Path, size: Size) -> dict[str, Any]:
+    origin, wall_origin = time.monotonic(), time.time()
+    clock = WarpClock(size.fast_speed, origin, wall_origin)
+    switch_file = workdir / "switch"
+    calls = Calls(workdir / "calls.jsonl")
+    with children() as running:
+        sim = start_simulator(
+            workdir,
+            "scale-10k",
+            SEED_LIMITS,
+            speed=size.fast_speed,
+            origin=origin,
+            wall_origin=wall_origin,
+            tenants=size.tenants,
+            switch_file=switch_file,
+        )
+        running.append(sim)
+        agent = _start_agent(workdir, sim, size, origin, wall_origin, calls.path, switch_file)
+        running.append(agent)
+        base = f"http://127.0.0.1:{agent.announcement['port']}"
+        watched = (agent, sim)
+        period, tenants = await _plan(base, calls, size, watched)
+        fast = await _fast_phase(clock, sim, calls, size, period, tenants, watched)
+        prom, mapping = await _switch_and_start_prometheus(
+            workdir, clock, origin, wall_origin, size, agent, sim, running
+        )
+        prometheus = f"http://127.0.0.1:{prom.announcement['port']}"
+        used = {f.tenant for f in fast}
+        slow, together = await _slow_phase(
+            clock, sim, calls, size, used, prometheus, mapping, watched
+        )
+        outage = await _outage(clock, sim, calls, prometheus, mapping, watched, slow)
+        state = await simulator_state(sim)
+        page = parse_page((await scrape(base)).text)
+    result = _figures(size, period, fast, slow, together, outage, state, page)
+    result["per_tenant_call_statuses"] = calls.statuses()
+    return result
+
+
+def _start_agent(
+    workdir: Path,
+    sim: Child,
+    size: Size,
+    origin: float,
+    wall_origin: float,
+    events: Path,
+    switch_file: Path,
+) -> Child:
+    settings = {**AGENT_SETTINGS, "state_file": str(workdir / "state.db")}
+    argv = [sys.executable, "-m", "bench.agentproc", "--config"]
+    argv.append(sim.announcement["agent_config_path"])
+    for key, value in settings.items():
+        argv += ["--set", f"{key}={value}"]
+    argv += ["--speed", str(size.fast_speed), "--origin", repr(origin), "--wall-origin"]
+    argv += [repr(wall_origin), "--events", str(events), "--switch-file", str(switch_file)]
+    return spawn("agent", argv, workdir, announce=True)
+
+
+async def _plan(
+    base: str, calls: Calls, size: Size, watched: tuple[Child, ...]
+) -> tuple[float, list[str]]:
+    """The routine period the agent exports and its tenant ids, once the list is in."""
+
+    async def listed() -> bool:
+        for child in watched:
+            child.check()
+        calls.read()
+        return calls.first is not None
+
+    await wait_until(listed, 300, "the first tenant probe", every=0.5)
+    page = parse_page((await scrape(base)).text)
+    periods = [v for _, v in page.get("sophos_central_probe_interval_seconds", [])]
+    tenants = sorted({labels["tenant_id"] for labels, _ in page["sophos_central_tenant_info"]})
+    if len(tenants) != size.tenants or not periods:
+        raise RuntimeError(f"the agent lists {len(tenants)} tenants, period {periods}")
+    return max(periods), tenants
+
+
+async def _admin(sim: Child, path: str, payload: dict[str, Any]) -> None:
+    async with httpx.AsyncClient(timeout=30, trust_env=False) as client:
+        response = await client.post(sim.announcement["admin_url"] + path, json=payload)
+    response.raise_for_status()
+
+
+async def _inject(sim: Child, clock: WarpClock, kind: str, tenant: str) -> float:
+    await _admin(sim, f"/tenants/{tenant}/fault", {"fault": FAULTS[kind]})
+    return clock.time()
+
+
+async def _until_clock(clock: WarpClock, moment: float, watched: tuple[Child, ...]) -> None:
+    while (left := moment - clock.time()) > 0:
+        for child in watched:
+            child.check()
+        await asyncio.sleep(min(0.5, left / clock.speed_now()))
+
+
+async def _fast_phase(
+    clock: WarpClock,
+    sim: Child,
+    calls: Calls,
+    size: Size,
+    period: float,
+    tenants: list[str],
+    watched: tuple[Child, ...],
+) -> list[Fault]:
+    """(a): faults at random moments of the first period after the list, on random tenants."""
+    rng = random.Random(size.seed)
+    assert calls.first is not None
+    kinds = ["5xx", "403"] * size.faults
+    rng.shuffle(kinds)
+    moments = sorted(rng.uniform(calls.first + 0.2 * period, calls.first + period) for _ in kinds)
+    faults: list[Fault] = []
+    used: set[str] = set()
+    for moment, kind in zip(moments, kinds, strict=True):
+        await _until_clock(clock, moment, watched)
+        calls.read()
+        now = clock.time()
+        if kind == "403":
+            pool = [t for t in tenants if t not in used and calls.last_ok(t, now) is not None]
+        else:
+            pool = [t for t in tenants if t not in used]
+        tenant = rng.choice(pool)
+        used.add(tenant)
+        fault = Fault(kind, tenant, await _inject(sim, clock, kind, tenant))
+        fault.last_ok_before = calls.last_ok(tenant, fault.injected)
+        faults.append(fault)
+
+    def all_probed() -> bool:
+        for child in watched:
+            child.check()
+        calls.read()
+        for fault in faults:
+            fault.first_failed = calls.first_failure(
+                fault.tenant, fault.injected, STATUS[fault.kind]
+            )
+        return all(f.first_failed is not None for f in faults)
+
+    await wait_until(all_probed, 1.5 * period / size.fast_speed + 60, "(a) first failed probes")
+    return faults
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """Prometheus's real time to the agent's clock after the switch: clock = a * real + b."""
+
+    a: float
+    b: float
+
+    def clock(self, real: float) -> float:
+        return self.a * real + self.b
+
+    @property
+    def promql(self) -> str:
+        return f"({self.a!r} * time() + {self.b!r})"
+
+
+_RANGE = re.compile(r"\[(\d+(?:ms|[smhdwy]))\]")
+_OFFSET = re.compile(r"offset (\d+(?:ms|[smhdwy]))")
+
+
+def warp_rules(text: str, speed: float, mapping: Mapping, interval: str) -> str:
+    """A rule file on the agent's clock: every duration / ``speed``, ``time()`` mapped."""
+
+    def scaled(value: str) -> str:
+        return format_ms(max(1, round(duration_ms(value) / speed)))
+
+    data = yaml.safe_load(text)
+    for group in data.get("groups", []):
+        group["interval"] = interval
+        for rule in group.get("rules", []):
+            expr = _RANGE.sub(lambda m: f"[{scaled(m[1])}]", str(rule["expr"]))
+            expr = _OFFSET.sub(lambda m: f"offset {scaled(m[1])}", expr)
+            rule["expr"] = expr.replace("time()", mapping.promql)
+            if "alert" in rule and "for" in rule:
+                rule["for"] = scaled(str(rule["for"]))
+    dumped: str = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100_000)
+    return dumped
+
+
+async def _switch_and_start_prometheus(
+    workdir: Path,
+    clock: WarpClock,
+    origin: float,
+    wall_origin: float,
+    size: Size,
+    agent: Child,
+    sim: Child,
+    running: list[Child],
+) -> tuple[Child, Mapping]:
+    """Slow the shared clock down a few seconds from now and start Prometheus on it."""
+    at = time.monotonic() + 8.0
+    switch_real = at - origin
+    mapping = Mapping(
+        SLOW_SPEED,
+        wall_origin * (1 - SLOW_SPEED) + switch_real * (size.fast_speed - SLOW_SPEED),
+    )
+    rules = workdir / "rules"
+    rules.mkdir(exist_ok=True)
+    for source in sorted((ROOT / "alerts").glob("*.rules.yml")):
+        text = warp_rules(source.read_text(), SLOW_SPEED, mapping, size.eval_real)
+        (rules / source.name).write_text(text)
+    port = free_port()
+    config = {
+        "global": {
+            "scrape_interval": size.scrape_real,
+            "scrape_timeout": size.scrape_real,
+            "evaluation_interval": size.eval_real,
+        },
+        "rule_files": [str(rules / "*.rules.yml")],
+        "scrape_configs": [
+            {
+                "job_name": JOB,
+                "static_configs": [{"targets": [f"127.0.0.1:{agent.announcement['port']}"]}],
+            }
+        ],
+    }
+    config_path = workdir / "prometheus.yml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    argv = [
+        "prometheus",
+        f"--config.file={config_path}",
+        f"--storage.tsdb.path={workdir / 'prometheus-data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
+    prom = spawn("prometheus", argv, workdir)
+    prom.announcement = {"port": port}
+    running.append(prom)
+    switch_file = workdir / "switch"
+    switch_file.write_text(f"{at!r} {SLOW_SPEED!r}\n")
+    for child in (sim, agent):
+        child.process.send_signal(signal.SIGUSR2)
+    clock.switch(at, SLOW_SPEED)
+
+    async def ready() -> bool:
+        prom.check()
+        try:
+            async with httpx.AsyncClient(timeout=5, trust_env=False) as client:
+                return (await client.get(f"http://127.0.0.1:{port}/-/ready")).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    await wait_until(ready, 60, "Prometheus to be ready", every=0.5)
+    if time.monotonic() >= at:
+        raise RuntimeError("Prometheus started after the clock switch; give it more time")
+    await asyncio.sleep(at - time.monotonic() + 3 * duration_ms(size.scrape_real) / 1000 + 1)
+    return prom, mapping
+
+
+async def _prom_get(prometheus: str, path: str, **params: str) -> Any:
+    async with httpx.AsyncClient(timeout=30, trust_env=False) as client:
+        response = await client.get(prometheus + path, params=params)
+    response.raise_for_status()
+    return response.json()["data"]
+
+
+async def _first_firing(
+    prometheus: str, selector: str, start: float, mapping: Mapping, step: float
+) -> dict[str, float]:
+    """First evaluation at which each matching alert is firing, by tenant id, in clock time."""
+    end = time.time()
+    data = await _prom_get(
+        prometheus,
+        "/api/v1/query_range",
+        query=f'ALERTS{{alertstate="firing",{selector}}}',
+        start=repr(start),
+        end=repr(end),
+        step=f"{step:.3f}",
+    )
+    fired: dict[str, float] = {}
+    for series in data["result"]:
+        key = series["metric"].get("tenant_id", "")
+        first = mapping.clock(float(series["values"][0][0]))
+        fired[key] = min(first, fired.get(key, first))
+    return fired
+
+
+def _selector(kind: str) -> str:
+    scope = ',scope="tenant"' if kind == "403" else ""
+    return f'alertname="{ALERTS[kind]}"{scope}'
+
+
+def _due_next(calls: Calls, clock: WarpClock, used: set[str], count: int) -> list[str]:
+    """Tenants whose last probe succeeded, oldest first: the rotation's next ones (the very
+    next is skipped: it may be on its way already)."""
+    calls.read()
+    now = clock.time()
+    due = sorted(
+        (calls.by_tenant[t][-1][0], t)
+        for t in calls.by_tenant
+        if t not in used and calls.last_ok(t, now) is not None
+    )
+    return [t for _, t in due[1 : 1 + count]]
+
+
+async def _slow_phase(
+    clock: WarpClock,
+    sim: Child,
+    calls: Calls,
+    size: Size,
+    used: set[str],
+    prometheus: str,
+    mapping: Mapping,
+    watched: tuple[Child, ...],
+) -> tuple[list[Fault], list[Fault]]:
+    """(b): faults on the tenants due next; first failed probe to the alert firing.
+
+    One fault at a time first (the figure: a single tenant breaking), then all of them at
+    once (tenants breaking together share the confirmations' cap)."""
+    alone: list[Fault] = []
+    for number in range(2 * size.faults):
+        kind = "5xx" if number % 2 == 0 else "403"
+        tenant = _due_next(calls, clock, used, 1)[0]
+        used.add(tenant)
+        alone += await _until_paged(
+            clock, sim, calls, size, [(kind, tenant)], prometheus, mapping, watched
+        )
+    tenants = _due_next(calls, clock, used, 2 * size.faults)
+    used.update(tenants)
+    pairs = [("5xx" if n % 2 == 0 else "403", t) for n, t in enumerate(tenants)]
+    together = await _until_paged(clock, sim, calls, size, pairs, prometheus, mapping, watched)
+    return alone, together
+
+
+async def _until_paged(
+    clock: WarpClock,
+    sim: Child,
+    calls: Calls,
+    size: Size,
+    pairs: list[tuple[str, str]],
+    prometheus: str,
+    mapping: Mapping,
+    watched: tuple[Child, ...],
+) -> list[Fault]:
+    started_real = time.time()
+    faults = []
+    for kind, tenant in pairs:
+        fault = Fault(kind, tenant, await _inject(sim, clock, kind, tenant))
+        fault.last_ok_before = calls.last_ok(tenant, fault.injected)
+        faults.append(fault)
+    step = duration_ms(size.eval_real) / 2000
+
+    async def paged() -> bool:
+        for child in watched:
+            child.check()
+        calls.read()
+        for fault in faults:
+            fault.first_failed = calls.first_failure(
+                fault.tenant, fault.injected, STATUS[fault.kind]
+            )
+        for kind in {f.kind for f in faults}:
+            fired = await _first_firing(prometheus, _selector(kind), started_real, mapping, step)
+            for fault in faults:
+                if fault.kind == kind and fault.tenant in fired:
+                    fault.fired = fired[fault.tenant]
+        return all(f.fired is not None for f in faults)
+
+    deadline_real = 90 * 60 / SLOW_SPEED + 30  # 90 minutes of clock time
+    try:
+        await wait_until(paged, deadline_real, "(b) alerts for every fault", every=0.5)
+    except TimeoutError as exc:
+        print(f"  e. {exc}", file=sys.stderr, flush=True)
+    return faults
+
+
+async def _outage(
+    clock: WarpClock,
+    sim: Child,
+    calls: Calls,
+    prometheus: str,
+    mapping: Mapping,
+    watched: tuple[Child, ...],
+    slow: list[Fault],
+) -> dict[str, Any]:
+    """Every call answers 503: first failed probe to SophosCentralApiOutage (tenants) firing."""
+    selector = 'alertname="SophosCentralApiOutage",scope="tenants"'
+    phase_start = min((f.injected for f in slow), default=clock.time())
+    before = await _first_firing(prometheus, selector, time.time() - 600, mapping, 0.5)
+    await _admin(sim, "/outage", {"on": True})
+    started_clock, started_real = clock.time(), time.time()
+    result: dict[str, Any] = {"started": started_clock}
+
+    async def paged() -> bool:
+        for child in watched:
+            child.check()
+        calls.read()
+        result["first_failed"] = calls.any_failure(started_clock, 503)
+        fired = await _first_firing(prometheus, selector, started_real, mapping, 0.1)
+        if "" in fired:
+            result["fired"] = fired[""]
+        return "fired" in result and result["first_failed"] is not None
+
+    try:
+        await wait_until(paged, 30 * 60 / SLOW_SPEED + 30, "(b) the outage alert", every=2.0)
+    except TimeoutError as exc:
+        print(f"  e. {exc}", file=sys.stderr, flush=True)
+    await _admin(sim, "/outage", {"on": False})
+    result["fired_before_outage"] = [t for t in before.values() if t >= phase_start]
+    if "fired" in result and result.get("first_failed") is not None:
+        result["to_page_seconds"] = result["fired"] - result["first_failed"]
+        result["outage_to_page_seconds"] = result["fired"] - started_clock
+    return result
+
+
+def _summary(values: list[float | None]) -> dict[str, float | int | None]:
+    known = [v for v in values if v is not None]
+    return {
+        "count": len(values),
+        "measured": len(known),
+        "median": statistics.median(known) if known else None,
+        "max": max(known) if known else None,
+    }
+
+
+def _figures(
+    size: Size,
+    period: float,
+    fast: list[Fault],
+    slow: list[Fault],
+    together: list[Fault],
+    outage: dict[str, Any],
+    state: dict[str, Any],
+    page: dict[str, list[tuple[dict[str, str], float]]],
+) -> dict[str, Any]:
+    credentials = state["stats"]["credentials"]
+    worst = dict.fromkeys(WINDOWS, 0.0)
+    limited = 0
+    for stats in credentials.values():
+        for window in WINDOWS:
+            allowance = int(BUDGET_SHARE * SEED_LIMITS[window])
+            ratio = stats["max_calls_in_any_window"][window] / max(1, allowance)
+            worst[window] = max(worst[window], ratio)
+        limited += stats["rate_limited"]
+    to_probe = {k: _summary([f.to_probe() for f in fast if f.kind == k]) for k in ALERTS}
+    ratios = [p / period for f in fast if (p := f.to_probe()) is not None]
+    return {
+        "tenants": size.tenants,
+        "fast_speed": size.fast_speed,
+        "slow_speed": SLOW_SPEED,
+        "scrape_interval_clock_seconds": duration_ms(size.scrape_real) / 1000 * SLOW_SPEED,
+        "evaluation_interval_clock_seconds": duration_ms(size.eval_real) / 1000 * SLOW_SPEED,
+        "probe_interval_seconds": period,
+        "probe_interval_at_end": sorted(
+            {v for _, v in page.get("sophos_central_probe_interval_seconds", [])}
+        ),
+        "fault_to_first_failed_probe": {
+            **to_probe,
+            "all": _summary([f.to_probe() for f in fast]),
+            "over_period_median": statistics.median(ratios) if ratios else None,
+            "over_period_max": max(ratios) if ratios else None,
+        },
+        "first_failed_probe_to_page": {
+            k: _summary([f.to_page() for f in slow if f.kind == k]) for k in ALERTS
+        },
+        "first_failed_probe_to_page_all_at_once": {
+            k: _summary([f.to_page() for f in together if f.kind == k]) for k in ALERTS
+        },
+        "outage": outage,
+        "budget_max_in_window_over_allowance": worst,
+        "rate_limited": limited,
+        "faults_fast": [asdict(f) for f in fast],
+        "faults_slow": [asdict(f) for f in slow],
+        "faults_all_at_once": [asdict(f) for f in together],
+    }
