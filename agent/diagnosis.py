@@ -65,13 +65,14 @@ REMEDIES: dict[str, str] = {
     ),
     "sophos_server_error": (
         "500: Sophos Central failed to process the call. Check the Sophos Central status page; if "
-        "it persists, open a support case 'New API 5xx error' with `sophos-central-exporter "
-        "support-bundle`."
+        "it persists, open a support case 'New API 5xx error' with the evidence on the exporter's "
+        "/support page (or `sophos-central-exporter support-bundle --config FILE`)."
     ),
     "sophos_unavailable": (
         "502/503/504: the Sophos service or its gateway is unavailable (maintenance or overload). "
-        "Usually temporary; check the Sophos Central status page and open a support case "
-        "'New API 5xx error' (`support-bundle`) if it persists."
+        "Usually temporary; check the Sophos Central status page and, if it persists, open a "
+        "support case 'New API 5xx error' with the evidence on the exporter's /support page (or "
+        "`sophos-central-exporter support-bundle --config FILE`)."
     ),
     "network_error": (
         "No answer: timeout, refused connection, TLS or protocol failure. Check DNS, proxies, "

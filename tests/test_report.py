@@ -181,7 +181,7 @@ def test_failures_only_leaves_healthy_rows_out() -> None:
 def test_remedies_show_code_spans_as_code_not_backticks() -> None:
     html = str(remedy_html(REMEDIES["sophos_server_error"]))
     assert "`" not in html
-    assert "<code>sophos-central-exporter support-bundle</code>" in html
+    assert "<code>sophos-central-exporter support-bundle --config FILE</code>" in html
     assert str(remedy_html("a <b> `x<y>`")) == "a &lt;b&gt; <code>x&lt;y&gt;</code>"
 
 
