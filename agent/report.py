@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from agent import __version__
+from agent.diagnosis import SKIP_CAUSES
 from agent.metricnames import WINDOWS
 from agent.planner import human_duration
 from agent.probes import CredentialState, ProbeResult, display_order
@@ -34,8 +35,6 @@ BUSINESS_CAUSES = frozenset(
 """Causes that are the customer's or Sophos's business decision, not an outage: counted apart."""
 
 NOT_PROBED = "not probed"
-_SKIP_CODES = frozenset({"not_activated", "host_not_allowed", "trial_account"})
-"""Error codes of tenants the agent decided not to call: no request, so no status either."""
 
 _KIND_ORDER: dict[str, int] = {"not_run": 0, "failure": 1, "business": 2, "ok": 3}
 _CODE_SPAN = re.compile(r"`([^`]+)`")
@@ -390,7 +389,7 @@ def status_text(status_code: int, error_code: str = "") -> str:
     agent sent nothing on purpose."""
     if status_code != 0:
         return str(status_code)
-    return NOT_PROBED if error_code in _SKIP_CODES else NO_ANSWER
+    return NOT_PROBED if error_code in SKIP_CAUSES else NO_ANSWER
 
 
 def plain_remedy(text: str) -> str:
