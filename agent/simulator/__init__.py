@@ -24,7 +24,8 @@ from agent.simulator.model import (
 )
 from agent.simulator.scenarios import SCENARIO_NAMES, build_scenario, tagged
 from agent.simulator.serve import serve, write_agent_config
-from agent.simulator.simulator import Simulator, TlsFiles
+from agent.simulator.simulator import Simulator
+from agent.simulator.tls import TlsFiles, make_tls
 from agent.simulator.traffic import TrafficStats, busiest_window, window_seconds
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "TrafficStats",
     "build_scenario",
     "busiest_window",
+    "make_tls",
     "serve",
     "tagged",
     "window_seconds",

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Generator
-from typing import TYPE_CHECKING
 
 import uvicorn
 from starlette.applications import Starlette
@@ -22,11 +21,9 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from agent.clock import Clock
-from agent.simulator.raw_host import Handler, pause, reset_transport
+from agent.simulator.hostio import Handler, pause, reset_transport
+from agent.simulator.tls import TlsFiles
 from agent.simulator.wire import ApiRequest, Reply
-
-if TYPE_CHECKING:
-    from agent.simulator.simulator import TlsFiles
 
 _METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 _STARTUP_SECONDS = 10.0

@@ -10,19 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import struct
-from collections.abc import Callable
 from http import HTTPStatus
-from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, unquote
 
 from agent.clock import Clock
+from agent.simulator.hostio import Handler, pause, reset_transport
+from agent.simulator.tls import TlsFiles
 from agent.simulator.wire import ApiRequest, Reply
-
-if TYPE_CHECKING:
-    from agent.simulator.simulator import TlsFiles
-
-Handler = Callable[[ApiRequest], Reply]
 
 MAX_HEAD = 64 * 1024
 MAX_BODY = 1024 * 1024
@@ -30,25 +24,6 @@ MAX_BODY = 1024 * 1024
 
 class _BadRequest(Exception):
     """The client sent something this server will not parse; the connection is closed."""
-
-
-def reset_transport(transport: asyncio.WriteTransport) -> None:
-    """Close with a TCP RST: SO_LINGER with a zero timeout makes the close abort the connection."""
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    transport.abort()
-
-
-async def pause(clock: Clock, seconds: float, stopping: asyncio.Event) -> bool:
-    """Wait ``seconds`` on the clock; False when the simulator began stopping first."""
-    sleeper = asyncio.ensure_future(clock.sleep(seconds))
-    stopper = asyncio.ensure_future(stopping.wait())
-    done, pending = await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    for task in pending:
-        task.cancel()
-    return sleeper in done
 
 
 def _reason(status: int) -> str:

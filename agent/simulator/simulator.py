@@ -11,9 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import ssl
-from dataclasses import dataclass
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -24,6 +21,7 @@ from agent.simulator.central import TOKEN_PATH, Central, HostUrls
 from agent.simulator.model import Scenario
 from agent.simulator.raw_host import RawHost
 from agent.simulator.rogue import RogueLog, RogueRecord
+from agent.simulator.tls import TlsFiles
 from agent.simulator.traffic import TrafficStats
 from agent.simulator.wire import (
     HOST_FAULTY,
@@ -43,24 +41,6 @@ DEFAULT_AGENT_SETTINGS: dict[str, Any] = {
 """Short intervals so a demo shows results quickly; scenarios may override them."""
 
 _WILDCARDS = {"", "0.0.0.0", "::"}  # noqa: S104 - recognised, never bound by default
-
-
-@dataclass(frozen=True)
-class TlsFiles:
-    """A PEM certificate chain and its key: every host then serves HTTPS (``https://`` URLs).
-
-    The certificate must name the host the URLs use (``127.0.0.1``, and ``localhost`` for the
-    rogue listener); tests and benchmarks issue one with ``trustme`` and point ``ca_bundle`` at
-    its CA.
-    """
-
-    certfile: Path
-    keyfile: Path
-
-    def server_context(self) -> ssl.SSLContext:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(str(self.certfile), str(self.keyfile))
-        return context
 
 
 class _Host(Protocol):
