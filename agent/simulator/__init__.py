@@ -10,18 +10,25 @@ host for transport-level faults and a rogue listener that must never see a token
     await sim.stop()
 """
 
-from agent.simulator.model import (
+from agent.simulator.drill import Drill, DrillError, load_drill, parse_drill
+from agent.simulator.faults import (
+    ALL_FAULTS,
     BASIC_FAULTS,
     CHAOS_FAULTS,
-    DEFAULT_RATE_LIMITS,
     FAULT_NAMES,
+    NOT_API_FAULTS,
     PERMISSION_FAULTS,
     TRANSPORT_FAULTS,
+    WIDE_FAULTS,
+)
+from agent.simulator.model import (
+    DEFAULT_RATE_LIMITS,
     Credential,
     Scenario,
     Tenant,
     Throttle,
 )
+from agent.simulator.routes import FAMILIES, ROUTES, TENANT_FAMILIES
 from agent.simulator.scenarios import SCENARIO_NAMES, build_scenario, tagged
 from agent.simulator.serve import serve, write_agent_config
 from agent.simulator.simulator import Simulator
@@ -29,14 +36,22 @@ from agent.simulator.tls import TlsFiles, make_tls
 from agent.simulator.traffic import TrafficStats, busiest_window, window_seconds
 
 __all__ = [
+    "ALL_FAULTS",
     "BASIC_FAULTS",
     "CHAOS_FAULTS",
     "DEFAULT_RATE_LIMITS",
+    "FAMILIES",
     "FAULT_NAMES",
+    "NOT_API_FAULTS",
     "PERMISSION_FAULTS",
+    "ROUTES",
     "SCENARIO_NAMES",
+    "TENANT_FAMILIES",
     "TRANSPORT_FAULTS",
+    "WIDE_FAULTS",
     "Credential",
+    "Drill",
+    "DrillError",
     "Scenario",
     "Simulator",
     "Tenant",
@@ -45,7 +60,9 @@ __all__ = [
     "TrafficStats",
     "build_scenario",
     "busiest_window",
+    "load_drill",
     "make_tls",
+    "parse_drill",
     "serve",
     "tagged",
     "window_seconds",

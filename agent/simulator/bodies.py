@@ -66,6 +66,30 @@ WRONG_TYPE_HTML = (
     b"<body><p>We'll be back shortly.</p></body></html>"
 )
 
+HTML_200 = (
+    b"<!DOCTYPE html><html><head><title>Guest Wi-Fi - Please sign in</title></head>"
+    b'<body><form method="post" action="/login"><p>Accept the terms of use to continue.'
+    b"</p><button>Connect</button></form></body></html>"
+)
+"""A captive portal's sign-in page, served with 200 in place of the API's answer."""
+
+WRONG_SHAPE_JSON = b'{"status":"ok","message":"Service is operating normally"}'
+"""JSON 200 of the wrong shape: a health or status document where the call's answer belongs."""
+
+WAF_403 = (
+    b"<!DOCTYPE html><html><head><title>Request Rejected</title></head><body>"
+    b"<h1>Invalid request blocked (v1)</h1><p>The requested URL was rejected. Please consult "
+    b"with your administrator.</p><p>Your support ID is: 7523156482179350182</p></body></html>"
+)
+"""A web application firewall's block page."""
+
+HTML_503 = (
+    b"<!DOCTYPE html><html><head><title>Scheduled Maintenance</title></head><body>"
+    b"<h1>We'll be back soon</h1><p>Sophos Central is undergoing scheduled maintenance."
+    b"</p></body></html>"
+)
+"""A maintenance page served with 503."""
+
 BAD_GZIP = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03this is not a deflate stream at all"
 
 HUGE_BODY_BYTES = 6 * 1024 * 1024
@@ -138,9 +162,15 @@ def token_body(access_token: str, lifetime: int) -> dict[str, Any]:
 def tenant_item(tenant: Tenant, owner: Credential, api_host: str | None) -> dict[str, Any]:
     """A tenant as ``/partner/v1/tenants`` and ``/organization/v1/tenants`` list it.
 
-    A trial tenant without a host comes without the ``apiHost`` key, as Sophos sends it; any
-    other tenant without one carries ``"apiHost": null``.
+    The fields Sophos's examples show: ``showAs``, ``status``, the owner (``partner`` and
+    ``organization``), ``contact``, ``products`` and ``externalIds``. A trial tenant without a
+    host comes without the ``apiHost`` key, as Sophos sends it; any other tenant without one
+    carries ``"apiHost": null``.
     """
+    namespace = uuid.UUID(tenant.id)
+    organization = (
+        owner.id if owner.id_type == "organization" else str(uuid.uuid5(namespace, "organization"))
+    )
     item: dict[str, Any] = {
         "id": tenant.id,
         "showAs": tenant.name,
@@ -148,14 +178,40 @@ def tenant_item(tenant: Tenant, owner: Credential, api_host: str | None) -> dict
         "dataGeography": tenant.data_geography,
         "dataRegion": tenant.data_region,
         "billingType": tenant.billing_type,
-        owner.id_type: {"id": owner.id},
+        "organization": {"id": organization},
         "apiHost": api_host,
         "status": "active" if api_host is not None else "pendingActivation",
+        "contact": _contact(tenant),
+        "products": [{"code": code} for code in _PRODUCTS[: 1 + tenant.endpoints % 3]],
+        "externalIds": [f"CRM-{tenant.id[:8].upper()}"],
     }
+    if owner.id_type == "partner":
+        item["partner"] = {"id": owner.id}
     if api_host is None and tenant.billing_type == "trial":
         del item["apiHost"]
         item["status"] = "active"
     return item
+
+
+_PRODUCTS = ("endpointProtection", "interceptX", "firewallManagement")
+
+
+def _contact(tenant: Tenant) -> dict[str, Any]:
+    short = tenant.id[:8]
+    return {
+        "firstName": "Alex",
+        "lastName": f"Admin {short}",
+        "email": f"it-{short}@example.com",
+        "phone": "+44 1235 559933",
+        "address": {
+            "address1": "The Pentagon",
+            "address2": "Abingdon Science Park",
+            "city": "Abingdon",
+            "state": "Oxfordshire",
+            "countryCode": "GB",
+            "postalCode": "OX14 3YP",
+        },
+    }
 
 
 def endpoint_items(tenant: Tenant, count: int) -> list[dict[str, Any]]:

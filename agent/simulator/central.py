@@ -1,9 +1,14 @@
 """The simulated Sophos Central service: one ``ApiRequest`` in, one ``Reply`` out.
 
 Checks run in the order a client meets them on the real service: arrival is counted (and may be
-rate limited), then the outage switch, then the bearer token, then the route's own headers, then
-the tenant's fault. Tokens are opaque random strings mapped to (client, expiry); they stay valid
-after a secret rotation until they expire, as real ones do.
+rate limited), then the outage switch, then the bearer token, then the route's own headers and
+the tenant's placement, then faults, then the route's answer (``routes.ROUTES``). Tokens are
+opaque random strings mapped to (client, expiry); they stay valid after a secret rotation until
+they expire, as real ones do.
+
+Faults come from three places, checked in this order: the tenant's own (the scenario's, or set
+through the admin API), then the drill's entries active now, in file order. The first that
+applies to the call answers it.
 """
 
 from __future__ import annotations
@@ -11,8 +16,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import math
-import re
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -21,23 +24,22 @@ from urllib.parse import parse_qs
 from agent.clock import Clock
 from agent.simulator.bodies import (
     central_error,
-    endpoint_items,
     expired_token_error,
     oauth_error,
-    tenant_item,
     token_body,
 )
-from agent.simulator.families import FamilyBadRequest, denied, family_of, family_reply
-from agent.simulator.faults import fault_reply
-from agent.simulator.model import (
-    ALL_FAULTS,
-    API_FAMILIES,
-    PERMISSION_FAULTS,
+from agent.simulator.drill import ID_HOST, CallPoint, Drill, DrillFault, describe_all, host_names
+from agent.simulator.faults import (
+    TENANT_FAULTS,
+    TOO_MANY_REQUESTS,
     TRANSPORT_FAULTS,
-    Credential,
-    Scenario,
-    Tenant,
+    check_faults,
+    fault_reply,
+    permission_family,
 )
+from agent.simulator.model import Credential, Scenario, Tenant
+from agent.simulator.reads import BadRequest, Call, NotFound
+from agent.simulator.routes import TENANT_NAMESPACES, Route, family_of, match
 from agent.simulator.traffic import TrafficStats
 from agent.simulator.wire import (
     HOST_FAULTY,
@@ -51,18 +53,13 @@ from agent.simulator.wire import (
 
 TOKEN_PATH = "/api/v2/oauth2/token"  # noqa: S105 - a path, not a password
 WHOAMI_PATH = "/whoami/v1"
-_TENANT_LIST = re.compile(r"^/(partner|organization)/v1/tenants(?:/([^/]+))?$")
-_ENDPOINT = re.compile(r"^/endpoint/v1/endpoints/([^/]+)$")
-TENANT_NAMESPACES = frozenset(
-    {"endpoint", "common", "siem", "account-health-check", "live-discover", "xdr-query", "firewall"}
-)
-"""First path segments of the per-tenant APIs, served by the tenant's own regional host."""
 _ID_HEADERS = {
     "partner": ("x-partner-id", "X-Partner-ID"),
     "organization": ("x-organization-id", "X-Organization-ID"),
+    "tenant": ("x-tenant-id", "X-Tenant-ID"),
 }
-_ENDPOINT_VIEWS = frozenset({"basic", "summary", "full"})
-_ENDPOINT_MAX_PAGE = 500
+_DELIVERY_FAULTS = frozenset({"slow", "truncated", "stall"})
+"""Faults that deliver the normal answer late, in part or never: they need it first."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,20 +89,14 @@ class _Session:
     expires_at: float
 
 
-TOO_MANY_REQUESTS = "Too many requests."
-"""The 429 message of Sophos's API specification."""
-
-
-class BadRequest(ValueError):
-    """A query parameter Central would refuse with 400."""
-
-
 class Central:
     """State and behaviour of the simulated service, shared by every host."""
 
-    def __init__(self, scenario: Scenario, clock: Clock) -> None:
+    def __init__(self, scenario: Scenario, clock: Clock, drill: Drill | None = None) -> None:
         scenario.validate()
+        check_faults(scenario)
         self.scenario = scenario
+        self.drill = drill
         self._clock = clock
         self.stats = TrafficStats(clock, scenario.rate_limits)
         self._by_client = {c.client_id: c for c in scenario.credentials}
@@ -115,10 +106,12 @@ class Central:
         self._tenants = {t.id: t for t in scenario.tenants()}
         self._faults = dict(scenario.faults)
         self._hosts = {t.id: self._placement(t) for t in self._tenants.values()}
+        self._host_names = {key: name for name, key in host_names(scenario).items()}
         self._tokens: dict[str, _Session] = {}
         self.outage = scenario.outage
         self._urls: HostUrls | None = None
         self._started = clock.monotonic()
+        self._epoch = clock.time()
 
     def _placement(self, tenant: Tenant) -> str | None:
         if not tenant.activated:
@@ -132,13 +125,19 @@ class Central:
     # --- wiring and runtime control -------------------------------------------------------
 
     def bind_urls(self, urls: HostUrls) -> None:
+        """The hosts are listening: from now on the drill's clock runs."""
         self._urls = urls
+        self._started = self._clock.monotonic()
 
     @property
     def urls(self) -> HostUrls:
         if self._urls is None:
             raise RuntimeError("the simulator has not been started")
         return self._urls
+
+    def elapsed(self) -> float:
+        """Seconds since the hosts started listening, on the simulator's clock."""
+        return self._clock.monotonic() - self._started
 
     def host_of(self, tenant_id: str) -> str | None:
         """The host key that serves a tenant (None: not activated)."""
@@ -157,8 +156,8 @@ class Central:
         if fault is None:
             self._faults.pop(tenant_id, None)
             return
-        if fault not in ALL_FAULTS:
-            raise ValueError(f"unknown fault {fault!r} (known: {', '.join(ALL_FAULTS)})")
+        if fault not in TENANT_FAULTS:
+            raise ValueError(f"unknown fault {fault!r} (known: {', '.join(TENANT_FAULTS)})")
         self._faults[tenant_id] = fault
 
     def fault_of(self, tenant_id: str) -> str | None:
@@ -190,6 +189,23 @@ class Central:
             raise KeyError(f"no credential named {name!r}")
         return cred
 
+    def active_faults(self) -> dict[str, Any]:
+        """What is broken right now, and the drill's whole schedule (JSON-ready, no secrets)."""
+        elapsed = self.elapsed()
+        drill = () if self.drill is None else self.drill.faults
+        return {
+            "elapsed_seconds": round(elapsed, 3),
+            "outage": self.outage,
+            "tenants": self.faults,
+            "throttled": [
+                name
+                for name, throttle in self.scenario.throttles.items()
+                if throttle.active(elapsed)
+            ],
+            "drill": describe_all([f for f in drill if f.active(elapsed)], elapsed),
+            "schedule": describe_all(drill, elapsed),
+        }
+
     def state(self) -> dict[str, Any]:
         """JSON-ready state for the admin API (names, never client ids or secrets)."""
         names = {cid: cred.name for cid, cred in self._by_client.items()}
@@ -202,6 +218,7 @@ class Central:
                 for c in self.scenario.credentials
             ],
             "faults": self.faults,
+            "active_faults": self.active_faults(),
             "rate_limits": dict(self.scenario.rate_limits),
             "stats": self.stats.snapshot(names),
         }
@@ -234,6 +251,18 @@ class Central:
         admission = self.stats.arrive(None if cred is None else cred.client_id, req.host)
         if admission.retry_after is not None:
             return self._too_many(admission.retry_after)
+        point = CallPoint(ID_HOST, None if cred is None else cred.name, family="token")
+        fault = self._drill_fault(point)
+        if fault is not None and fault not in _DELIVERY_FAULTS:
+            return fault_reply(fault, Reply(200), self._now(), self.scenario.slow_seconds)
+        normal = self._token_answer(req, form, cred, secret)
+        if fault is None:
+            return normal
+        return fault_reply(fault, normal, self._now(), self.scenario.slow_seconds)
+
+    def _token_answer(
+        self, req: ApiRequest, form: dict[str, str], cred: Credential | None, secret: str
+    ) -> Reply:
         if req.method != "POST":
             return oauth_error(405, "oauth.method_not_allowed", "Method Not Allowed")
         if form.get("grant_type") != "client_credentials":
@@ -274,73 +303,61 @@ class Central:
 
     def _throttled(self, credential_name: str) -> bool:
         throttle = self.scenario.throttles.get(credential_name)
-        return throttle is not None and throttle.active(self._clock.monotonic() - self._started)
+        return throttle is not None and throttle.active(self.elapsed())
 
     def _route(self, req: ApiRequest, cred: Credential) -> Reply:
         path = req.path.rstrip("/") or "/"
         now = self._now()
-        tenant_list = _TENANT_LIST.match(path)
+        found = match(path)
         if path == WHOAMI_PATH and req.host != HOST_MAIN:
             # What Sophos's data-region hosts do when whoami is sent there: a gateway timeout.
             return Reply(504)
-        if path == WHOAMI_PATH or tenant_list is not None:
-            if req.host != HOST_MAIN:
-                return central_error(404, now, "Resource not found.", error="notFound")
-            if req.method != "GET":
-                return central_error(405, now)
-            if tenant_list is None:
-                return self._whoami(cred)
-            return self._tenant_list(req, cred, tenant_list.group(1), tenant_list.group(2))
+        if found is not None and found[0].scope == "global":
+            return self._global_call(req, cred, found[0], found[1])
         if path.split("/")[1] in TENANT_NAMESPACES:
-            return self._tenant_call(req, cred, path)
+            return self._tenant_call(req, cred, path, found)
         return central_error(404, now, "Resource not found.", error="notFound")
 
-    def _whoami(self, cred: Credential) -> Reply:
-        api_hosts: dict[str, str | None] = {"global": self.urls.main}
-        if cred.id_type == "tenant":
-            api_hosts["dataRegion"] = self.api_host_of(cred.id)
-        return json_reply(200, {"id": cred.id, "idType": cred.id_type, "apiHosts": api_hosts})
+    def _call(self, req: ApiRequest, cred: Credential, **fields: Any) -> Call:
+        return Call(
+            query=req.query,
+            credential=cred,
+            now=self._now(),
+            epoch=self._epoch,
+            global_url=self.urls.main,
+            api_host_of=self.api_host_of,
+            owned=self._owned[cred.client_id],
+            extra={"max_page_size": self.scenario.max_page_size},
+            **fields,
+        )
 
-    def _tenant_list(
-        self, req: ApiRequest, cred: Credential, kind: str, tenant_id: str | None
+    def _global_call(
+        self, req: ApiRequest, cred: Credential, route: Route, item: str | None
     ) -> Reply:
         now = self._now()
-        if cred.id_type != kind:
-            return central_error(403, now, f"Only {kind} credentials can list {kind} tenants")
-        header, shown = _ID_HEADERS[kind]
-        value = req.headers.get(header, "").strip()
-        if not value:
+        if req.host != HOST_MAIN:
+            return central_error(404, now, "Resource not found.", error="notFound")
+        if req.method != "GET":
+            return central_error(405, now)
+        if route.who is not None and cred.id_type != route.who:
             return central_error(
-                401, now, f"Missing required header {shown}", error="notAuthorized"
+                403, now, f"Only {route.who} credentials can list {route.who} tenants"
             )
-        if value != cred.id:
-            return central_error(403, now, error="forbiddenAccess")
-        if tenant_id is not None:
-            tenant = self._owned[cred.client_id].get(tenant_id)
-            if tenant is None:
-                return central_error(404, now)
-            return json_reply(200, tenant_item(tenant, cred, self.api_host_of(tenant.id)))
-        try:
-            return self._tenant_page(req, cred)
-        except BadRequest as exc:
-            return central_error(400, now, str(exc))
+        if route.id_header:
+            header, shown = _ID_HEADERS[cred.id_type]
+            value = req.headers.get(header, "").strip()
+            if not value:
+                return central_error(
+                    401, now, f"Missing required header {shown}", error="notAuthorized"
+                )
+            if value != cred.id:
+                return central_error(403, now, error="forbiddenAccess")
+        point = CallPoint("global", cred.name, family=route.family)
+        return self._answer(route, self._call(req, cred, item_id=item), point, None)
 
-    def _tenant_page(self, req: ApiRequest, cred: Credential) -> Reply:
-        max_size = self.scenario.max_page_size
-        page = _positive_int(req.query, "page", 1)
-        size = min(_positive_int(req.query, "pageSize", min(100, max_size)), max_size)
-        start = (page - 1) * size
-        items = [
-            tenant_item(t, cred, self.api_host_of(t.id)) for t in cred.tenants[start : start + size]
-        ]
-        pages: dict[str, int] = {"current": page, "size": size, "maxSize": max_size}
-        if req.query.get("pageTotal", "").lower() == "true":
-            total_items = len(cred.tenants)
-            pages["total"] = max(1, math.ceil(total_items / size))
-            pages["items"] = total_items
-        return json_reply(200, {"items": items, "pages": pages})
-
-    def _tenant_call(self, req: ApiRequest, cred: Credential, path: str) -> Reply:
+    def _tenant_call(
+        self, req: ApiRequest, cred: Credential, path: str, found: tuple[Route, str | None] | None
+    ) -> Reply:
         now = self._now()
         tenant_id = req.headers.get("x-tenant-id", "").strip()
         if not tenant_id:
@@ -355,63 +372,68 @@ class Central:
             return central_error(
                 403, now, "Wrong data region: use the tenant's apiHost", error="forbidden"
             )
-        fault = self._faults.get(tenant_id)
-        forbidden = denied(fault, path, now)
-        if forbidden is not None:
-            return forbidden
-        normal = self._tenant_api(req, tenant, path)
-        if fault is None or fault in PERMISSION_FAULTS:  # a permission fault elsewhere
-            return normal
-        return fault_reply(fault, normal, now, self.scenario.slow_seconds)
-
-    def _tenant_api(self, req: ApiRequest, tenant: Tenant, path: str) -> Reply:
-        now = self._now()
         family = family_of(path)
-        if family is not None and family != "endpoint" and path == API_FAMILIES[family]:
-            if req.method != "GET":
-                return central_error(405, now)
-            try:
-                return family_reply(family, req.query, tenant, now)
-            except FamilyBadRequest as exc:
-                return central_error(400, now, str(exc))
-        single = _ENDPOINT.match(path)
-        if path != "/endpoint/v1/endpoints" and single is None:
-            return central_error(404, now, "Resource not found.", error="notFound")
+        point = CallPoint(self._host_names.get(req.host, req.host), cred.name, tenant_id, family)
+        if found is None:
+            return self._faulted(
+                point,
+                self._faults.get(tenant_id),
+                central_error(404, now, "Resource not found.", error="notFound"),
+            )
+        route, item = found
         if req.method != "GET":
             return central_error(405, now)
-        if single is not None:
-            found = [e for e in endpoint_items(tenant, tenant.endpoints) if e["id"] == single[1]]
-            return json_reply(200, found[0]) if found else central_error(404, now)
+        call = self._call(req, cred, tenant=tenant, item_id=item)
+        return self._answer(route, call, point, self._faults.get(tenant_id))
+
+    def _answer(self, route: Route, call: Call, point: CallPoint, own: str | None) -> Reply:
+        """The route's answer, or what the first applicable fault makes of it."""
+        fault = self._applicable(point, own)
+        if fault is not None and fault not in _DELIVERY_FAULTS and permission_family(fault) is None:
+            return fault_reply(fault, Reply(200), call.now, self.scenario.slow_seconds)
+        if fault is not None and permission_family(fault) is not None:
+            return _denied(call.now)
         try:
-            return _endpoint_page(req, tenant)
+            normal = json_reply(200, route.answer(call))
         except BadRequest as exc:
-            return central_error(400, now, str(exc), error="badRequest")
+            normal = central_error(400, call.now, str(exc), error=route.bad_request)
+        except NotFound:
+            normal = central_error(404, call.now)
+        if fault is None:
+            return normal
+        return fault_reply(fault, normal, call.now, self.scenario.slow_seconds)
+
+    def _faulted(self, point: CallPoint, own: str | None, normal: Reply) -> Reply:
+        fault = self._applicable(point, own)
+        if fault is None or permission_family(fault) is not None:
+            return normal
+        return fault_reply(fault, normal, self._now(), self.scenario.slow_seconds)
+
+    def _applicable(self, point: CallPoint, own: str | None) -> str | None:
+        """The first fault that hits this call: the tenant's own, then the drill's."""
+        if own is not None and _hits(own, point):
+            return own
+        return self._drill_fault(point)
+
+    def _drill_fault(self, point: CallPoint) -> str | None:
+        if self.drill is None:
+            return None
+        entries: list[DrillFault] = self.drill.active(self.elapsed())
+        for entry in entries:
+            if entry.applies(point) and _hits(entry.fault, point):
+                return entry.fault
+        return None
 
 
-def _endpoint_page(req: ApiRequest, tenant: Tenant) -> Reply:
-    size = min(_positive_int(req.query, "pageSize", 50), _ENDPOINT_MAX_PAGE)
-    if req.query.get("view", "basic") not in _ENDPOINT_VIEWS:
-        raise BadRequest("view must be one of basic, summary, full")
-    offset = _positive_int(req.query, "pageFromKey", 1) - 1 if "pageFromKey" in req.query else 0
-    everything = endpoint_items(tenant, offset + size)
-    items = everything[offset:]
-    pages: dict[str, Any] = {"size": len(items), "maxSize": _ENDPOINT_MAX_PAGE}
-    if offset + size < tenant.endpoints:
-        pages["nextKey"] = str(offset + size + 1)
-    return json_reply(200, {"items": items, "pages": pages})
+def _hits(fault: str, point: CallPoint) -> bool:
+    """A permission fault hits its own family only; every other fault hits every call."""
+    family = permission_family(fault)
+    return family is None or family == point.family
 
 
-def _positive_int(query: Any, name: str, default: int) -> int:
-    raw = query.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"{name} must be a whole number") from None
-    if value < 1:
-        raise BadRequest(f"{name} must be at least 1")
-    return value
+def _denied(now: float) -> Reply:
+    """The 403 of a permission fault: the real body seen when a role lacks one product."""
+    return central_error(403, now, "Access is denied", error="forbidden")
 
 
 def _form(req: ApiRequest) -> dict[str, str]:

@@ -22,11 +22,13 @@ import random
 import uuid
 from collections.abc import Callable
 
-from agent.simulator.model import (
+from agent.simulator.faults import (
     BASIC_FAULTS,
     CHAOS_FAULTS,
     FAULT_NAMES,
-    PERMISSION_FAULTS,
+    check_faults,
+)
+from agent.simulator.model import (
     Credential,
     IdType,
     Scenario,
@@ -74,6 +76,9 @@ _SUFFIXES = (
     "& Söhne",
     "Clinic",
 )
+
+PROBED_FAMILIES = ("endpoint", "common_alerts", "siem_events", "siem_alerts")
+"""The families the ``families`` scenario's agent config probes, one permission fault each."""
 
 DEMO_LIMITS = {"1s": 50, "1m": 3000, "1h": 100_000, "1d": 1_000_000}
 
@@ -242,7 +247,7 @@ def _families() -> Scenario:
     """
     b = _Builder("families")
     tenants = [b.tenant(0), b.tenant(1)]
-    for i, fault in enumerate(PERMISSION_FAULTS):
+    for i, fault in enumerate(f"forbidden_{family}" for family in PROBED_FAMILIES):
         tenant = b.tenant(i % 2, fault)
         b.faults[tenant.id] = fault
         tenants.append(tenant)
@@ -294,4 +299,5 @@ def build_scenario(name: str) -> Scenario:
         raise ValueError(f"unknown scenario {name!r}; choose one of {', '.join(SCENARIO_NAMES)}")
     scenario = builder()
     scenario.validate()
+    check_faults(scenario)
     return scenario
