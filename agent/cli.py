@@ -73,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the agent against the built-in simulator")
     demo.add_argument("--web.listen-address", dest="listen", default=DEMO_LISTEN)
     demo.add_argument("--scenario", default="demo")
+    demo.add_argument(
+        "--tls",
+        action="store_true",
+        help="serve the simulator over HTTPS (the agent trusts its CA)",
+    )
 
     simulate = sub.add_parser("simulate", help="run the Sophos Central simulator alone")
     simulate.add_argument("--listen", default=f"127.0.0.1:{DEMO_SIMULATOR_PORT}")
@@ -81,6 +86,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--agent-config",
         default=None,
         help="also write a ready exporter config (with the simulator's own secrets) to this file",
+    )
+    simulate.add_argument(
+        "--tls",
+        action="store_true",
+        help="serve every host over HTTPS with a certificate from a CA made at start-up",
+    )
+    simulate.add_argument(
+        "--tls-dir",
+        default=None,
+        help="with --tls: write the CA and certificate here (default: a temporary directory)",
+    )
+    simulate.add_argument(
+        "--drill", default=None, help="YAML file of faults to inject on a schedule"
     )
 
     bundle = sub.add_parser("support-bundle", help="write the evidence for a 5XX support case")
@@ -356,7 +374,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from agent.server import parse_listen_address
-    from agent.simulator import SCENARIO_NAMES, serve
+    from agent.simulator import SCENARIO_NAMES, DrillError, serve
 
     if args.scenario not in SCENARIO_NAMES:
         print(
@@ -366,10 +384,24 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     setup_logging("logfmt", "info")
     host, port = parse_listen_address(args.listen)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(
-            _until_signal(serve(args.scenario, host, port, agent_config_path=args.agent_config))
-        )
+    if args.tls_dir and not args.tls:
+        print("error: --tls-dir needs --tls", file=sys.stderr)
+        return EXIT_CONFIG
+    running = serve(
+        args.scenario,
+        host,
+        port,
+        agent_config_path=args.agent_config,
+        tls=args.tls,
+        tls_dir=args.tls_dir,
+        drill_path=args.drill,
+    )
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(_until_signal(running))
+    except DrillError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     return EXIT_OK
 
 
@@ -386,22 +418,25 @@ async def _until_signal(coro: Any) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     setup_logging("logfmt", "warning")
     with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(run_demo(args.listen, args.scenario))
+        return asyncio.run(run_demo(args.listen, args.scenario, tls=args.tls))
     return EXIT_OK
 
 
-async def run_demo(listen: str, scenario: str, stop: asyncio.Event | None = None) -> int:
+async def run_demo(
+    listen: str, scenario: str, stop: asyncio.Event | None = None, *, tls: bool = False
+) -> int:
     """The agent against the built-in simulator, from a temporary folder removed on the way out.
 
     The folder holds the simulator's credentials and the agent's state file: both are throwaway,
     and a demo that leaves secrets behind in /tmp would teach the wrong habit.
     """
-    from agent.simulator import Simulator, build_scenario
+    from agent.simulator import Simulator, build_scenario, make_tls
 
-    sim = Simulator(build_scenario(scenario), host="127.0.0.1", port=0)
-    await sim.start()
     workdir = Path(tempfile.mkdtemp(prefix="sophos-central-exporter-demo-"))
+    files = make_tls(workdir / "tls") if tls else None
+    sim = Simulator(build_scenario(scenario), host="127.0.0.1", port=0, tls=files)
     try:
+        await sim.start()
         config = {**sim.agent_config(), "state_file": str(workdir / "state.db")}
         config_path = workdir / "config.yml"
         config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
@@ -414,7 +449,9 @@ async def run_demo(listen: str, scenario: str, stop: asyncio.Event | None = None
         )
         if runner.done():
             runner.result()
-        _print_demo_banner(listen, sim.api_url, config_path)
+        _print_demo_banner(
+            listen, sim.api_url, config_path, None if files is None else files.ca_file
+        )
         await runner
     finally:
         await sim.stop()
@@ -434,9 +471,12 @@ def own_command() -> str:
     return f"{shlex.quote(sys.executable)} -m agent"
 
 
-def _print_demo_banner(listen: str, simulator_url: str, config_path: Path) -> None:
+def _print_demo_banner(
+    listen: str, simulator_url: str, config_path: Path, ca_file: Path | None = None
+) -> None:
     host, _, port = listen.rpartition(":")
     base = f"http://{host or '127.0.0.1'}:{port}"
+    trust = "" if ca_file is None else f"  simulator CA: {ca_file} (the config's ca_bundle)\n"
     print(
         "\nsophos-central-exporter demo: the agent is probing the built-in Sophos Central "
         "simulator.\n"
@@ -445,6 +485,7 @@ def _print_demo_banner(listen: str, simulator_url: str, config_path: Path) -> No
         f"  support:      {base}/support\n"
         f"  readiness:    {base}/readyz\n"
         f"  simulator:    {simulator_url}\n"
+        f"{trust}"
         f"  config used:  {config_path} (removed when the demo stops)\n"
         "The simulator grants far larger rate limits than Sophos Central does, so the demo can\n"
         "probe each tenant about every half minute and every kind of failure shows within a\n"

@@ -48,11 +48,13 @@ class AdminApi:
 
     def _route(self, req: ApiRequest) -> Reply:
         path = req.path.rstrip("/")
-        if path in ("/_simulator/state", "/_simulator/rogue"):
+        if path in ("/_simulator/state", "/_simulator/rogue", "/_simulator/faults"):
             if req.method != "GET":
                 return _error(405, "use GET")
             if path.endswith("/state"):
                 return json_reply(200, self._state())
+            if path.endswith("/faults"):
+                return json_reply(200, self._central.active_faults())
             return json_reply(200, {"requests": [asdict(r) for r in self._rogue.records]})
         if req.method != "POST":
             return _error(405 if path.startswith("/_simulator/") else 404, "use POST")

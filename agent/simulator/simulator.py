@@ -18,6 +18,7 @@ from agent.clock import Clock, SystemClock
 from agent.simulator.admin import ADMIN_PREFIX, AdminApi
 from agent.simulator.asgi_host import AsgiHost
 from agent.simulator.central import TOKEN_PATH, Central, HostUrls
+from agent.simulator.drill import Drill
 from agent.simulator.model import Scenario
 from agent.simulator.raw_host import RawHost
 from agent.simulator.rogue import RogueLog, RogueRecord
@@ -90,6 +91,7 @@ class Simulator:
         port: int = 0,
         clock: Clock | None = None,
         tls: TlsFiles | None = None,
+        drill: Drill | None = None,
     ) -> None:
         self.scenario = scenario
         self.tls = tls
@@ -97,7 +99,7 @@ class Simulator:
         self._bind_host = host
         self._public_host = "::1" if host == "::" else ("127.0.0.1" if host in _WILDCARDS else host)
         self._port = port
-        self._central = Central(scenario, self.clock)
+        self._central = Central(scenario, self.clock, drill)
         self._rogue = RogueLog()
         self._admin = AdminApi(self._central, self._rogue, self.state)
         self._stopping = asyncio.Event()
@@ -231,6 +233,9 @@ class Simulator:
             "rogue_url": self.rogue_url,
             "admin_url": self.api_url + ADMIN_PREFIX.rstrip("/"),
             "credentials": [c.name for c in self.scenario.credentials],
+            "ca_file": None
+            if self.tls is None or self.tls.ca_file is None
+            else str(self.tls.ca_file),
         }
 
     def agent_config(self) -> dict[str, Any]:
@@ -240,6 +245,11 @@ class Simulator:
             "api_url": self.api_url,
             "allowed_api_hosts": [self._public_host],
             "rate_limits": dict(self.scenario.rate_limits),
+            **(
+                {}
+                if self.tls is None or self.tls.ca_file is None
+                else {"ca_bundle": str(self.tls.ca_file)}
+            ),
             **DEFAULT_AGENT_SETTINGS,
             **self.scenario.agent_overrides,
         }
@@ -284,6 +294,18 @@ class Simulator:
 
     def expire_tokens(self, credential_name: str) -> int:
         return self._central.expire_tokens(credential_name)
+
+    def active_faults(self) -> dict[str, Any]:
+        """What is broken now (tenant faults, outage, throttles, drill entries) and the drill."""
+        return self._central.active_faults()
+
+    @property
+    def drill(self) -> Drill | None:
+        return self._central.drill
+
+    def elapsed(self) -> float:
+        """Seconds since the hosts started, on the simulator's clock (the drill's time)."""
+        return self._central.elapsed()
 
     def set_outage(self, on: bool) -> None:
         self._central.outage = on

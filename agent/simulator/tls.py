@@ -60,17 +60,20 @@ def make_tls(directory: Path, names: tuple[str, ...] = NAMES) -> TlsFiles:
     return TlsFiles(certfile, keyfile, ca_file)
 
 
-def trust_instructions(ca_file: Path, agent_config_path: str | None = None) -> list[str]:
-    """Lines telling a person how to make a client trust the simulator's CA, ready to paste."""
-    quoted = shlex.quote(str(ca_file.resolve()))
+def trust_instructions(
+    ca_file: Path, api_url: str, agent_config_path: str | None = None
+) -> list[str]:
+    """How to make a client trust the simulator's CA: shell lines that work when pasted (what
+    is not a command is a ``#`` comment)."""
+    path = shlex.quote(str(ca_file.resolve()))
     lines = [
-        f"The simulator serves HTTPS with a certificate from its own CA: {ca_file.resolve()}",
-        "Make a client trust it (only for this simulator: the CA dies with it):",
-        f"  Python ssl, httpx, urllib:  export SSL_CERT_FILE={quoted}",
-        f"  requests:                   export REQUESTS_CA_BUNDLE={quoted}",
-        f"  curl:                       curl --cacert {quoted} ...",
-        f"  sophos-central-exporter:    ca_bundle: {ca_file.resolve()}",
+        "# The simulator serves HTTPS with a certificate from its own CA, made at start-up.",
+        "# Trust it in the shell that runs a client (only while this simulator runs):",
+        f"export SSL_CERT_FILE={path}       # Python's ssl: urllib, httpx, aiohttp",
+        f"export REQUESTS_CA_BUNDLE={path}  # requests",
+        f"curl --cacert {path} {api_url}/whoami/v1",
+        f"# the exporter's config: ca_bundle: {ca_file.resolve()}",
     ]
     if agent_config_path is not None:
-        lines.append(f"  ({agent_config_path} already sets ca_bundle)")
+        lines.append(f"# ({agent_config_path} sets ca_bundle already)")
     return lines
