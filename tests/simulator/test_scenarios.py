@@ -17,6 +17,7 @@ from agent.simulator import (
     build_scenario,
     tagged,
 )
+from agent.simulator.faults import check_faults
 
 
 @pytest.mark.parametrize("name", SCENARIO_NAMES)
@@ -109,8 +110,10 @@ def _tiny(**changes: object) -> Scenario:
     ],
 )
 def test_validation_names_the_problem(changes: dict[str, object], message: str) -> None:
+    scenario = _tiny(**changes)
     with pytest.raises(ValueError, match=message):
-        _tiny(**changes).validate()
+        scenario.validate()
+        check_faults(scenario)
 
 
 def test_duplicate_credential_names_are_refused() -> None:
