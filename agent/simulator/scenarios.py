@@ -262,6 +262,27 @@ def _families() -> Scenario:
     )
 
 
+def _integrations() -> Scenario:
+    """For real integrations (SIEM connectors, scripts, Sophos clients from PyPI): every call
+    answers, and every kind of paging has more than one page: 60 partner tenants (two pages of
+    the default 50), one tenant with 37 endpoints and 111 alerts, an organization and a tenant
+    credential. The demo's larger rate limits, so that several clients can share a credential
+    at once."""
+    b = _Builder("integrations")
+    tenants = b.healthy(60, 2)
+    tenants[0].endpoints = 37
+    return Scenario(
+        name="integrations",
+        credentials=[
+            b.credential("msp-integrations", "partner", tenants),
+            b.credential("org-integrations", "organization", b.healthy(3, 2)),
+            b.credential("tenant-integrations", "tenant", [b.tenant(1)]),
+        ],
+        regions=2,
+        rate_limits=dict(DEMO_LIMITS),
+    )
+
+
 def _scale_10k() -> Scenario:
     b = _Builder("scale-10k")
     return Scenario(
@@ -285,6 +306,7 @@ _BUILDERS: dict[str, Callable[[], Scenario]] = {
     "throttled": _throttled,
     "chaos": _chaos,
     "families": _families,
+    "integrations": _integrations,
     "scale-10k": _scale_10k,
     "scale-20x500": _scale_20x500,
 }
