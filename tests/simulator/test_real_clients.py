@@ -227,7 +227,7 @@ def alerts_between(running: Running, tenant_id: str, since: str, until: str) -> 
         return ids
 
 
-def SCENARIO_HOSTS(running: Running) -> dict[str, str]:
+def tenant_hosts(running: Running) -> dict[str, str]:
     regions = running.announced["region_urls"]
     return {t.id: regions[t.region % len(regions)] for t in SCENARIO.tenants()}
 
