@@ -112,6 +112,8 @@ class Central:
         self._urls: HostUrls | None = None
         self._started = clock.monotonic()
         self._epoch = clock.time()
+        self.started_at = self._epoch
+        """Wall time the hosts started listening: the drill's zero."""
 
     def _placement(self, tenant: Tenant) -> str | None:
         if not tenant.activated:
@@ -128,6 +130,7 @@ class Central:
         """The hosts are listening: from now on the drill's clock runs."""
         self._urls = urls
         self._started = self._clock.monotonic()
+        self.started_at = self._clock.time()
 
     @property
     def urls(self) -> HostUrls:

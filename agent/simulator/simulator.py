@@ -232,6 +232,7 @@ class Simulator:
             "faulty_url": self.faulty_url,
             "rogue_url": self.rogue_url,
             "admin_url": self.api_url + ADMIN_PREFIX.rstrip("/"),
+            "started_at": round(self._central.started_at, 3),
             "credentials": [c.name for c in self.scenario.credentials],
             "ca_file": None
             if self.tls is None or self.tls.ca_file is None

@@ -299,15 +299,17 @@ class RealStack:
 
         wait_until(ready, within, f"{name} to answer 200 on {url}")
 
-    def start_simulator(self, scenario: str) -> dict[str, Any]:
-        """``python -m agent simulate`` on ephemeral ports; returns its announcement."""
+    def start_simulator(self, scenario: str, *extra_args: str) -> dict[str, Any]:
+        """``python -m agent simulate`` on ephemeral ports; returns its announcement.
+
+        ``extra_args`` go to ``simulate`` as they are (``--drill FILE``)."""
         announce = self.workdir / "simulator.out"
         config = self.workdir / "simulator-agent-config.yml"
         self._spawn(
             "simulator",
             [
                 sys.executable, "-m", "agent", "simulate", "--listen", "127.0.0.1:0",
-                "--scenario", scenario, "--agent-config", str(config),
+                "--scenario", scenario, "--agent-config", str(config), *extra_args,
             ],
             stdout=announce,
         )  # fmt: skip
