@@ -26,6 +26,7 @@ from agent.simulator.faults import (
     BASIC_FAULTS,
     CHAOS_FAULTS,
     FAULT_NAMES,
+    NOT_API_FAULTS,
     check_faults,
 )
 from agent.simulator.model import (
@@ -283,6 +284,21 @@ def _integrations() -> Scenario:
     )
 
 
+def _not_api() -> Scenario:
+    """Answers that are not the API's: one tenant per ``NOT_API_FAULTS`` fault (a captive
+    portal's HTML 200, JSON 200 of the wrong shape, a WAF's HTML 403, a maintenance HTML 503),
+    tagged with the fault's name, and two healthy tenants."""
+    b = _Builder("not-api")
+    tenants = [b.tenant(0), b.tenant(1)]
+    tenants += [b.faulty(i % 2, fault) for i, fault in enumerate(NOT_API_FAULTS)]
+    return Scenario(
+        name="not-api",
+        credentials=[b.credential("msp-not-api", "partner", tenants)],
+        faults=b.faults,
+        regions=2,
+    )
+
+
 def _scale_10k() -> Scenario:
     b = _Builder("scale-10k")
     return Scenario(
@@ -307,6 +323,7 @@ _BUILDERS: dict[str, Callable[[], Scenario]] = {
     "chaos": _chaos,
     "families": _families,
     "integrations": _integrations,
+    "not-api": _not_api,
     "scale-10k": _scale_10k,
     "scale-20x500": _scale_20x500,
 }

@@ -238,6 +238,31 @@ async def test_family_credential_tenant_and_everything_targets(client: httpx.Asy
     assert token_still.status_code == 200  # the id host is not "everything"
 
 
+async def test_the_account_health_check_answers_its_documented_429(
+    client: httpx.AsyncClient,
+) -> None:
+    sim, _ = await _started(
+        _drill(
+            {"start": 0, "target": {"family": "account_health"}, "fault": "too_many_requests_429"}
+        )
+    )
+    try:
+        cred = sim.scenario.credential("msp-healthy")
+        token = await get_token(client, sim, cred)
+        tenant = cred.tenants[0]
+        headers = bearer(token, **{"X-Tenant-ID": tenant.id})
+        url = f"{sim.api_host_of(tenant.id)}/account-health-check/v1/health-check"
+        health = await client.get(url, headers=headers)
+        endpoints = await tenant_call(client, sim, token, tenant)
+    finally:
+        await sim.stop()
+
+    body = assert_central_error(health, 429, "TooManyRequests")
+    assert body["message"] == "Too many requests."
+    assert "retry-after" not in health.headers
+    assert endpoints.status_code == 200
+
+
 async def test_a_tenant_fault_of_its_own_comes_before_the_drill(
     client: httpx.AsyncClient,
 ) -> None:
