@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import httpx
 import pytest
 
 from agent.clock import FakeClock
+from agent.config import format_duration
 from agent.simulator import (
     ALL_FAULTS,
     NOT_API_FAULTS,
@@ -371,6 +373,7 @@ async def test_a_not_api_page_on_the_whole_global_host(client: httpx.AsyncClient
 
 
 DRILLS = Path(__file__).resolve().parents[2] / "agent" / "simulator" / "drills"
+ALERTS = Path(__file__).resolve().parents[2] / "alerts"
 
 
 @pytest.mark.parametrize("path", sorted(DRILLS.glob("*.yml")), ids=lambda p: p.name)
@@ -381,3 +384,23 @@ def test_every_shipped_drill_is_valid_for_the_scenario_it_names(path: Path) -> N
     drill = load_drill(path, build_scenario(first_line.removeprefix("# scenario: ")))
 
     assert drill.faults
+
+
+def _rehearsal_section() -> str:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    return readme.split("## Rehearse an outage", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_readme_rehearsal_names_real_alerts_and_the_drills_times() -> None:
+    """The README's "what fires when" table: every alert it names exists in the rule files,
+    and every fault of the shipped drill has its row ("2m, for 30m")."""
+    section = _rehearsal_section()
+    rules = "".join(p.read_text(encoding="utf-8") for p in ALERTS.glob("*.rules.yml"))
+    named = set(re.findall(r"`(SophosCentral\w+)`", section))
+    drill = load_drill(DRILLS / "outage-rehearsal.yml", build_scenario("demo"))
+
+    assert named and all(f"alert: {name}" in rules for name in named), named
+    for fault in drill.faults:
+        start, end = fault.as_json(0)["start"], fault.as_json(0)["end"]
+        duration = format_duration(fault.end - fault.start)
+        assert f"| {start}, for {duration} |" in section, (fault.name, start, end)
