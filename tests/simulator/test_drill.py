@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -404,3 +406,28 @@ def test_the_readme_rehearsal_names_real_alerts_and_the_drills_times() -> None:
         start, end = fault.as_json(0)["start"], fault.as_json(0)["end"]
         duration = format_duration(fault.end - fault.start)
         assert f"| {start}, for {duration} |" in section, (fault.name, start, end)
+
+
+def test_simulate_refuses_a_bad_drill_before_listening(tmp_path: Path) -> None:
+    drill = tmp_path / "drill.yml"
+    drill.write_text("faults:\n  - {start: 1m, target: {host: eu05}, fault: empty_503}\n")
+
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "agent",
+            "simulate",
+            "--listen",
+            "127.0.0.1:0",
+            "--drill",
+            str(drill),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert done.returncode == 2
+    assert done.stdout == ""  # nothing announced: nothing listens
+    assert f"error: {drill}: faults[0].target.host: unknown host 'eu05'" in done.stderr
