@@ -166,11 +166,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     listen = args.listen or settings.web_listen_address
     web_config = None
     if args.web_config:
-        from agent.webconfig import WebConfigError, load_web_config
+        from agent.web.schema import load_web_config
 
         try:
             web_config = load_web_config(args.web_config)
-        except WebConfigError as exc:
+        except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_CONFIG
     try:

@@ -10,7 +10,8 @@ Each attack starts its own simulator (``bench.simproc``, generous limits) and it
 that the descriptor limit is reached with a few hundred connections. The attacks:
 
 - ``burst``: 500 clients ask for ``/metrics`` (gzip), ``/status`` and ``/support`` as fast as
-  they are answered, for 8 s, from an agent probing 1,000 tenants;
+  they are answered, for 8 s, from an agent probing 1,000 tenants (with 1,024 descriptors, the
+  usual default soft limit);
 - ``slowloris``: 300 connections send a request line and one header byte every 2 s, never
   finishing the head; how many are still open after 15 s;
 - ``idle``: 400 connections that send nothing (more than the agent's 256 descriptors);
@@ -37,6 +38,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -49,7 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 GENEROUS_LIMITS = {"1s": 1000, "1m": 60_000, "1h": 10_000_000, "1d": 100_000_000}
 CHILD_NOFILE = 256
 BURST_TENANTS = 1000
-PASSWORD = "flood-test-password"  # noqa: S105 - a test password
+PASSWORD = "flood-test-password"
 HEALTHZ_EVERY = 0.25
 HEALTHZ_TIMEOUT = 5.0
 
@@ -81,6 +83,15 @@ class AgentProc:
         return self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
 
 
+def _prepare(workdir: Path) -> Any:
+    workdir.mkdir(parents=True, exist_ok=True)
+    return (workdir / "sim.log").open("wb")
+
+
+def _spawn(argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(argv, **kwargs)
+
+
 def _limit_nofile(n: int) -> Callable[[], None]:
     def apply() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
@@ -98,11 +109,10 @@ async def running_agent(
     **overrides: Any,
 ) -> AsyncIterator[AgentProc]:
     """Simulator and agent as child processes of ``source``; yields once ``/readyz`` is 200."""
-    workdir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(source)}
     config_path = workdir / "agent.yml"
-    sim_log = (workdir / "sim.log").open("wb")
-    sim = subprocess.Popen(
+    sim_log = _prepare(workdir)
+    sim = _spawn(
         [
             sys.executable,
             "-m",
@@ -147,13 +157,13 @@ async def running_agent(
             argv += ["--web.config.file", str(web_path)]
         log_path = workdir / "agent.log"
         with log_path.open("wb") as log:
-            agent = subprocess.Popen(
+            agent = _spawn(
                 argv,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=workdir,
                 env=env,
-                preexec_fn=_limit_nofile(nofile),  # noqa: PLW1509 - only setrlimit
+                preexec_fn=_limit_nofile(nofile),
             )
         proc = AgentProc(agent, port, log_path, sim)
         await wait_ready(proc, web_config is not None)
@@ -175,7 +185,7 @@ async def wait_ready(proc: AgentProc, with_auth: bool, within: float = 60.0) -> 
     while time.monotonic() < deadline:
         if proc.process.poll() is not None:
             raise RuntimeError("the agent exited:\n" + "\n".join(proc.log_lines()[-40:]))
-        answer = await http_get(proc.port, "/readyz", headers, timeout=5)
+        answer = await http_get(proc.port, "/readyz", headers, within=5)
         if answer is not None and answer[0] == 200:
             return
         await asyncio.sleep(0.2)
@@ -191,13 +201,13 @@ async def http_get(
     port: int,
     path: str,
     headers: bytes = b"",
-    timeout: float = HEALTHZ_TIMEOUT,
+    within: float = HEALTHZ_TIMEOUT,
     source: str | None = None,
 ) -> tuple[int, bytes] | None:
     """One request over a fresh connection: (status, body), or None when it failed in time."""
     writer = None
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within):
             reader, writer = await asyncio.open_connection(
                 "127.0.0.1", port, local_addr=(source, 0) if source else None
             )
@@ -222,8 +232,10 @@ async def http_get(
 class HealthzWatch:
     """``/healthz`` asked every ``HEALTHZ_EVERY`` s: latencies of answers and failures."""
 
+    started: float = 0.0
     latencies: list[float] = field(default_factory=list)
     failures: int = 0
+    failed_at: list[float] = field(default_factory=list)
 
     @property
     def worst(self) -> float:
@@ -233,6 +245,7 @@ class HealthzWatch:
         return {
             "healthz_asked": len(self.latencies) + self.failures,
             "healthz_failed": self.failures,
+            "healthz_failed_at_s": self.failed_at,
             "healthz_median_s": round(statistics.median(self.latencies), 4)
             if self.latencies
             else None,
@@ -242,26 +255,53 @@ class HealthzWatch:
 
 @contextlib.asynccontextmanager
 async def watching_healthz(port: int, headers: bytes = b"") -> AsyncIterator[HealthzWatch]:
-    watch = HealthzWatch()
+    """``/healthz`` from a thread of its own, with blocking sockets: the attacker's event loop
+    (busy opening hundreds of connections) must not delay the request it measures."""
+    watch = HealthzWatch(started=time.monotonic())
+    stop = threading.Event()
 
-    async def loop() -> None:
-        while True:
+    def loop() -> None:
+        while not stop.is_set():
             started = time.monotonic()
-            answer = await http_get(port, "/healthz", headers)
+            status = blocking_get(port, "/healthz", headers)
             took = time.monotonic() - started
-            if answer is not None and answer[0] == 200:
+            if status == 200:
                 watch.latencies.append(took)
             else:
                 watch.failures += 1
-            await asyncio.sleep(max(0.0, HEALTHZ_EVERY - took))
+                watch.failed_at.append(round(started - watch.started, 2))
+            stop.wait(max(0.0, HEALTHZ_EVERY - took))
 
-    task = asyncio.create_task(loop())
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
     try:
         yield watch
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        stop.set()
+        await asyncio.to_thread(thread.join, HEALTHZ_TIMEOUT + 1)
+
+
+def blocking_get(port: int, path: str, headers: bytes = b"") -> int | None:
+    """The status of one request over a fresh blocking connection, None if it failed in time."""
+    deadline = time.monotonic() + HEALTHZ_TIMEOUT
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=HEALTHZ_TIMEOUT) as sock:
+            sock.sendall(
+                f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n".encode()
+                + headers
+                + b"\r\n"
+            )
+            data = b""
+            while b"\r\n" not in data:
+                sock.settimeout(max(0.01, deadline - time.monotonic()))
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError:
+        return None
+    match = re.match(rb"HTTP/1\.1 (\d{3}) ", data)
+    return int(match.group(1)) if match else None
 
 
 _TRANSPORT_FAILURE = re.compile(
@@ -273,7 +313,7 @@ _TRANSPORT_FAILURE = re.compile(
 
 async def transport_failures(port: int, headers: bytes = b"") -> dict[str, int]:
     """The agent's own calls that got no answer, by error code (timeout, connect_error, ...)."""
-    answer = await http_get(port, "/metrics", headers, timeout=30)
+    answer = await http_get(port, "/metrics", headers, within=30)
     if answer is None or answer[0] != 200:
         raise RuntimeError("cannot read /metrics after the flood")
     counts: dict[str, int] = {}
@@ -349,7 +389,7 @@ async def attack_burst(proc: AgentProc, seconds: float = 8.0, clients: int = 500
         nonlocal answered
         while time.monotonic() < stop:
             gzip = b"Accept-Encoding: gzip\r\n"
-            if await http_get(proc.port, paths[i % len(paths)], gzip, timeout=30) is not None:
+            if await http_get(proc.port, paths[i % len(paths)], gzip, within=30) is not None:
                 answered += 1
 
     log_before = len(proc.log_lines())
@@ -363,9 +403,7 @@ async def attack_burst(proc: AgentProc, seconds: float = 8.0, clients: int = 500
     }
 
 
-async def attack_slowloris(
-    proc: AgentProc, count: int = 300, hold: float = 15.0
-) -> dict[str, Any]:
+async def attack_slowloris(proc: AgentProc, count: int = 300, hold: float = 15.0) -> dict[str, Any]:
     conns = Connections()
     log_before = len(proc.log_lines())
     started = time.monotonic()
@@ -386,7 +424,7 @@ async def attack_slowloris(
     }
 
 
-async def attack_idle(proc: AgentProc, count: int = 400, hold: float = 10.0) -> dict[str, Any]:
+async def attack_idle(proc: AgentProc, count: int = 400, hold: float = 15.0) -> dict[str, Any]:
     conns = Connections()
     log_before = len(proc.log_lines())
     started = time.monotonic()
@@ -425,7 +463,7 @@ async def attack_password(
     async def attacker() -> None:
         nonlocal refused
         while time.monotonic() < stop:
-            answer = await http_get(proc.port, "/metrics", wrong, timeout=30, source="127.0.0.2")
+            answer = await http_get(proc.port, "/metrics", wrong, within=30, source="127.0.0.2")
             if answer is not None:
                 refused += 1
 
@@ -439,7 +477,7 @@ async def attack_password(
             proc.port,
             "/metrics",
             basic_auth_header("grafana", "second-user-password"),
-            timeout=30,
+            within=30,
         )
         login_wait = time.monotonic() - started
         await asyncio.gather(*attackers)
@@ -463,7 +501,9 @@ async def run(only: list[str], source: Path, workdir: Path) -> dict[str, dict[st
         web = web_config_with_password() if name == "password" else None
         # The burst needs pages worth rendering: 1,000 tenants, each probed every 30 s.
         size: dict[str, Any] = (
-            {"tenants": BURST_TENANTS, "probe_interval": "30s"} if name == "burst" else {}
+            {"tenants": BURST_TENANTS, "probe_interval": "30s", "nofile": 1024}
+            if name == "burst"
+            else {}
         )
         async with running_agent(workdir / name, source, web_config=web, **size) as proc:
             attack = {
