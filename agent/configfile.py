@@ -103,7 +103,8 @@ def load_yaml(text: str, where: str) -> Any:
 
 
 def _refuse_duplicates(root: yaml.Node, where: str) -> None:
-    """Walk the composed document; the first key found twice in one mapping is an error."""
+    """Walk the composed document; every key given twice in one mapping is a problem."""
+    found: list[tuple[int, Problem]] = []
     stack: list[tuple[yaml.Node, tuple[str, ...]]] = [(root, ())]
     seen_nodes: set[int] = set()
     while stack:
@@ -119,13 +120,15 @@ def _refuse_duplicates(root: yaml.Node, where: str) -> None:
                 if isinstance(key_node, yaml.ScalarNode) and name != "<<":
                     identity = (key_node.tag, name)
                     if identity in first:
-                        key = ".".join((*path, name))
                         problem = f"duplicate key at line {line} (first at line {first[identity]})"
-                        raise ConfigError.invalid(where, [Problem(key, problem)])
-                    first[identity] = line
+                        found.append((line, Problem(".".join((*path, name)), problem)))
+                    else:
+                        first[identity] = line
                 stack.append((value_node, (*path, name)))
         elif isinstance(node, yaml.SequenceNode):
             stack.extend((item, (*path, str(i))) for i, item in enumerate(node.value))
+    if found:
+        raise ConfigError.invalid(where, [problem for _, problem in sorted(found, key=lambda f: f[0])])
 
 
 def _position(exc: yaml.YAMLError) -> str:

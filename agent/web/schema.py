@@ -35,7 +35,7 @@ from pydantic import (
 )
 
 from agent.configfile import ConfigError, KeyProblem, read_mapping, validation_problems
-from agent.durations import parse_duration
+from agent.durations import format_duration, parse_duration
 
 logger = logging.getLogger(__name__)
 
@@ -363,6 +363,26 @@ class WebConfig(BaseModel):
         """``rate_limit`` when it limits anything (an interval of 0 turns it off)."""
         limit = self.rate_limit
         return limit if limit is not None and limit.interval > 0 else None
+
+
+def describe_web_config(cfg: WebConfig) -> str:
+    """What the file turns on, in one line for ``config check`` (no secret: user names only)."""
+    parts: list[str] = []
+    tls = cfg.tls
+    if tls is None:
+        parts.append("plain HTTP (no TLS)")
+    else:
+        versions = f"{TLS_VERSION_NAMES[tls.min_version]} to {TLS_VERSION_NAMES[tls.max_version]}"
+        parts.append(f"TLS {versions}, client certificates: {tls.client_auth_type.value}")
+    users = sorted(cfg.basic_auth_users)
+    parts.append(f"basic auth for {', '.join(users)}" if users else "no basic auth")
+    if cfg.http.headers:
+        parts.append("headers " + ", ".join(name for name, _ in cfg.http.headers))
+    limit = cfg.request_limit
+    if limit is not None:
+        every = format_duration(limit.interval)
+        parts.append(f"rate limit one request per {every} (burst {limit.burst})")
+    return "; ".join(parts)
 
 
 def load_web_config(path: str | Path) -> WebConfig:
