@@ -958,3 +958,96 @@ async def test_websocket_and_lifespan_scopes_pass_through_untouched() -> None:
     await mw({"type": "lifespan"}, never, never)
     await mw({"type": "websocket", "headers": []}, never, never)
     assert seen == ["lifespan", "websocket"]
+
+
+# --------------------------------------------------------------------------------------------
+# Wrong-password floods: attempts per address, valid logins first
+
+
+def client_from(mw: WebSecurityMiddleware, address: str) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=mw, client=(address, 40000))
+    return httpx.AsyncClient(transport=transport, base_url="http://test")
+
+
+async def test_an_address_with_too_many_failures_gets_429_without_bcrypt(
+    checkpw_calls: list[bytes],
+) -> None:
+    from agent.web.auth import FAILURE_BURST, FAILURE_REFILL_SECONDS
+
+    clock = FakeClock()
+    mw = WebSecurityMiddleware(make_app(), users_config(), clock=clock)
+    async with client_from(mw, "192.0.2.7") as attacker, client_from(mw, "192.0.2.8") as other:
+        # A valid login from the attacker's address before the flood is cached and stays valid.
+        assert (await attacker.get("/", headers=auth("alice", PASSWORD))).status_code == 200
+        statuses = [
+            (await attacker.get("/", headers=auth("alice", f"guess-{i}"))).status_code
+            for i in range(FAILURE_BURST + 5)
+        ]
+        assert statuses == [401] * FAILURE_BURST + [429] * 5
+        assert len(checkpw_calls) == 1 + FAILURE_BURST  # the throttled guesses cost no bcrypt
+        throttled = await attacker.get("/", headers=auth("alice", "another-guess"))
+        assert throttled.status_code == 429
+        assert 1 <= int(throttled.headers["retry-after"]) <= FAILURE_REFILL_SECONDS
+        assert (await attacker.get("/", headers=auth("alice", PASSWORD))).status_code == 200
+        # Another address is not affected.
+        assert (await other.get("/", headers=auth("alice", "wrong"))).status_code == 401
+        # The attacker may try again once its bucket has a token.
+        await clock.advance(FAILURE_REFILL_SECONDS)
+        assert (await attacker.get("/", headers=auth("alice", "late-guess"))).status_code == 401
+        assert (await attacker.get("/", headers=auth("alice", "too-soon"))).status_code == 429
+
+
+async def test_concurrent_wrong_passwords_cannot_all_get_in_before_the_first_fails() -> None:
+    """Each unverified attempt spends its address's token before bcrypt runs."""
+    from agent.web.auth import FAILURE_BURST
+
+    mw = WebSecurityMiddleware(make_app(), users_config(), clock=FakeClock())
+    async with client_from(mw, "192.0.2.9") as attacker:
+        answers = await asyncio.gather(
+            *(attacker.get("/", headers=auth("alice", f"g{i}")) for i in range(40))
+        )
+    statuses = sorted(r.status_code for r in answers)
+    assert statuses == [401] * FAILURE_BURST + [429] * (40 - FAILURE_BURST)
+
+
+async def test_ipv6_clients_are_counted_by_their_64() -> None:
+    from agent.web.auth import client_address
+
+    a = client_address({"client": ("2001:db8:1:2::17", 1)})
+    b = client_address({"client": ("2001:db8:1:2:ffff::9", 1)})
+    assert a == b == "2001:db8:1:2::/64"
+    assert client_address({"client": ("::ffff:192.0.2.1", 1)}) == "192.0.2.1"
+    assert client_address({"client": ("192.0.2.1", 1)}) == "192.0.2.1"
+
+
+async def test_bcrypt_queue_serves_clean_addresses_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With every worker busy, a waiting login from a clean address overtakes suspect ones."""
+    from agent.web import auth as auth_module
+
+    order: list[bytes] = []
+    release = asyncio.Event()
+
+    def slow_check(password: bytes, hashed: bytes) -> bool:
+        order.append(password)
+        return password == b"ok"
+
+    queue = auth_module.BcryptQueue(workers=1, max_suspect=2)
+    monkeypatch.setattr(auth_module, "_bcrypt_matches", slow_check)
+
+    async def hold_the_worker() -> None:
+        await queue._slot(urgent=True)
+        await release.wait()
+        queue._release()
+
+    holder = asyncio.create_task(hold_the_worker())
+    await asyncio.sleep(0)
+    suspects = [asyncio.create_task(queue.check(b"s%d" % i, b"h", urgent=False)) for i in range(2)]
+    await asyncio.sleep(0)
+    assert await queue.check(b"s-extra", b"h", urgent=False) is None  # the suspect line is full
+    valid = asyncio.create_task(queue.check(b"ok", b"h", urgent=True))
+    await asyncio.sleep(0)
+    release.set()
+    assert await valid is True
+    assert await asyncio.gather(*suspects) == [False, False]
+    await holder
+    assert order == [b"ok", b"s0", b"s1"]

@@ -167,10 +167,11 @@ class ConnectionBudget:
             age = now - since
             had_its_chance = age >= GRACE or (age >= MIN_GRACE and self.turn - turn >= GRACE_TURNS)
             return conn if had_its_chance else None
-        stale = [c for c in self.live if c.busy_since is not None]
-        oldest = min(stale, key=lambda c: c.busy_since or now, default=None)
-        if oldest is not None and now - (oldest.busy_since or now) > BUSY_DEADLINE:
-            return oldest
+        busy = [(c.busy_since, id(c), c) for c in self.live if c.busy_since is not None]
+        if busy:
+            since, _, oldest = min(busy)
+            if now - since > BUSY_DEADLINE:
+                return oldest
         return None
 
 
