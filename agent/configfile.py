@@ -128,7 +128,8 @@ def _refuse_duplicates(root: yaml.Node, where: str) -> None:
         elif isinstance(node, yaml.SequenceNode):
             stack.extend((item, (*path, str(i))) for i, item in enumerate(node.value))
     if found:
-        raise ConfigError.invalid(where, [problem for _, problem in sorted(found, key=lambda f: f[0])])
+        found.sort(key=lambda item: item[0])
+        raise ConfigError.invalid(where, [problem for _, problem in found])
 
 
 def _position(exc: yaml.YAMLError) -> str:
