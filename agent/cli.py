@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the agent (default)")
     _config_arg(run)
     run.add_argument("--web.listen-address", dest="listen", default=None, help="default :9866")
-    run.add_argument("--web.config.file", dest="web_config", default=None)
+    _web_config_arg(run)
     run.add_argument("--shard", type=int, default=None)
     run.add_argument("--total-shards", dest="total_shards", type=int, default=None)
 
@@ -108,8 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     config = sub.add_parser("config", help="configuration tools")
     config_sub = config.add_subparsers(dest="config_command", required=True)
-    config_check = config_sub.add_parser("check", help="validate and print the effective config")
+    config_check = config_sub.add_parser(
+        "check", help="validate and print the effective config (and a web config file)"
+    )
     _config_arg(config_check)
+    _web_config_arg(config_check)
     return parser
 
 
@@ -120,6 +123,15 @@ def _config_arg(parser: argparse.ArgumentParser) -> None:
         dest="config",
         default=None,
         help="YAML configuration file (keys may also come from SOPHOS_EXPORTER_*)",
+    )
+
+
+def _web_config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--web.config.file",
+        dest="web_config",
+        default=None,
+        help="exporter-toolkit web configuration: TLS, basic auth, headers (docs/web-config.md)",
     )
 
 
@@ -184,11 +196,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     listen = args.listen or settings.web_listen_address
     web_config = None
     if args.web_config:
-        from agent.webconfig import WebConfigError, load_web_config
+        from agent.web.schema import load_web_config
 
         try:
             web_config = load_web_config(args.web_config)
-        except WebConfigError as exc:
+        except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_CONFIG
     try:
@@ -358,6 +370,19 @@ def _by_cause(counts: dict[str, int]) -> str:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
+    """Validate the config file (unless only a web config file is given) and the web config file.
+
+    Both are checked before the exit code is decided, so one run reports the mistakes of both.
+    """
+    code = EXIT_OK
+    if args.config is not None or args.web_config is None:
+        code = _check_agent_config(args)
+    if args.web_config is not None:
+        code = max(code, _check_web_config(args.web_config))
+    return code
+
+
+def _check_agent_config(args: argparse.Namespace) -> int:
     settings = load_or_exit(args)
     if settings is None:
         return EXIT_CONFIG
@@ -366,6 +391,19 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     print(f"configuration OK{f' ({args.config})' if args.config else ''}")
     print(yaml.safe_dump(settings.masked(), sort_keys=False, allow_unicode=True), end="")
+    return EXIT_OK
+
+
+def _check_web_config(path: str) -> int:
+    """Like ``promtool check web-config``: the file loads, the certificates and keys with it."""
+    from agent.web.schema import describe_web_config, load_web_config
+
+    try:
+        web_config = load_web_config(path)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"web configuration OK ({path}): {describe_web_config(web_config)}")
     return EXIT_OK
 
 

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -31,6 +30,9 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from agent.configfile import ConfigError as ConfigError  # re-exported: callers catch it here
+from agent.configfile import read_mapping, validation_problems
+from agent.durations import format_duration, parse_duration
 from agent.families import Family, ProbeSpec, parse_specs, resolve, spec_as_config
 from agent.sophos import is_data_region_url
 
@@ -42,74 +44,7 @@ DEFAULT_RATE_LIMITS: dict[str, int] = {"1s": 10, "1m": 100, "1h": 1000, "1d": 50
 WINDOW_SECONDS: dict[str, int] = {"1s": 1, "1m": 60, "1h": 3600, "1d": 86400}
 DEFAULT_TENANT_PROBE_PATH = "/endpoint/v1/endpoints?pageSize=1&view=basic"
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)")
-_UNIT_SECONDS = {
-    "ms": 0.001,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
-    "d": 86400.0,
-    "w": 604800.0,
-    "y": 31536000.0,
-}
 _CREDENTIAL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
-
-
-class ConfigError(Exception):
-    """The configuration cannot be used; the message names the key and the problem."""
-
-
-def parse_duration(value: Any) -> float:
-    """Read a Prometheus-style duration (``30s``, ``5m``, ``1h30m``) or plain seconds."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as 30s, 5m or 1h, or a number of seconds")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str):
-        seconds = _parse_duration_text(value.strip())
-    else:
-        raise ValueError("expected a duration such as 30s, 5m or 1h, or a number of seconds")
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError("must be a positive duration")
-    return seconds
-
-
-def _parse_duration_text(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    pos, total = 0, 0.0
-    for match in _DURATION_PART.finditer(text):
-        if match.start() != pos:
-            break
-        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-        pos = match.end()
-    if pos != len(text) or not text:
-        raise ValueError(
-            f"{text!r} is not a duration; use a number of seconds or units s, m, h, d "
-            "(e.g. 90s, 5m)"
-        )
-    return total
-
-
-def format_duration(seconds: float) -> str:
-    """Seconds as people write durations in the config (``30s``, ``5m``, ``1h30m``, ``250ms``).
-
-    ``config check`` prints the effective configuration; ``30.0`` would read as a bare number and
-    hide that the value was a duration at all.
-    """
-    millis = round(seconds * 1000)
-    if millis <= 0:
-        return "0s"
-    parts: list[str] = []
-    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
-        count, millis = divmod(millis, size)
-        if count:
-            parts.append(f"{count}{unit}")
-    if millis:
-        parts.append(f"{millis}ms")
-    return "".join(parts)
 
 
 Duration = Annotated[
@@ -390,56 +325,16 @@ def masked_proxy_url(url: str) -> str:
 def load_settings(path: str | os.PathLike[str] | None, **overrides: Any) -> Settings:
     """Build the settings from a YAML file, the environment and command-line overrides.
 
-    Every failure becomes a ``ConfigError`` whose message names the file, the key and the problem.
+    Every failure becomes a ``ConfigError`` whose message names the file, the key and the problem
+    (``agent.configfile``: the same loader and format as the web config file).
     """
-    data = read_yaml(path) if path is not None else {}
+    data = read_mapping(path, "config file") if path is not None else {}
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return Settings(**data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, path)) from None
-
-
-def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read the YAML config file as a mapping; refuse anything else with a clear message."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"config file {path} is not valid YAML{where}") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must be a mapping of keys to values")
-    return data
-
-
-def format_validation_error(exc: ValidationError, path: str | os.PathLike[str] | None) -> str:
-    """One line per problem: ``key.path: message``; never echoes the rejected value of a secret."""
-    where = f"config file {path}" if path is not None else "configuration"
-    lines = [f"invalid {where}:"]
-    for error in exc.errors(include_url=False, include_input=False):
-        key = ".".join(str(part) for part in error["loc"])
-        message = _message(error)
-        if key and message.startswith((f"{key}[", f"{key}:")):
-            key = ""  # the message already names the entry, e.g. tenant_probes[2].path
-        lines.append(f"  {key}: {message}" if key else f"  {message}")
-    return "\n".join(lines)
-
-
-def _message(error: Any) -> str:
-    kind = error["type"]
-    if kind == "extra_forbidden":
-        return "unknown key (check the spelling; see the configuration reference in README.md)"
-    if kind == "missing":
-        return "required key is missing"
-    message = str(error["msg"])
-    return message.removeprefix("Value error, ")
+        where = f"config file {path}" if path is not None else "configuration"
+        raise ConfigError.invalid(where, validation_problems(exc, Settings)) from None
 
 
 def group_or_world_readable(path: str | os.PathLike[str]) -> bool:

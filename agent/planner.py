@@ -50,6 +50,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from agent.config import WINDOW_SECONDS
+from agent.durations import format_duration
 from agent.sophos import TENANT_PAGE_SIZE
 
 DEFAULT_HEADROOM = 0.05
@@ -93,7 +94,7 @@ class Plan:
     def explain(self) -> str:
         """The period and why it is what it is, in one line for users (status page, ``check``,
         the start-up log): the first thing to know before reading any per-tenant alert."""
-        return f"every {human_duration(self.period)}: {self.cause()}"
+        return f"every {_said(self.period)}: {self.cause()}"
 
     def cause(self) -> str:
         """Why the period is what it is: as configured, or stretched by which budget."""
@@ -107,7 +108,7 @@ class Plan:
                 "alone need more (raise budget_share or token_probe_interval)"
             )
         probes = f"{self.families} probe{'s' if self.families != 1 else ''}"
-        asks = f"probe_interval asks for {human_duration(self.requested)}"
+        asks = f"probe_interval asks for {_said(self.requested)}"
         if self.per_tenant:
             return (
                 f"stretched to fit each tenant's own rate budget: {allowed} per tenant for "
@@ -120,17 +121,6 @@ class Plan:
 
 
 _PER = {"1s": "s", "1m": "min", "1h": "h", "1d": "day"}
-
-
-def human_duration(seconds: float) -> str:
-    """A period as people say it: ``45 s``, ``16 min``, ``3.8 h``, ``6.9 d``."""
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} d"
 
 
 def pages_for(tenants: int, page_size: int = TENANT_PAGE_SIZE) -> int:
@@ -278,20 +268,20 @@ def _plan_per_tenant(
     credential_bound = refresh_stretched or not overhead_fits
     binding = own_tightest if stretched else tightest if credential_bound else None
     if binding is None:
-        message = f"probe period {_human(period)} for {tenants} tenants (per-tenant windows)"
+        message = f"probe period {_said(period)} for {tenants} tenants (per-tenant windows)"
     else:
         changes = []
         if stretched:
             changes.append(
-                f"probe_interval {_human(probe_interval)} stretched to {_human(period)}: each "
+                f"probe_interval {_said(probe_interval)} stretched to {_said(period)}: each "
                 f"tenant's own {own_tightest} window allows {tenant_allowance[own_tightest]} "
                 f"calls (budget_share x limit) and a probe round costs {calls_per_probe}"
             )
         w = tightest or own_tightest
         if refresh_stretched:
             changes.append(
-                f"tenant_refresh_interval {_human(tenant_refresh_interval)} stretched to "
-                f"{_human(refresh)} to fit the credential's own {w} window "
+                f"tenant_refresh_interval {_said(tenant_refresh_interval)} stretched to "
+                f"{_said(refresh)} to fit the credential's own {w} window "
                 f"({per_refresh} calls per refresh)"
             )
         if not overhead_fits:
@@ -343,7 +333,7 @@ def _message(
     w = plan.binding_window
     count = f"{tenants} tenants" + (f" x {families} probes" if families > 1 else "")
     if w is None:
-        return f"probe period {_human(plan.period)} for {count}"
+        return f"probe period {_said(plan.period)} for {count}"
     budget = (
         f"the {w} window allows {allowance[w]} calls (budget_share x limit), "
         f"{plan.usable[w]:.1f} at a sustained rate after {headroom:.0%} headroom"
@@ -356,13 +346,11 @@ def _message(
         )
     changes = []
     if plan.stretched:
-        changes.append(
-            f"probe_interval {_human(plan.requested)} stretched to {_human(plan.period)}"
-        )
+        changes.append(f"probe_interval {_said(plan.requested)} stretched to {_said(plan.period)}")
     if plan.refresh_stretched:
         changes.append(
-            f"tenant_refresh_interval {_human(plan.refresh_requested)} stretched to "
-            f"{_human(plan.refresh_interval)}"
+            f"tenant_refresh_interval {_said(plan.refresh_requested)} stretched to "
+            f"{_said(plan.refresh_interval)}"
         )
     if changes:
         return (
@@ -372,20 +360,14 @@ def _message(
             f"{plan.overhead[w]:.1f}; raise budget_share or rate_limits"
         )
     return (
-        f"probe period {_human(plan.period)} for {count} fits: tightest window {w} "
+        f"probe period {_said(plan.period)} for {count} fits: tightest window {w} "
         f"expects {plan.expected[w]:.1f} of {plan.usable[w]:.1f} usable calls"
     )
 
 
-def _human(seconds: float) -> str:
-    text = f"{seconds:.0f}s"
-    if seconds >= 86400:
-        return f"{text} (~{seconds / 86400:.1f}d)"
-    if seconds >= 3600:
-        return f"{text} (~{seconds / 3600:.1f}h)"
-    if seconds >= 120:
-        return f"{text} (~{seconds / 60:.1f}min)"
-    return text
+def _said(seconds: float) -> str:
+    """A duration as the status page and ``check`` say it (``16 min``, ``3.8 h``)."""
+    return format_duration(seconds, approximate=True)
 
 
 def _validate(

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from agent import __version__
 from agent.diagnosis import SKIP_CAUSES
+from agent.durations import format_duration
 from agent.metricnames import WINDOWS
-from agent.planner import human_duration
 from agent.probes import CredentialState, ProbeResult, display_order
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ class Row:
 
     @property
     def age(self) -> str:
-        return human_duration(self.age_seconds)
+        return format_duration(self.age_seconds, approximate=True)
 
 
 @dataclass(frozen=True)

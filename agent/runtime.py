@@ -20,11 +20,12 @@ from agent.classify import ErrorCodeGuard
 from agent.client import CallObserver, CallRecord, SophosClient
 from agent.clock import Clock, SystemClock
 from agent.config import Settings
+from agent.durations import format_duration
 from agent.evidence import EvidenceRecorder
 from agent.hosts import HostPolicy
 from agent.logs import REDACTOR
 from agent.metrics import AgentMetrics, CredentialView
-from agent.planner import Plan, human_duration, pages_for, plan_probe_period
+from agent.planner import Plan, pages_for, plan_probe_period
 from agent.probes import CredentialProber, ProbeResult, display_order
 from agent.ratebudget import RateBudget
 from agent.scheduler import CredentialSchedule, ProbeScheduler, tick_seconds
@@ -217,8 +218,8 @@ class Agent:
         if plan is not None:
             return plan.explain()
         return (
-            f"every {human_duration(self.settings.probe_interval)}: as configured "
-            "(probe_interval), until the first tenant list is planned for"
+            f"every {format_duration(self.settings.probe_interval, approximate=True)}: "
+            "as configured (probe_interval), until the first tenant list is planned for"
         )
 
     def refresh_interval(self, credential: str) -> float:

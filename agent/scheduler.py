@@ -41,6 +41,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from agent.clock import Clock
 from agent.probes import CredentialProber
 from agent.ratebudget import PRIORITY_CONFIRMATION, PRIORITY_TENANT
+from agent.tokenbucket import TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +110,7 @@ class ConfirmationQueue:
 
     interval: float
     due: dict[Pair, float] = field(default_factory=dict)
-    tokens: float | None = None
-    refilled: float = 0.0
+    bucket: TokenBucket = field(default_factory=lambda: TokenBucket(rate=0.0, burst=CONFIRM_BURST))
     started: int = 0
 
     def after(self, pair: Pair, failures: int, now: float) -> None:
@@ -122,20 +122,16 @@ class ConfirmationQueue:
 
     def take(self, now: float, rate: float, busy: set[Pair]) -> list[Pair]:
         """The pairs to re-probe now; ``busy`` pairs (being probed) wait for their result."""
-        if self.tokens is None:
-            self.tokens = CONFIRM_BURST
-        self.tokens = min(CONFIRM_BURST, self.tokens + max(0.0, now - self.refilled) * rate)
-        self.refilled = now
-        if self.tokens < 1.0 or not self.due:
+        self.bucket.rate = rate
+        if self.bucket.available(now) < 1.0 or not self.due:
             return []
         ready = sorted((at, pair) for pair, at in self.due.items() if at <= now)
         taken: list[Pair] = []
         for _, pair in ready:
-            if self.tokens < 1.0:
-                break
             if pair in busy:
                 continue
-            self.tokens -= 1.0
+            if not self.bucket.take(now):
+                break
             del self.due[pair]
             taken.append(pair)
         self.started += len(taken)

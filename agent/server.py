@@ -1,22 +1,27 @@
-"""The HTTP side: ``/metrics``, ``/healthz``, ``/readyz``, the landing page and the human pages.
+"""The HTTP side: ``/metrics``, ``/healthz``, ``/readyz`` (and their Prometheus-style names
+``/-/healthy``, ``/-/ready``), the landing page and the human pages.
 
-Rendering happens on the event loop, where the probe state lives, so a scrape always sees one
-consistent state; the renderer is fast enough (see bench/) that this costs the probes nothing.
+Rendering happens on the event loop, where the probe state lives, so a page always shows one
+consistent state; each page is rendered by one request at a time and shared by every request
+that asks meanwhile (``agent.web.rendering``), so a burst of requests costs one render, not
+hundreds in a row while the probes wait. The listener is bounded (``agent.web.listener``): a
+cap on connections below the descriptor limit, a deadline for request heads, one log line per
+condition.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import html
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, request_response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agent import __version__
 from agent.config import Settings
@@ -24,11 +29,23 @@ from agent.evidence import render_support_page
 from agent.metrics import gzip_bytes
 from agent.runtime import Agent
 from agent.status_page import render_status_page
-from agent.webconfig import WebConfig, bound_port, make_uvicorn_server, wait_started
+from agent.transport import MAX_CONNECTIONS as OUTGOING_CONNECTIONS
+from agent.web.auth import WebSecurityMiddleware
+from agent.web.listener import BoundedServer, connection_cap, raise_nofile_limit
+from agent.web.rendering import Page, RenderTurns, SharedRender
+from agent.web.schema import WebConfig
+from agent.web.tls_context import build_ssl_context
 
 CONTENT_TYPE_METRICS = "text/plain; version=0.0.4; charset=utf-8"
+DESCRIPTOR_RESERVE = OUTGOING_CONNECTIONS + 64
+"""Descriptors the listener leaves free: the probes' connection pool, plus the state file, the
+log, the event loop's own and the TLS bundles read at start-up."""
+
+LISTEN_BACKLOG = 2048
+"""Connections the kernel queues while the listener is at its cap (uvicorn's default)."""
 
 PageRenderer = Callable[[Agent], str]
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def parse_listen_address(address: str) -> tuple[str, int]:
@@ -46,16 +63,21 @@ def build_app(
     support_page: PageRenderer | None = None,
 ) -> Starlette:
     """The ASGI app. ``status_page``/``support_page`` render the human pages when available."""
+    turns = RenderTurns()
+    metrics_page = SharedRender(lambda: Page(agent.render_metrics(), gzip_bytes), turns)
 
     async def metrics(request: Request) -> Response:
-        body = agent.render_metrics()
+        page = await metrics_page.get()
         if "gzip" in request.headers.get("accept-encoding", ""):
             return Response(
-                gzip_bytes(body),
+                await page.compressed(),
                 media_type=CONTENT_TYPE_METRICS,
                 headers={"Content-Encoding": "gzip", "Vary": "Accept-Encoding"},
             )
-        return Response(body, media_type=CONTENT_TYPE_METRICS)
+        return Response(page.body, media_type=CONTENT_TYPE_METRICS)
+
+    def bounded(endpoint: Endpoint) -> ASGIApp:
+        return BoundedPage(request_response(endpoint), turns)
 
     async def healthz(_: Request) -> Response:
         return PlainTextResponse("ok\n")
@@ -72,28 +94,51 @@ def build_app(
         return HTMLResponse(landing_page())
 
     routes = [
-        Route("/metrics", metrics),
+        Route("/metrics", bounded(metrics)),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
+        Route("/-/healthy", healthz),
+        Route("/-/ready", readyz),
         Route("/", landing),
     ]
     if status_page is not None:
         render_status = status_page
+        status_shared = SharedRender(lambda: render_status(agent), turns)
 
         async def status(_: Request) -> Response:
-            return HTMLResponse(render_status(agent))
+            return HTMLResponse(await status_shared.get())
 
-        routes.append(Route("/status", status))
+        routes.append(Route("/status", bounded(status)))
     if support_page is not None:
         render_support = support_page
+        support_shared = SharedRender(lambda: render_support(agent), turns)
 
         async def support(_: Request) -> Response:
             return PlainTextResponse(
-                render_support(agent), media_type="text/markdown; charset=utf-8"
+                await support_shared.get(), media_type="text/markdown; charset=utf-8"
             )
 
-        routes.append(Route("/support", support))
+        routes.append(Route("/support", bounded(support)))
     return Starlette(routes=routes)
+
+
+class BoundedPage:
+    """A page endpoint that takes a place in ``turns`` until its answer is sent, or answers 503
+    at once when every place is taken (an ASGI app, so Starlette routes to it as it is)."""
+
+    def __init__(self, app: ASGIApp, turns: RenderTurns) -> None:
+        self.app = app
+        self.turns = turns
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        with self.turns.place() as admitted:
+            if admitted:
+                await self.app(scope, receive, send)
+                return
+        busy = PlainTextResponse(
+            "busy: too many page requests at once\n", status_code=503, headers={"Retry-After": "1"}
+        )
+        await busy(scope, receive, send)
 
 
 def landing_page() -> str:
@@ -101,8 +146,8 @@ def landing_page() -> str:
         ("/metrics", "Metrics"),
         ("/status", "Status of every probe, with the troubleshooting hint"),
         ("/support", "Support evidence for persistent 5XX (Markdown)"),
-        ("/healthz", "Liveness"),
-        ("/readyz", "Readiness (first probe cycle complete)"),
+        ("/healthz", "Liveness (also /-/healthy)"),
+        ("/readyz", "Readiness: every credential finished its first probe cycle (also /-/ready)"),
     ]
     items = "".join(f'<li><a href="{href}">{html.escape(text)}</a></li>' for href, text in links)
     return (
@@ -127,21 +172,20 @@ class AgentService:
         **agent_options: Any,
     ) -> None:
         self.agent = Agent(settings, **agent_options)
-        host, port = parse_listen_address(listen or settings.web_listen_address)
-        self._address = (host, port)
-        app = build_app(self.agent, render_status_page, render_support_page)
-        self.server = make_uvicorn_server(app, host, port, web_config)
-        self.server.capture_signals = _no_signal_capture  # type: ignore[method-assign]
-        self._task: asyncio.Task[None] | None = None
+        self._address = parse_listen_address(listen or settings.web_listen_address)
+        self._app = build_app(self.agent, render_status_page, render_support_page)
+        self._web_config = web_config
+        self.http: BoundedServer | None = None
 
     @property
     def port(self) -> int:
-        return bound_port(self.server)
+        assert self.http is not None, "not started"
+        return self.http.port
 
     @property
     def serving(self) -> asyncio.Task[None]:
-        assert self._task is not None, "not started"
-        return self._task
+        assert self.http is not None, "not started"
+        return self.http.serving
 
     async def start(self, deadline: float = 10.0) -> None:
         """Bind the listener, then start probing; raises OSError when the address is taken.
@@ -149,19 +193,32 @@ class AgentService:
         We bind the socket ourselves: uvicorn's own bind failure ends in ``sys.exit``, which
         would escape as a traceback instead of a one-line error.
         """
+        raise_nofile_limit()
         sock = bind_socket(*self._address)
-        self._task = asyncio.get_running_loop().create_task(self.server.serve(sockets=[sock]))
-        async with asyncio.timeout(deadline):
-            await wait_started(self.server, self._task)
+        try:
+            self.http = make_http_server(self._app, sock, self._web_config)
+            await self.http.start(deadline)
+        except BaseException:
+            sock.close()
+            raise
         self.agent.start()
 
     async def stop(self, grace: float = 2.0) -> None:
         """Finish in-flight probes briefly, then close the listener."""
-        self.server.should_exit = True
+        if self.http is not None:
+            self.http.server.should_exit = True
         await self.agent.stop(grace=grace)
-        if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(self._task, timeout=5)
+        if self.http is not None:
+            await self.http.stop()
+
+
+def make_http_server(
+    app: ASGIApp, sock: socket.socket, web_config: WebConfig | None
+) -> BoundedServer:
+    """``app`` served on ``sock`` with ``web_config``'s TLS, auth and headers, bounded."""
+    wrapped = app if web_config is None else WebSecurityMiddleware(app, web_config)
+    ssl_context = build_ssl_context(web_config) if web_config is not None else None
+    return BoundedServer(wrapped, sock, ssl_context, connection_cap(DESCRIPTOR_RESERVE))
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -175,16 +232,9 @@ def bind_socket(host: str, port: int) -> socket.socket:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         sock.bind(address)
-        sock.listen(128)
+        sock.listen(LISTEN_BACKLOG)
         sock.setblocking(False)
     except OSError:
         sock.close()
         raise
     return sock
-
-
-@contextlib.contextmanager
-def _no_signal_capture() -> Iterator[None]:
-    """uvicorn would re-raise SIGTERM after its shutdown (exit 143); the CLI handles signals and
-    exits 0, as supervisors expect of a clean stop."""
-    yield

@@ -500,3 +500,40 @@ def paste_in_fresh_shell(command: str) -> subprocess.CompletedProcess[str]:
         cwd="/",
         check=False,
     )
+
+
+# -- config check --web.config.file --------------------------------------------------------------
+
+
+def test_config_check_validates_a_web_config_file_like_promtool(tmp_path: Path) -> None:
+    import bcrypt
+
+    hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)).decode()
+    web = tmp_path / "web.yml"
+    web.write_text(
+        f"basic_auth_users:\n  prometheus: {hashed}\nrate_limit:\n  interval: 500ms\n  burst: 5\n"
+    )
+    result = cli("config", "check", "--web.config.file", str(web))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (
+        f"web configuration OK ({web}): plain HTTP (no TLS); basic auth for prometheus; "
+        "rate limit one request per 500ms (burst 5)\n"
+    )
+    assert hashed not in result.stdout
+
+
+def test_config_check_reports_the_mistakes_of_both_files_and_exits_2(tmp_path: Path) -> None:
+    config = tmp_path / "config.yml"
+    config.write_text("budget_share: 2\nbudget_share: 3\n")
+    web = tmp_path / "web.yml"
+    web.write_text("basic_auth_users:\n  alice: hunter2\n")
+    result = cli("config", "check", "--config", str(config), "--web.config.file", str(web))
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"error: invalid config file {config}:\n"
+        "  budget_share: duplicate key at line 2 (first at line 1)\n"
+        f"error: invalid web config file {web}:\n"
+        "  basic_auth_users.alice: not a bcrypt hash (expected $2y$, $2b$ or $2a$, a cost from "
+        "04 to 31 and 53 characters of salt and hash; see docs/web-config.md to make one)\n"
+    )
+    assert "hunter2" not in result.stderr + result.stdout

@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from agent.cli import main
-from agent.config import ConfigError, Settings, format_duration, load_settings, parse_duration
+from agent.config import ConfigError, Settings, load_settings
+from agent.durations import format_duration, parse_duration
 
 DATA = Path(__file__).parent / "testdata" / "config"
 
@@ -25,8 +26,7 @@ INVALID = [
     ("invalid-budget-share.yml", "budget_share: must be greater than 0 and at most 1 (got 1.5)"),
     (
         "invalid-unknown-key.yml",
-        "probe_intervall: unknown key (check the spelling; see the configuration reference in "
-        "README.md)",
+        "probe_intervall: unknown key (did you mean probe_interval?)",
     ),
     (
         "invalid-duration.yml",
@@ -65,6 +65,13 @@ INVALID = [
         "invalid-secret-file.yml",
         "credentials.0: client_secret_file /nonexistent/secret is not a readable file",
     ),
+    # Keys given twice, each named with both lines, in the order of the file.
+    (
+        "invalid-duplicate-key.yml",
+        "credentials.0.client_id: duplicate key at line 6 (first at line 4)\n"
+        "  probe_interval: duplicate key at line 7 (first at line 1)",
+    ),
+    ("invalid-wrong-type.yml", "budget_share: must be a number"),
     (
         "invalid-proxy-url.yml",
         "proxy_url: must start with http:// or https:// (the proxy's own scheme; socks is not "
@@ -83,8 +90,12 @@ def test_invalid_config_names_the_key_and_the_problem(name: str, problem: str) -
 
 def test_broken_yaml_says_where() -> None:
     path = DATA / "invalid-yaml.yml"
-    with pytest.raises(ConfigError, match=r"is not valid YAML at line 2, column 1$"):
+    with pytest.raises(ConfigError) as caught:
         load_settings(path)
+    assert str(caught.value) == (
+        f"config file {path} is not valid YAML at line 2, column 1: "
+        "expected ',' or '}', but got '<stream end>'"
+    )
 
 
 def test_config_that_is_not_a_mapping_is_refused() -> None:

@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.clock import FakeClock
+from agent.durations import format_duration
 from agent.planner import (
     REFRESH_SHARE,
     Plan,
@@ -52,7 +53,7 @@ def test_ten_tenants_fit_the_whole_budget_at_the_requested_interval() -> None:
     assert result.overhead_fits
     assert result.binding_window == "1h"  # 600 tenant calls + 21 overhead of 950 usable
     assert result.expected["1h"] == pytest.approx(600 + hourly_overhead(1))
-    assert "60s for 10 tenants fits" in result.message
+    assert "60 s for 10 tenants fits" in result.message
 
 
 def test_ten_tenants_at_a_tenth_of_the_default_limits_are_stretched_by_the_hour() -> None:
@@ -63,7 +64,7 @@ def test_ten_tenants_at_a_tenth_of_the_default_limits_are_stretched_by_the_hour(
     assert not result.refresh_stretched, "two pages every 15 min are within the refresh share"
     assert result.binding_window == "1h"
     assert result.expected["1h"] == pytest.approx(95)
-    assert "stretched to 487s" in result.message
+    assert "stretched to 8 min" in result.message
     assert "the 1h window allows 100 calls" in result.message
 
 
@@ -79,8 +80,8 @@ def test_ten_thousand_tenants_at_default_settings_stretch_the_refresh_then_the_p
     assert result.expected["1h"] == pytest.approx(95)
     assert result.overhead["1h"] == pytest.approx(TOKEN_PER_HOUR + REFRESH_SHARE * left)
     assert result.message.startswith(
-        "probe_interval 60s stretched to 586016s (~6.8d) and tenant_refresh_interval "
-        "900s (~15.0min) stretched to 17756s (~4.9h) for 10000 tenants "
+        "probe_interval 60 s stretched to 6.8 d and tenant_refresh_interval "
+        "15 min stretched to 4.9 h for 10000 tenants "
         "(100 tenant-list pages per refresh)"
     )
     assert "shards" not in result.message, "sharding never adds budget"
@@ -94,7 +95,7 @@ def test_the_refresh_stretches_only_as_far_as_the_requested_period_needs() -> No
     assert result.refresh_stretched
     assert result.refresh_interval == pytest.approx(101 * 3600 / (950 - TOKEN_PER_HOUR - 600))
     assert result.expected["1h"] == pytest.approx(950)
-    assert "tenant_refresh_interval 900s (~15.0min) stretched to 1079s" in result.message
+    assert "tenant_refresh_interval 15 min stretched to 18 min" in result.message
     assert "probe_interval" not in result.message
 
 
@@ -116,7 +117,7 @@ def test_ten_thousand_tenants_are_stretched_to_the_day_bound_when_the_day_binds(
     assert result.binding_window == "1d"
     assert result.period == pytest.approx(10_000 * 86400 / (4750 - day_overhead))
     assert result.expected["1d"] == pytest.approx(4750)
-    assert "stretched to 199316s (~2.3d)" in result.message
+    assert "stretched to 2.3 d" in result.message
 
 
 def test_token_probes_alone_exceeding_the_allowance_are_reported() -> None:
@@ -250,7 +251,7 @@ def test_families_fit_unstretched_when_the_budget_allows() -> None:
     )
     assert generous.period == 60.0
     assert generous.expected["1h"] == pytest.approx(30 * 60 + hourly_overhead(1))
-    assert "probe period 60s for 10 tenants x 3 probes fits" in generous.message
+    assert "probe period 60 s for 10 tenants x 3 probes fits" in generous.message
 
 
 def test_families_must_be_at_least_one() -> None:
@@ -284,9 +285,7 @@ def test_explain_says_when_token_probes_alone_exceed_the_budget() -> None:
     [(45, "45 s"), (960, "16 min"), (13_860, "3.9 h"), (592_000, "6.9 d")],
 )
 def test_human_duration_says_periods_as_people_do(seconds: float, text: str) -> None:
-    from agent.planner import human_duration
-
-    assert human_duration(seconds) == text
+    assert format_duration(seconds, approximate=True) == text
 
 
 # -- rate_limit_scope: tenant ------------------------------------------------------------------

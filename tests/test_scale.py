@@ -124,8 +124,8 @@ async def test_ten_thousand_tenants_stretch_the_refresh_then_the_period_and_expo
         [said] = [line["msg"] for line in lines if line["level"] == "info"]
         assert said == f"tenants probed {plan.explain()}"
         message = warnings[0]["msg"]
-        assert "probe_interval 60s stretched to" in message
-        assert "tenant_refresh_interval 900s (~15.0min) stretched to" in message
+        assert "probe_interval 60 s stretched to" in message
+        assert "tenant_refresh_interval 15 min stretched to" in message
         assert "100 tenant-list pages per refresh" in message
     finally:
         await stop_stack(stack)

@@ -26,18 +26,12 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from agent.clock import FakeClock
-from agent.webconfig import (
-    ClientAuthType,
-    WebConfig,
-    WebConfigError,
-    WebSecurityMiddleware,
-    bound_port,
-    build_ssl_context,
-    load_web_config,
-    make_uvicorn_server,
-    parse_web_config,
-    wait_started,
-)
+from agent.configfile import ConfigError
+from agent.server import bind_socket, make_http_server
+from agent.web.auth import WebSecurityMiddleware
+from agent.web.listener import make_uvicorn_server
+from agent.web.schema import ClientAuthType, WebConfig, load_web_config, parse_web_config
+from agent.web.tls_context import build_ssl_context
 
 PASSWORD = "correct horse battery staple"
 ENDPOINTS = ("/metrics", "/healthz", "/")
@@ -128,17 +122,13 @@ def make_app(lifespan_events: list[str] | None = None) -> Starlette:
 
 @asynccontextmanager
 async def serving(web_config: WebConfig | None, app: Starlette | None = None) -> AsyncIterator[int]:
-    """Run a real uvicorn on 127.0.0.1:0 for the duration of the block; yield its port."""
-    server = make_uvicorn_server(app or make_app(), "127.0.0.1", 0, web_config)
-    task = asyncio.create_task(server.serve())
+    """Run the agent's HTTP server on 127.0.0.1:0 for the duration of the block; yield its port."""
+    server = make_http_server(app or make_app(), bind_socket("127.0.0.1", 0), web_config)
+    await server.start(STARTUP_TIMEOUT)
     try:
-        async with asyncio.timeout(STARTUP_TIMEOUT):
-            await wait_started(server, task)
-        yield bound_port(server)
+        yield server.port
     finally:
-        server.should_exit = True
-        async with asyncio.timeout(STARTUP_TIMEOUT):
-            await task
+        await server.stop()
 
 
 async def raw_get(port: int, ctx: ssl.SSLContext, path: str = "/healthz") -> bytes:
@@ -356,21 +346,12 @@ async def test_a_tls11_client_is_refused_by_default(pki: Pki) -> None:
 def test_make_uvicorn_server_installs_our_ssl_context(pki: Pki) -> None:
     """uvicorn builds config.ssl in Config.load(); ours must replace it and survive serve()."""
     cfg = load_web_config(write_config(pki, SECURE_CONFIG))
-    server = make_uvicorn_server(make_app(), "127.0.0.1", 0, cfg)
+    server = make_uvicorn_server(WebSecurityMiddleware(make_app(), cfg), build_ssl_context(cfg))
     assert server.config.loaded  # so Server.serve() will not call load() again
     assert isinstance(server.config.ssl, ssl.SSLContext)
     assert server.config.ssl.minimum_version == ssl.TLSVersion.TLSv1_2
-    assert isinstance(server.config.loaded_app, WebSecurityMiddleware) or isinstance(
-        getattr(server.config.loaded_app, "app", None), WebSecurityMiddleware
-    )
-    plain = make_uvicorn_server(make_app(), "127.0.0.1", 0, None)
+    plain = make_uvicorn_server(make_app(), None)
     assert plain.config.ssl is None
-
-
-def test_bound_port_before_startup_is_an_error() -> None:
-    server = make_uvicorn_server(make_app(), "127.0.0.1", 0, None)
-    with pytest.raises(RuntimeError, match="not started"):
-        bound_port(server)
 
 
 # --------------------------------------------------------------------------------------------
@@ -448,7 +429,7 @@ def test_client_auth_types_map_to_ssl_verify_modes(
 def test_require_any_client_cert_warns_that_it_verifies(
     pki: Pki, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="agent.webconfig"):
+    with caplog.at_level(logging.WARNING, logger="agent.web.schema"):
         cfg = load_web_config(
             write_config(
                 pki,
@@ -521,9 +502,9 @@ def test_full_file_is_read(pki: Pki) -> None:
     assert cfg.http.http2 is False
     assert cfg.http.headers == (("X-XSS-Protection", "1; mode=block"),)
     assert set(cfg.basic_auth_users) == {"alice", "bob"}
-    assert cfg.rate_limit is not None
-    assert cfg.rate_limit.interval_seconds == 90.0
-    assert cfg.rate_limit.burst == 5
+    assert cfg.request_limit is not None
+    assert cfg.request_limit.interval == 90.0
+    assert cfg.request_limit.burst == 5
     assert ALICE_HASH not in repr(cfg)
 
 
@@ -533,17 +514,19 @@ INVALID_CONFIGS: list[tuple[str, str, str]] = [
     (
         "unknown top-level key",
         "tls_config: {}\n",
-        "tls_config: unknown key (allowed: tls_server_config, http_server_config, "
+        "tls_config: unknown key (did you mean tls_server_config?)",
+    ),
+    (
+        "unknown top-level key, nothing alike",
+        "users: {}\n",
+        "users: unknown key (allowed: tls_server_config, http_server_config, "
         "basic_auth_users, rate_limit)",
     ),
     (
         "unknown TLS key",
         "tls_server_config:\n  certfile: server.pem\n",
-        "tls_server_config.certfile: unknown key (allowed: cert, key, client_ca, cert_file, "
-        "key_file, client_auth_type, client_ca_file, client_allowed_sans, min_version, "
-        "max_version, cipher_suites, prefer_server_cipher_suites, curve_preferences)",
+        "tls_server_config.certfile: unknown key (did you mean cert_file?)",
     ),
-    ("top level is a list", "- a\n", "must be a YAML mapping of settings"),
     (
         "section is a string",
         "tls_server_config: yes please\n",
@@ -736,12 +719,12 @@ INVALID_CONFIGS: list[tuple[str, str, str]] = [
     (
         "duplicate user",
         f"basic_auth_users:\n  alice: {ALICE_HASH}\n  alice: {ALICE_HASH}\n",
-        "not valid YAML: line 3, column 3: duplicate key 'alice'",
+        "basic_auth_users.alice: duplicate key at line 3 (first at line 2)",
     ),
     (
-        "broken YAML",
-        "tls_server_config: [\n",
-        "not valid YAML: line 2, column 1: expected the node content, but found '<stream end>'",
+        "rate limit burst not a number",
+        "rate_limit:\n  interval: 1s\n  burst: '3'\n",
+        "rate_limit.burst: must be an integer",
     ),
     (
         "rate limit burst zero",
@@ -751,7 +734,8 @@ INVALID_CONFIGS: list[tuple[str, str, str]] = [
     (
         "rate limit interval not a duration",
         "rate_limit:\n  interval: fast\n  burst: 3\n",
-        "rate_limit.interval: must be a duration such as 500ms, 1s or 1m30s",
+        "rate_limit.interval: 'fast' is not a duration; use a number of seconds or units s, m, "
+        "h, d (e.g. 90s, 5m)",
     ),
 ]
 
@@ -762,22 +746,75 @@ INVALID_CONFIGS: list[tuple[str, str, str]] = [
 )
 def test_invalid_config_gives_an_exact_error(pki: Pki, body: str, expected: str) -> None:
     path = write_config(pki, body)
-    with pytest.raises(WebConfigError) as error:
+    with pytest.raises(ConfigError) as error:
         load_web_config(path)
-    assert str(error.value) == f"{path}: " + expected.format(dir=pki.dir.resolve())
+    problem = expected.format(dir=pki.dir.resolve())
+    assert str(error.value) == f"invalid web config file {path}:\n  {problem}"
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("- a\n", "web config file {path} must be a mapping of keys to values"),
+        (
+            "tls_server_config: [\n",
+            "web config file {path} is not valid YAML at line 2, column 1: expected the node "
+            "content, but found '<stream end>'",
+        ),
+    ],
+    ids=["top level is a list", "broken YAML"],
+)
+def test_a_file_that_is_not_a_mapping_says_so(pki: Pki, body: str, expected: str) -> None:
+    path = write_config(pki, body)
+    with pytest.raises(ConfigError) as error:
+        load_web_config(path)
+    assert str(error.value) == expected.format(path=path)
 
 
 def test_missing_file_is_named(tmp_path: Path) -> None:
-    with pytest.raises(WebConfigError) as error:
+    with pytest.raises(ConfigError) as error:
         load_web_config(tmp_path / "nope.yml")
-    assert str(error.value) == f"{tmp_path / 'nope.yml'}: file not found"
+    assert str(error.value) == (
+        f"cannot read web config file {tmp_path / 'nope.yml'}: No such file or directory"
+    )
+
+
+def test_every_problem_is_listed_at_once(pki: Pki) -> None:
+    path = write_config(pki, "http_server_config:\n  http2: 1\nrate_limit:\n  burst: x\n")
+    with pytest.raises(ConfigError) as error:
+        load_web_config(path)
+    assert str(error.value) == (
+        f"invalid web config file {path}:\n"
+        "  http_server_config.http2: must be true or false\n"
+        "  rate_limit.burst: must be an integer"
+    )
+
+
+def test_both_files_refuse_a_duplicate_key_in_the_same_words(pki: Pki) -> None:
+    """The agent's config and the web config share one loader and one error format."""
+    from agent.config import load_settings
+
+    body = "rate_limit:\n  burst: 1\n  burst: 2\n"
+    web = write_config(pki, body)
+    agent_config = pki.dir / "config.yml"
+    agent_config.write_text("rate_limits:\n  1m: 1\n  1m: 2\n")
+    with pytest.raises(ConfigError) as web_error:
+        load_web_config(web)
+    with pytest.raises(ConfigError) as agent_error:
+        load_settings(agent_config)
+    assert str(web_error.value).endswith(
+        "rate_limit.burst: duplicate key at line 3 (first at line 2)"
+    )
+    assert str(agent_error.value).endswith(
+        "rate_limits.1m: duplicate key at line 3 (first at line 2)"
+    )
 
 
 def test_error_never_echoes_a_password_given_instead_of_a_hash(pki: Pki) -> None:
-    with pytest.raises(WebConfigError) as error:
+    with pytest.raises(ConfigError) as error:
         load_web_config(write_config(pki, "basic_auth_users:\n  alice: s3cret-Pa55\n"))
     assert "s3cret-Pa55" not in str(error.value)
-    assert error.value.key == "basic_auth_users.alice"
+    assert [p.key for p in error.value.problems] == ["basic_auth_users.alice"]
 
 
 def test_parse_web_config_accepts_parsed_yaml(pki: Pki) -> None:
@@ -921,3 +958,96 @@ async def test_websocket_and_lifespan_scopes_pass_through_untouched() -> None:
     await mw({"type": "lifespan"}, never, never)
     await mw({"type": "websocket", "headers": []}, never, never)
     assert seen == ["lifespan", "websocket"]
+
+
+# --------------------------------------------------------------------------------------------
+# Wrong-password floods: attempts per address, valid logins first
+
+
+def client_from(mw: WebSecurityMiddleware, address: str) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=mw, client=(address, 40000))
+    return httpx.AsyncClient(transport=transport, base_url="http://test")
+
+
+async def test_an_address_with_too_many_failures_gets_429_without_bcrypt(
+    checkpw_calls: list[bytes],
+) -> None:
+    from agent.web.auth import FAILURE_BURST, FAILURE_REFILL_SECONDS
+
+    clock = FakeClock()
+    mw = WebSecurityMiddleware(make_app(), users_config(), clock=clock)
+    async with client_from(mw, "192.0.2.7") as attacker, client_from(mw, "192.0.2.8") as other:
+        # A valid login from the attacker's address before the flood is cached and stays valid.
+        assert (await attacker.get("/", headers=auth("alice", PASSWORD))).status_code == 200
+        statuses = [
+            (await attacker.get("/", headers=auth("alice", f"guess-{i}"))).status_code
+            for i in range(FAILURE_BURST + 5)
+        ]
+        assert statuses == [401] * FAILURE_BURST + [429] * 5
+        assert len(checkpw_calls) == 1 + FAILURE_BURST  # the throttled guesses cost no bcrypt
+        throttled = await attacker.get("/", headers=auth("alice", "another-guess"))
+        assert throttled.status_code == 429
+        assert 1 <= int(throttled.headers["retry-after"]) <= FAILURE_REFILL_SECONDS
+        assert (await attacker.get("/", headers=auth("alice", PASSWORD))).status_code == 200
+        # Another address is not affected.
+        assert (await other.get("/", headers=auth("alice", "wrong"))).status_code == 401
+        # The attacker may try again once its bucket has a token.
+        await clock.advance(FAILURE_REFILL_SECONDS)
+        assert (await attacker.get("/", headers=auth("alice", "late-guess"))).status_code == 401
+        assert (await attacker.get("/", headers=auth("alice", "too-soon"))).status_code == 429
+
+
+async def test_concurrent_wrong_passwords_cannot_all_get_in_before_the_first_fails() -> None:
+    """Each unverified attempt spends its address's token before bcrypt runs."""
+    from agent.web.auth import FAILURE_BURST
+
+    mw = WebSecurityMiddleware(make_app(), users_config(), clock=FakeClock())
+    async with client_from(mw, "192.0.2.9") as attacker:
+        answers = await asyncio.gather(
+            *(attacker.get("/", headers=auth("alice", f"g{i}")) for i in range(40))
+        )
+    statuses = sorted(r.status_code for r in answers)
+    assert statuses == [401] * FAILURE_BURST + [429] * (40 - FAILURE_BURST)
+
+
+async def test_ipv6_clients_are_counted_by_their_64() -> None:
+    from agent.web.auth import client_address
+
+    a = client_address({"client": ("2001:db8:1:2::17", 1)})
+    b = client_address({"client": ("2001:db8:1:2:ffff::9", 1)})
+    assert a == b == "2001:db8:1:2::/64"
+    assert client_address({"client": ("::ffff:192.0.2.1", 1)}) == "192.0.2.1"
+    assert client_address({"client": ("192.0.2.1", 1)}) == "192.0.2.1"
+
+
+async def test_bcrypt_queue_serves_clean_addresses_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With every worker busy, a waiting login from a clean address overtakes suspect ones."""
+    from agent.web import auth as auth_module
+
+    order: list[bytes] = []
+    release = asyncio.Event()
+
+    def slow_check(password: bytes, hashed: bytes) -> bool:
+        order.append(password)
+        return password == b"ok"
+
+    queue = auth_module.BcryptQueue(workers=1, max_suspect=2)
+    monkeypatch.setattr(auth_module, "_bcrypt_matches", slow_check)
+
+    async def hold_the_worker() -> None:
+        await queue._slot(urgent=True)
+        await release.wait()
+        queue._release()
+
+    holder = asyncio.create_task(hold_the_worker())
+    await asyncio.sleep(0)
+    suspects = [asyncio.create_task(queue.check(b"s%d" % i, b"h", urgent=False)) for i in range(2)]
+    await asyncio.sleep(0)
+    assert await queue.check(b"s-extra", b"h", urgent=False) is None  # the suspect line is full
+    valid = asyncio.create_task(queue.check(b"ok", b"h", urgent=True))
+    await asyncio.sleep(0)
+    release.set()
+    assert await valid is True
+    assert await asyncio.gather(*suspects) == [False, False]
+    await holder
+    assert order == [b"ok", b"s0", b"s1"]

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from agent.clock import FakeClock
 from agent.config import DEFAULT_RATE_LIMITS, Settings
-from agent.planner import human_duration, pages_for, plan_probe_period
+from agent.durations import format_duration
+from agent.planner import pages_for, plan_probe_period
 from agent.ratebudget import RateBudget
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,7 +62,9 @@ def render() -> str:
     )
     lines = [head + " |", "| ---: |" + " ---: |" * len(SHARES)]
     for tenants in TENANTS:
-        cells = " | ".join(human_duration(period(tenants, share)) for share in SHARES)
+        cells = " | ".join(
+            format_duration(period(tenants, share), approximate=True) for share in SHARES
+        )
         lines.append(f"| {tenants:,} | {cells} |")
     return "\n".join(lines) + "\n"
 

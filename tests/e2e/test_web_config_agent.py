@@ -25,7 +25,7 @@ import yaml
 from agent.config import load_settings
 from agent.server import AgentService
 from agent.simulator import Simulator, build_scenario
-from agent.webconfig import load_web_config
+from agent.web.schema import load_web_config
 from tests.e2e.harness import wait_for
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -179,7 +179,11 @@ async def test_every_endpoint_without_credentials_is_401(secured: str, pki: Pki,
 async def test_every_endpoint_with_a_wrong_password_is_401(
     secured: str, pki: Pki, path: str
 ) -> None:
-    async with httpx.AsyncClient(verify=client_context(pki), timeout=TIMEOUT) as client:
+    # Each endpoint from a loopback address of its own: failed logins are limited per address
+    # (an address past 10 failures gets 429), and this test is about each endpoint's answer.
+    source = f"127.0.0.{10 + ENDPOINTS.index(path)}"
+    transport = httpx.AsyncHTTPTransport(verify=client_context(pki), local_address=source)
+    async with httpx.AsyncClient(transport=transport, timeout=TIMEOUT) as client:
         wrong = await client.get(secured + path, auth=(USER, PASSWORD + "!"))
         stranger = await client.get(secured + path, auth=("mallory", PASSWORD))
     assert wrong.status_code == stranger.status_code == 401
