@@ -31,9 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from agent.config import format_duration, parse_duration
+from agent.configfile import ConfigError, load_yaml
+from agent.durations import format_duration, parse_duration
 from agent.simulator.faults import ALL_FAULTS, PERMISSION_FAULTS, TOKEN_FAULTS
 from agent.simulator.model import REGIONS, Scenario
 from agent.simulator.routes import FAMILIES
@@ -147,11 +146,9 @@ def load_drill(path: str | Path, scenario: Scenario) -> Drill:
     except OSError as exc:
         raise DrillError(f"{path}: cannot read the drill file: {exc.strerror or exc}") from None
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise DrillError(f"{path}: not valid YAML{where}") from None
+        data = load_yaml(text, str(path))
+    except ConfigError as exc:
+        raise DrillError(str(exc)) from None
     try:
         return parse_drill(data, scenario)
     except DrillError as exc:
