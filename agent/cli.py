@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import shlex
 import shutil
@@ -19,7 +18,6 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import yaml
-from tabulate import tabulate
 
 from agent import __version__
 from agent.config import (
@@ -31,7 +29,8 @@ from agent.config import (
     load_settings,
 )
 from agent.logs import REDACTOR, setup_logging
-from agent.report import Report, Row, build_report, plain_remedy
+from agent.views.check import check_json, format_check
+from agent.views.report import build_report
 
 log = logging.getLogger("agent")
 
@@ -298,72 +297,10 @@ async def run_check(
         await agent.run_cycle()
     finally:
         await agent.stop(grace=0)
-    report = build_report(agent)
-    if output == "json":
-        text = json.dumps(report.to_json(), indent=2, ensure_ascii=False) + "\n"
-    else:
-        text = format_check(report, failures_only)
+    report = build_report(agent.snapshot())
+    text = check_json(report) if output == "json" else format_check(report, failures_only)
     out.write(REDACTOR(text))
     return EXIT_FAILED if any(row.kind != "ok" for row in report.rows()) else EXIT_OK
-
-
-CHECK_HEADER = (
-    "CREDENTIAL",
-    "TENANT",
-    "TENANT ID",
-    "PROBE",
-    "STATUS",
-    "ERROR CODE",
-    "CAUSE",
-    "HINT",
-)
-
-
-def format_check(report: Report, failures_only: bool = False) -> str:
-    """Summary first, then every probe that is not healthy, then (unless left out) the rest.
-
-    Columns are aligned by display width (``tabulate`` with ``wcwidth``), so tenant names in
-    Chinese or Japanese do not shift the columns after them.
-    """
-    rows = [r for r in report.rows() if not (failures_only and r.kind == "ok")]
-    table = tabulate(
-        [_check_row(r) for r in rows],
-        headers=CHECK_HEADER,
-        tablefmt="plain",
-        disable_numparse=True,
-    )
-    return "\n".join([*summary_lines(report), "", table, ""])
-
-
-def _check_row(row: Row) -> tuple[str, ...]:
-    return (
-        row.credential,
-        row.tenant_name or "-",
-        row.tenant_id or "-",
-        row.probe,
-        row.status,
-        row.error_code or "-",
-        row.cause,
-        "-" if row.kind == "ok" else plain_remedy(row.remedy),
-    )
-
-
-def summary_lines(report: Report) -> list[str]:
-    """The report's first lines: what failed, by cause, and how often each credential probes."""
-    s = report.summary
-    parts = [f"{s.probes} probes: {s.failing} failing{_by_cause(s.failing_by_cause)}"]
-    parts.append(f"{s.business} business state{_by_cause(s.business_by_cause)}")
-    if s.not_run:
-        parts.append(f"{s.not_run} not run: no token")
-    parts.append(f"{s.healthy} healthy")
-    periods = [f"{c.name}: tenants probed {c.period_text}" for c in report.credentials]
-    return ["; ".join(parts), *periods]
-
-
-def _by_cause(counts: dict[str, int]) -> str:
-    if not counts:
-        return ""
-    return " (" + ", ".join(f"{n} {cause}" for cause, n in counts.items()) + ")"
 
 
 # -- config check ------------------------------------------------------------------------------
@@ -540,9 +477,37 @@ def _print_demo_banner(
 
 
 def cmd_support_bundle(args: argparse.Namespace) -> int:
+    """0 written, 1 no evidence yet (nothing written), 2 bad config.
+
+    Reads only the state file, so it works while the agent runs and after it stopped. Evidence
+    of a credential or probe no longer configured, or of a tenant the agent saw leave the list,
+    is written as history.
+    """
     settings = load_or_exit(args)
     if settings is None:
         return EXIT_CONFIG
-    from agent.evidence import write_support_bundle
+    from agent.evidence import load_evidence
+    from agent.statefile import StateFile
+    from agent.views.support import render_json, render_markdown
 
-    return write_support_bundle(settings, args.out, args.format)
+    path = Path(settings.state_file)
+    if not path.exists():
+        print(f"no evidence yet: state file {path} does not exist", file=sys.stderr)
+        return EXIT_FAILED
+    probes = tuple(family.name for family in settings.families)
+    configured = {credential.name: probes for credential in settings.credentials}
+    store = StateFile(path)
+    try:
+        items = load_evidence(store, configured)
+    finally:
+        store.close()
+    if not items:
+        print(f"no evidence yet: no 5XX answers recorded in {path}", file=sys.stderr)
+        return EXIT_FAILED
+    text = render_json(items) if args.format == "json" else render_markdown(items)
+    if args.out is None:
+        sys.stdout.write(text)
+    else:
+        Path(args.out).write_text(text, encoding="utf-8")
+        print(f"wrote {len(items)} evidence item(s) to {args.out}", file=sys.stderr)
+    return EXIT_OK

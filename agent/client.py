@@ -115,6 +115,8 @@ class SophosClient:
         self._token_lock = asyncio.Lock()
         self.in_flight = 0
         self.last_token_outcome: Outcome | None = None
+        self.refused_tenant_items = 0
+        """Items of the last complete tenant list whose id the agent refused (never probed)."""
 
     @property
     def token(self) -> Token | None:
@@ -184,6 +186,7 @@ class SophosClient:
         kind = "partner" if whoami.id_type == "partner" else "organization"
         base = f"{whoami.global_url}/{kind}/v1/tenants"
         tenants: list[Tenant] = []
+        refused = 0
         page, total = 1, 1
         outcome = Outcome(status_code=0, error_code="protocol_error")
         while page <= total:
@@ -198,7 +201,9 @@ class SophosClient:
             if page == 1:
                 total = parsed.total_pages
             tenants.extend(parsed.tenants)
+            refused += parsed.skipped
             page += 1
+        self.refused_tenant_items = refused
         return outcome, _unique(tenants)
 
     async def probe_tenant(

@@ -4,38 +4,37 @@ Sophos's troubleshooting guide says: for persistent, repeatable 5XX errors, open
 subject "New API 5xx error", the request (JSON or curl), the full response, and how often it fails.
 By the time someone opens that case the failure may have stopped, or the agent may have restarted,
 so the evidence is collected as it happens (from the first 5XX of a probe on) and kept in the state
-file. A probe is *persistent* after 3 consecutive 5XX. Secrets never enter the evidence: the token,
-client id and client secret are redacted before anything is written. Sophos's own error ``code``
-and ``docUrl``, when the body has them, are kept with the ids. A whoami 504 from a data-region
-``api_url`` is a configuration mistake (``wrong_api_host``), so it collects nothing.
+file. Which answers collect evidence is the cause table's word (``Cause.evidence``): a whoami 504
+from a data-region ``api_url`` is a configuration mistake (``wrong_api_host``) and collects
+nothing. A probe is *persistent* after ``CONFIRMED_AFTER`` consecutive 5XX. Secrets never enter
+the evidence: the token, client id and client secret are redacted before anything is written.
+Sophos's own error ``code`` and ``docUrl``, when the body has them, are kept with the ids.
+
+Evidence outlives what it is about: a tenant that left the tenant list (the running agent notes
+when), a credential removed from the config, a probe no longer configured. Such evidence is
+*history*: it stays (a case may still be worth opening) and says so, never "failing now".
+The views that show it live in ``agent/views/support.py``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-import re
 import shlex
-import sys
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
+from agent.causes import CONFIRMED_AFTER, lookup
 from agent.client import CallRecord
-from agent.diagnosis import is_wrong_api_host
+from agent.diagnosis import Context, cause_of
 from agent.logs import REDACTOR
 from agent.statefile import StateFile, StateFileError
 
-if TYPE_CHECKING:
-    from agent.config import Settings
-    from agent.runtime import Agent
-
 log = logging.getLogger(__name__)
 
-SUBJECT = "New API 5xx error"
-PERSISTENT_AFTER = 3
+PERSISTENT_AFTER = CONFIRMED_AFTER
 MAX_BODY_CHARS = 16384
 _HIDDEN_RESPONSE_HEADERS = {"set-cookie", "authorization", "proxy-authorization"}
 _TOKEN_FORM = (
@@ -72,6 +71,13 @@ CREATE TABLE IF NOT EXISTS evidence_tenant_names (
     name TEXT NOT NULL,
     PRIMARY KEY (owner, credential, tenant_id)
 );
+CREATE TABLE IF NOT EXISTS evidence_departed (
+    owner TEXT NOT NULL,
+    credential TEXT NOT NULL,
+    tenant_id TEXT NOT NULL,
+    since REAL NOT NULL,
+    PRIMARY KEY (owner, credential, tenant_id)
+);
 """
 _COLUMNS = (
     "owner, credential, tenant_id, probe, first_seen, last_seen, failures, calls, consecutive, "
@@ -94,11 +100,19 @@ _UPDATE_ANSWERED = (
 )
 _UPDATE_UNANSWERED = f"UPDATE evidence_5xx SET calls = calls + 1 WHERE {_KEY}"  # noqa: S608
 _SELECT_ALL = (
-    f"SELECT {', '.join('e.' + c.strip() for c in _COLUMNS.split(','))}, COALESCE(n.name, '') "  # noqa: S608
-    "FROM evidence_5xx e LEFT JOIN evidence_tenant_names n "
+    f"SELECT {', '.join('e.' + c.strip() for c in _COLUMNS.split(','))}, COALESCE(n.name, ''), "  # noqa: S608
+    "d.since FROM evidence_5xx e LEFT JOIN evidence_tenant_names n "
     "ON n.owner = e.owner AND n.credential = e.credential AND n.tenant_id = e.tenant_id "
+    "LEFT JOIN evidence_departed d "
+    "ON d.owner = e.owner AND d.credential = e.credential AND d.tenant_id = e.tenant_id "
     "ORDER BY e.persistent DESC, e.last_seen DESC"
 )
+_DEPARTED = "INSERT OR IGNORE INTO evidence_departed VALUES (?, ?, ?, ?)"
+_RETURNED = "DELETE FROM evidence_departed WHERE owner = ? AND credential = ? AND tenant_id = ?"
+
+TENANT_LEFT = "the tenant left the tenant list"
+CREDENTIAL_REMOVED = "the credential is no longer in the config"
+PROBE_REMOVED = "the probe is no longer in tenant_probes"
 _UPSERT_NAME = (
     "INSERT INTO evidence_tenant_names (owner, credential, tenant_id, name) VALUES (?, ?, ?, ?) "
     "ON CONFLICT (owner, credential, tenant_id) DO UPDATE SET name = excluded.name"
@@ -126,6 +140,10 @@ class Evidence:
     response_body: str
     ids: dict[str, str]
     tenant_name: str = ""
+    history: str = ""
+    """Why this evidence is about something that is gone ('' while it is current)."""
+    history_since: float | None = None
+    """When the agent saw it go, when it knows (a tenant leaving the list)."""
 
     @property
     def share(self) -> float:
@@ -133,9 +151,16 @@ class Evidence:
         return self.failures / self.calls if self.calls else 0.0
 
     @property
+    def current(self) -> bool:
+        return not self.history
+
+    @property
     def state(self) -> str:
-        """Where the probe stands now, in words that agree with the counts printed beside them."""
+        """Where the probe stands, in words that agree with the counts printed beside them;
+        for history, where it stood when it was last probed (never "now")."""
         in_a_row = f"{self.consecutive} 5XX in a row; persistent from {PERSISTENT_AFTER}"
+        if self.history:
+            return f"history ({self.history}): when last probed it was {self._past(in_a_row)}"
         if self.consecutive and self.persistent:
             return f"failing now, persistent ({in_a_row})"
         if self.consecutive:
@@ -143,6 +168,15 @@ class Evidence:
         if self.persistent:
             return f"recovered since; it was persistent ({PERSISTENT_AFTER} or more 5XX in a row)"
         return "intermittent: recovered after each 5XX"
+
+    def _past(self, in_a_row: str) -> str:
+        if self.consecutive and self.persistent:
+            return f"failing, persistent ({in_a_row})"
+        if self.consecutive:
+            return f"failing, not yet persistent ({in_a_row})"
+        if self.persistent:
+            return f"recovered, after being persistent ({PERSISTENT_AFTER} or more 5XX in a row)"
+        return "recovered after each 5XX"
 
 
 TenantNames = Callable[[str, str], str]
@@ -162,6 +196,33 @@ class EvidenceRecorder:
         self._names = names
         store.ensure_schema(_SCHEMA)
         self._tracked = self._load_keys()
+        self._departed = self._load_departed()
+
+    def _load_departed(self) -> set[tuple[str, str]]:
+        try:
+            rows = self._store.execute(
+                "SELECT credential, tenant_id FROM evidence_departed WHERE owner = ?",
+                (self._owner,),
+            )
+        except StateFileError:
+            return set()
+        return {(str(r[0]), str(r[1])) for r in rows}
+
+    def tenants_listed(self, credential: str, listed: Collection[str], now: float) -> None:
+        """A complete tenant list came: evidence of tenants not on it becomes history (since
+        ``now``), and a tenant back on it is current again."""
+        tenants = {key[1] for key in self._tracked if key[0] == credential and key[1]}
+        try:
+            for tenant_id in sorted(tenants):
+                key = (credential, tenant_id)
+                if tenant_id not in listed and key not in self._departed:
+                    self._store.execute(_DEPARTED, (self._owner, credential, tenant_id, now))
+                    self._departed.add(key)
+                elif tenant_id in listed and key in self._departed:
+                    self._store.execute(_RETURNED, (self._owner, credential, tenant_id))
+                    self._departed.discard(key)
+        except StateFileError:
+            pass  # best effort, as all evidence is
 
     def _load_keys(self) -> set[tuple[str, str, str]]:
         try:
@@ -175,11 +236,9 @@ class EvidenceRecorder:
 
     def observe_call(self, record: CallRecord) -> None:
         key = (record.credential, record.tenant_id, record.probe)
-        status = record.outcome.status_code
-        if is_wrong_api_host(record.probe, status, record.url):
-            return  # a configuration mistake, not a Sophos failure: nothing to send support
+        cause = cause_of(record.probe, record.outcome, Context(api_url=record.url))
         try:
-            if 500 <= status <= 599:
+            if lookup(cause).evidence:
                 self._record_failure(key, record)
             elif key in self._tracked:
                 self._record_other(key, record)
@@ -250,14 +309,37 @@ def curl_command(record: CallRecord) -> str:
     return " ".join(parts)
 
 
-def load_evidence(store: StateFile) -> list[Evidence]:
-    """All evidence in the state file (every owner, so shards sharing a file report together)."""
+def load_evidence(
+    store: StateFile, configured: Mapping[str, Collection[str]] | None = None
+) -> list[Evidence]:
+    """All evidence in the state file (every owner, so shards sharing a file report together).
+
+    ``configured`` maps each configured credential to its per-tenant probes: evidence of any
+    other credential or probe is history. Without it only departed tenants are history.
+    """
     store.ensure_schema(_SCHEMA)
     rows = store.execute(_SELECT_ALL)
-    return [_evidence(row) for row in rows]
+    items = [_evidence(row) for row in rows]
+    return items if configured is None else [_mark_removed(e, configured) for e in items]
+
+
+def _mark_removed(item: Evidence, configured: Mapping[str, Collection[str]]) -> Evidence:
+    if item.credential not in configured:
+        return dataclasses.replace(item, history=CREDENTIAL_REMOVED, history_since=None)
+    probes = configured[item.credential]
+    if item.tenant_id and item.probe not in probes and not item.history:
+        return dataclasses.replace(item, history=PROBE_REMOVED)
+    return item
+
+
+def current_first(items: Iterable[Evidence]) -> list[Evidence]:
+    """Current evidence first, history after it, each in the order they came."""
+    listed = list(items)
+    return [e for e in listed if e.current] + [e for e in listed if not e.current]
 
 
 def _evidence(row: tuple[Any, ...]) -> Evidence:
+    departed = row[17]
     return Evidence(
         owner=str(row[0]),
         credential=str(row[1]),
@@ -276,120 +358,6 @@ def _evidence(row: tuple[Any, ...]) -> Evidence:
         response_body=str(row[14]),
         ids=json.loads(row[15]),
         tenant_name=str(row[16]),
+        history=TENANT_LEFT if departed is not None else "",
+        history_since=None if departed is None else float(departed),
     )
-
-
-def render_markdown(items: list[Evidence], tenant_names: dict[str, str] | None = None) -> str:
-    names = tenant_names or {}
-    lines = [f"# Subject: {SUBJECT}", ""]
-    if not items:
-        lines += ["No 5XX answers recorded yet: there is no evidence to send.", ""]
-        return "\n".join(lines)
-    persistent = sum(1 for e in items if e.persistent)
-    lines += [
-        "Evidence collected by sophos-central-exporter for a Sophos Central Support case, as the",
-        "Sophos troubleshooting guide asks for it: the request, the full response, and how often",
-        f"the failure occurs. {len(items)} probe(s) got 5XX answers; {persistent} of them are",
-        f"persistent ({PERSISTENT_AFTER} or more consecutive 5XX). Secrets are redacted.",
-        "",
-    ]
-    for item in items:
-        lines += _markdown_item(item, names.get(item.tenant_id) or item.tenant_name)
-    return "\n".join(lines)
-
-
-def _markdown_item(item: Evidence, tenant_name: str) -> list[str]:
-    tenant = f"{tenant_name} ({item.tenant_id})" if item.tenant_id else "-"
-    headers = "\n".join(f"{k}: {v}" for k, v in item.response_headers.items())
-    ids = _joined(item.ids, _TRACKING_IDS) or "none in the response"
-    sophos_code = _joined(item.ids, _ERROR_DETAILS)
-    request_fence = _fence(item.request)
-    response_fence = _fence(headers + item.response_body)
-    return [
-        f"## {item.credential} / {item.probe} / {tenant}",
-        "",
-        f"- Status: **{item.state}**; last 5XX answer HTTP {item.status}",
-        f"- First seen: {_iso(item.first_seen)}; last seen: {_iso(item.last_seen)}",
-        f"- How often: {item.failures} of {item.calls} calls since first seen ({item.share:.0%})",
-        f"- Last success after a 5XX: {_iso(item.last_ok) if item.last_ok else 'none'}",
-        f"- Correlation / request ids: {ids}",
-        *([f"- Sophos error code and documentation: {sophos_code}"] if sophos_code else []),
-        "",
-        "Request:",
-        "",
-        f"{request_fence}sh",
-        item.request,
-        request_fence,
-        "",
-        "Response:",
-        "",
-        f"{response_fence}http",
-        f"HTTP {item.status}",
-        headers,
-        "",
-        item.response_body or "(empty body)",
-        response_fence,
-        "",
-    ]
-
-
-_TRACKING_IDS = ("trackingId", "correlationId", "requestId")
-_ERROR_DETAILS = ("code", "docUrl")
-
-
-def _joined(ids: dict[str, str], keys: tuple[str, ...]) -> str:
-    return ", ".join(f"{k}={ids[k]}" for k in keys if k in ids)
-
-
-def _fence(text: str) -> str:
-    """A code fence longer than any backtick run in ``text``: a response body that contains
-    ```` ``` ```` must not end the block early and inject Markdown into the support case."""
-    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
-    return "`" * max(3, longest + 1)
-
-
-def render_json(items: list[Evidence]) -> str:
-    data = {
-        "subject": SUBJECT,
-        "evidence": [{**asdict(e), "share": round(e.share, 4)} for e in items],
-    }
-    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
-
-
-def _iso(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
-
-
-def render_support_page(agent: Agent) -> str:
-    """``/support``: the same Markdown as ``support-bundle``."""
-    names = {t.id: t.name for p in agent.probers for t in p.state.tenants.values()}
-    try:
-        items = load_evidence(agent.state_file)
-    except StateFileError:
-        items = []
-    return render_markdown(items, names)
-
-
-def write_support_bundle(settings: Settings, out: str | None, fmt: str) -> int:
-    """``support-bundle``: 0 written, 1 no evidence yet (nothing written)."""
-    path = Path(settings.state_file)
-    if not path.exists():
-        print(f"no evidence yet: state file {path} does not exist", file=sys.stderr)
-        return 1
-    store = StateFile(path)
-    try:
-        items = load_evidence(store)
-    finally:
-        store.close()
-    if not items:
-        print(f"no evidence yet: no 5XX answers recorded in {path}", file=sys.stderr)
-        return 1
-    text = render_json(items) if fmt == "json" else render_markdown(items)
-    if out is None:
-        sys.stdout.write(text)
-    else:
-        Path(out).write_text(text, encoding="utf-8")
-        print(f"wrote {len(items)} evidence item(s) to {out}", file=sys.stderr)
-    return 0

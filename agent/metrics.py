@@ -18,21 +18,20 @@ import bisect
 import gzip
 import math
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import prometheus_client
 from prometheus_client import CollectorRegistry
 
 from agent import __version__
 from agent import metricnames as m
+from agent.causes import CONFIRMED_AFTER, TENANT_STATES, kind_of
 from agent.classify import ErrorCodeGuard
 from agent.client import CallRecord
-from agent.diagnosis import SKIP_CAUSES
-from agent.probes import CredentialState, ProbeResult
-from agent.ratebudget import PauseInfo, TenantBudgets
-from agent.sophos import Tenant, Token, WhoAmI
+from agent.probes import ProbeResult
+from agent.snapshot import CredentialSnapshot, Snapshot
+from agent.sophos import Tenant
 
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _SOURCE = "Values come from the agent's scheduled probes, not from the scrape."
@@ -52,12 +51,14 @@ HELP: dict[str, tuple[str, str]] = {
     m.PROBE_DURATION_SECONDS: ("gauge", "How long the probe's last run took. " + _SOURCE),
     m.PROBE_CAUSE_INFO: (
         "gauge",
-        "The diagnosis of the probe's last result (cause 'ok' on success). " + _SOURCE,
+        "The diagnosis of the probe's last result (cause 'ok' on success) and the cause's "
+        "kind: ok, business (an account's state, not an outage) or failure. " + _SOURCE,
     ),
     m.PROBE_CONSECUTIVE_FAILURES: (
         "gauge",
         "Failed runs of the probe in a row (0 after a success; a failed per-tenant probe is "
-        "re-probed after confirm_interval and twice that, so 3 confirms a failure). " + _SOURCE,
+        f"re-probed after confirm_interval and twice that, so {CONFIRMED_AFTER} confirms a "
+        "failure). " + _SOURCE,
     ),
     m.TOKEN_EXPIRY_TIMESTAMP_SECONDS: ("gauge", "When the credential's cached token expires."),
     m.RATE_LIMIT_CALLS: (
@@ -97,7 +98,11 @@ HELP: dict[str, tuple[str, str]] = {
         "rate_limit_calls, not yet in api_requests_total).",
     ),
     m.TENANT_INFO: ("gauge", "Every tenant listed for the credential (1), probed or not."),
-    m.TENANTS: ("gauge", "Tenants of the credential by state (probed, not_activated, ...)."),
+    m.TENANTS: (
+        "gauge",
+        "Every listed tenant of the credential once, by state: probed, or the cause it is not "
+        "(" + ", ".join(TENANT_STATES[1:]) + ").",
+    ),
     m.WHOAMI_INFO: ("gauge", "The identity whoami reported for the credential."),
     m.EXPORTER_BUILD_INFO: ("gauge", "The exporter's version."),
     m.PROBE_INTERVAL_SECONDS: (
@@ -185,44 +190,6 @@ class _Histogram:
     count: int = 0
 
 
-class BudgetView(Protocol):
-    """What the metrics read from the rate budget (implemented by ``agent.ratebudget``)."""
-
-    @property
-    def limits(self) -> Mapping[str, int]: ...
-
-    @property
-    def allowance(self) -> Mapping[str, int]: ...
-
-    def calls(self, credential: str) -> Mapping[str, int]: ...
-
-    def pauses_total(self, credential: str) -> int: ...
-
-
-@dataclass(frozen=True)
-class CredentialView:
-    """One credential's state as a scrape sees it.
-
-    ``window_calls`` are the calls made in each trailing window, exact at the window's edges
-    (``RateBudget.exact_calls``); without them the budget's own ``calls`` are shown.
-    ``refresh_interval`` is the effective tenant-refresh interval, not exported when None.
-    ``pause`` is the credential's last 429 pause (``now`` tells whether it still runs);
-    ``tenant_budgets`` the per-tenant windows, only with ``rate_limit_scope: tenant``.
-    """
-
-    state: CredentialState
-    token: Token | None
-    whoami: WhoAmI | None
-    probe_interval: float
-    budget_key: str
-    in_flight: int = 0
-    refresh_interval: float | None = None
-    window_calls: Mapping[str, int] | None = None
-    pause: PauseInfo | None = None
-    tenant_budgets: TenantBudgets | None = None
-    now: float = 0.0
-
-
 class AgentMetrics:
     """The call counters (a ``CallObserver``) and the renderer of the whole ``/metrics`` page."""
 
@@ -296,24 +263,26 @@ class AgentMetrics:
 
     # -- rendering ---------------------------------------------------------------------------
 
-    def render(self, views: list[CredentialView], budget: BudgetView) -> bytes:
+    def render(self, snapshot: Snapshot) -> bytes:
+        """The whole ``/metrics`` page: the snapshot's state and the counters kept here."""
+        views = snapshot.credentials
         out: list[bytes] = []
         self._render_probe_families(out, views)
         with self._lock:
             self._render_requests(out)
             self._render_histogram(out)
-        self._render_credential_families(out, views, budget)
+        self._render_credential_families(out, snapshot)
         self._render_static(out)
         if self._process_registry is not None:
             out.append(prometheus_client.generate_latest(self._process_registry))
         return b"".join(out)
 
-    def _render_probe_families(self, out: list[bytes], views: list[CredentialView]) -> None:
+    def _render_probe_families(self, out: list[bytes], views: Iterable[CredentialSnapshot]) -> None:
         """success, last run, duration, cause and failure streak of every probe, from cached
         per-result lines."""
         blocks: list[list[bytes]] = [[] for _ in _RESULT_FAMILIES]
         for view in views:
-            for result in view.state.results.values():
+            for result in view.results.values():
                 lines = self._result_lines(result)
                 for block, line in zip(blocks, lines, strict=True):
                     block.append(line)
@@ -337,7 +306,8 @@ class AgentMetrics:
             f"{m.PROBE_SUCCESS}{lbl} {1 if result.success else 0}\n".encode(),
             f"{m.PROBE_LAST_RUN_TIMESTAMP_SECONDS}{lbl} {fmt(result.timestamp)}\n".encode(),
             f"{m.PROBE_DURATION_SECONDS}{lbl} {fmt(result.duration)}\n".encode(),
-            f'{m.PROBE_CAUSE_INFO}{lbl[:-1]},cause="{escape(result.cause)}"}} 1\n'.encode(),
+            f'{m.PROBE_CAUSE_INFO}{lbl[:-1]},cause="{escape(result.cause)}",'
+            f'kind="{kind_of(result.cause)}"}} 1\n'.encode(),
             f"{m.PROBE_CONSECUTIVE_FAILURES}{lbl} {result.consecutive_failures}\n".encode(),
         )
         return cached.lines
@@ -359,9 +329,8 @@ class AgentMetrics:
             lines.append(f"{name}_count{{{hist.prefix_labels}}} {hist.count}\n")
         _family(out, name, lines)
 
-    def _render_credential_families(
-        self, out: list[bytes], views: list[CredentialView], budget: BudgetView
-    ) -> None:
+    def _render_credential_families(self, out: list[bytes], snapshot: Snapshot) -> None:
+        views = snapshot.credentials
         self._render_tenants(out, views)
         _family(out, m.TOKEN_EXPIRY_TIMESTAMP_SECONDS, _token_lines(views))
         _family(out, m.WHOAMI_INFO, _whoami_lines(views))
@@ -369,8 +338,7 @@ class AgentMetrics:
             out,
             m.PROBE_INTERVAL_SECONDS,
             (
-                f"{m.PROBE_INTERVAL_SECONDS}{labels(credential=v.state.name)} "
-                f"{fmt(v.probe_interval)}\n"
+                f"{m.PROBE_INTERVAL_SECONDS}{labels(credential=v.name)} {fmt(v.period)}\n"
                 for v in views
             ),
         )
@@ -378,28 +346,28 @@ class AgentMetrics:
             out,
             m.TENANT_REFRESH_INTERVAL_SECONDS,
             (
-                f"{m.TENANT_REFRESH_INTERVAL_SECONDS}{labels(credential=v.state.name)} "
+                f"{m.TENANT_REFRESH_INTERVAL_SECONDS}{labels(credential=v.name)} "
                 f"{fmt(v.refresh_interval)}\n"
                 for v in views
                 if v.refresh_interval is not None
             ),
         )
-        _render_budget(out, views, budget)
+        _render_budget(out, snapshot)
         _family(
             out,
             m.API_REQUESTS_IN_FLIGHT,
             (
-                f"{m.API_REQUESTS_IN_FLIGHT}{labels(credential=v.state.name)} {v.in_flight}\n"
+                f"{m.API_REQUESTS_IN_FLIGHT}{labels(credential=v.name)} {v.in_flight}\n"
                 for v in views
             ),
         )
 
-    def _render_tenants(self, out: list[bytes], views: list[CredentialView]) -> None:
+    def _render_tenants(self, out: list[bytes], views: Iterable[CredentialSnapshot]) -> None:
         _header(out, m.TENANT_INFO)
         cache = self._tenant_lines
         for view in views:
-            name = view.state.name
-            for tenant in view.state.tenants.values():
+            name = view.name
+            for tenant in view.tenants.values():
                 key = (name, tenant.id)
                 cached = cache.get(key)
                 if cached is None or cached[0] is not tenant:
@@ -412,15 +380,15 @@ class AgentMetrics:
                     )
                     cached = cache[key] = (tenant, f"{m.TENANT_INFO}{lbl} 1\n".encode())
                 out.append(cached[1])
-        lines: list[str] = []
-        for view in views:
-            state = view.state
-            counts = {"probed": len(state.probed)} | dict.fromkeys(SKIP_CAUSES, 0)
-            for reason in state.skipped.values():
-                counts[reason] = counts.get(reason, 0) + 1
-            for kind, count in counts.items():
-                lines.append(f"{m.TENANTS}{labels(credential=state.name, state=kind)} {count}\n")
-        _family(out, m.TENANTS, lines)
+        _family(
+            out,
+            m.TENANTS,
+            (
+                f"{m.TENANTS}{labels(credential=view.name, state=state)} {count}\n"
+                for view in views
+                for state, count in view.tenant_states().items()
+            ),
+        )
 
     def _render_static(self, out: list[bytes]) -> None:
         _family(
@@ -432,31 +400,26 @@ class AgentMetrics:
         _family(out, m.TOTAL_SHARDS, [f"{m.TOTAL_SHARDS} {self._total_shards}\n"])
 
 
-def _render_budget(out: list[bytes], views: list[CredentialView], budget: BudgetView) -> None:
-    calls = {
-        v.state.name: v.window_calls if v.window_calls is not None else budget.calls(v.budget_key)
-        for v in views
-    }
-    names = list(calls)
+def _render_budget(out: list[bytes], snapshot: Snapshot) -> None:
+    views = snapshot.credentials
 
-    def per_window(name: str, value: object) -> Iterable[str]:
-        for cred in names:
+    def per_window(name: str, value: Callable[[CredentialSnapshot, str], float]) -> Iterable[str]:
+        for view in views:
             for window in m.WINDOWS:
-                number = value(cred, window)  # type: ignore[operator]
-                out_labels = labels(credential=cred, window=window)
-                yield f"{name}{out_labels} {fmt(number)}\n"
+                lbl = labels(credential=view.name, window=window)
+                yield f"{name}{lbl} {fmt(value(view, window))}\n"
 
-    def used(cred: str, window: str) -> float:
-        return float(calls[cred].get(window, 0))
+    def used(view: CredentialSnapshot, window: str) -> float:
+        return float(view.window_calls.get(window, 0))
 
-    def limit(_cred: str, window: str) -> float:
-        return float(budget.limits[window])
+    def limit(_view: CredentialSnapshot, window: str) -> float:
+        return float(snapshot.limits[window])
 
-    def allowed(_cred: str, window: str) -> float:
-        return float(budget.allowance[window])
+    def allowed(_view: CredentialSnapshot, window: str) -> float:
+        return float(snapshot.allowance[window])
 
-    def ratio(cred: str, window: str) -> float:
-        return used(cred, window) / max(1.0, limit(cred, window))
+    def ratio(view: CredentialSnapshot, window: str) -> float:
+        return used(view, window) / max(1.0, limit(view, window))
 
     _family(out, m.RATE_LIMIT_CALLS, per_window(m.RATE_LIMIT_CALLS, used))
     _family(out, m.RATE_LIMIT_MAX_CALLS, per_window(m.RATE_LIMIT_MAX_CALLS, limit))
@@ -466,22 +429,21 @@ def _render_budget(out: list[bytes], views: list[CredentialView], budget: Budget
         out,
         m.RATE_LIMIT_PAUSES_TOTAL,
         (
-            f"{m.RATE_LIMIT_PAUSES_TOTAL}{labels(credential=v.state.name)} "
-            f"{budget.pauses_total(v.budget_key)}\n"
+            f"{m.RATE_LIMIT_PAUSES_TOTAL}{labels(credential=v.name)} {v.pauses_total}\n"
             for v in views
         ),
     )
-    _render_pauses(out, views)
-    _render_tenant_budgets(out, views, budget)
+    _render_pauses(out, views, snapshot.taken_at)
+    _render_tenant_budgets(out, snapshot)
 
 
-def _render_pauses(out: list[bytes], views: list[CredentialView]) -> None:
+def _render_pauses(out: list[bytes], views: Iterable[CredentialSnapshot], now: float) -> None:
     """When the last 429 pause ends, and which window it assumed exhausted and why."""
     _family(
         out,
         m.RATE_LIMIT_PAUSED_UNTIL,
         (
-            f"{m.RATE_LIMIT_PAUSED_UNTIL}{labels(credential=v.state.name)} "
+            f"{m.RATE_LIMIT_PAUSED_UNTIL}{labels(credential=v.name)} "
             f"{fmt(v.pause.until if v.pause is not None else 0)}\n"
             for v in views
         ),
@@ -491,53 +453,49 @@ def _render_pauses(out: list[bytes], views: list[CredentialView]) -> None:
         m.RATE_LIMIT_PAUSE_INFO,
         (
             f"{m.RATE_LIMIT_PAUSE_INFO}"
-            f"{labels(credential=v.state.name, window=v.pause.window, reason=v.pause.reason)} "
-            f"{1 if v.pause.until > v.now else 0}\n"
+            f"{labels(credential=v.name, window=v.pause.window, reason=v.pause.reason)} "
+            f"{1 if v.pause.until > now else 0}\n"
             for v in views
             if v.pause is not None
         ),
     )
 
 
-def _render_tenant_budgets(
-    out: list[bytes], views: list[CredentialView], budget: BudgetView
-) -> None:
+def _render_tenant_budgets(out: list[bytes], snapshot: Snapshot) -> None:
     """Per-tenant windows, summed up: one series per credential and window, not per tenant
     (10,000 tenants x 4 windows would be 40,000 series that nobody graphs)."""
-    scoped = [v for v in views if v.tenant_budgets is not None]
+    scoped = [(v.name, v.tenant_budgets) for v in snapshot.credentials if v.tenant_budgets]
     if not scoped:
         return
     lines: list[str] = []
-    for v in scoped:
-        assert v.tenant_budgets is not None
+    for name, budgets in scoped:
         for window in m.WINDOWS:
-            used = v.tenant_budgets.max_calls.get(window, 0)
-            ratio = used / max(1, budget.limits[window])
-            lbl = labels(credential=v.state.name, window=window)
+            used = budgets.max_calls.get(window, 0)
+            ratio = used / max(1, snapshot.limits[window])
+            lbl = labels(credential=name, window=window)
             lines.append(f"{m.RATE_LIMIT_TENANT_MAX_UTILIZATION_RATIO}{lbl} {fmt(ratio)}\n")
     _family(out, m.RATE_LIMIT_TENANT_MAX_UTILIZATION_RATIO, lines)
     _family(
         out,
         m.RATE_LIMIT_PAUSED_TENANTS,
         (
-            f"{m.RATE_LIMIT_PAUSED_TENANTS}{labels(credential=v.state.name)} "
-            f"{v.tenant_budgets.paused if v.tenant_budgets is not None else 0}\n"
-            for v in scoped
+            f"{m.RATE_LIMIT_PAUSED_TENANTS}{labels(credential=name)} {budgets.paused}\n"
+            for name, budgets in scoped
         ),
     )
 
 
-def _token_lines(views: list[CredentialView]) -> Iterable[str]:
+def _token_lines(views: Iterable[CredentialSnapshot]) -> Iterable[str]:
     for view in views:
         if view.token is not None:
-            lbl = labels(credential=view.state.name)
+            lbl = labels(credential=view.name)
             yield f"{m.TOKEN_EXPIRY_TIMESTAMP_SECONDS}{lbl} {fmt(view.token.expires_at)}\n"
 
 
-def _whoami_lines(views: list[CredentialView]) -> Iterable[str]:
+def _whoami_lines(views: Iterable[CredentialSnapshot]) -> Iterable[str]:
     for view in views:
         if view.whoami is not None:
-            lbl = labels(credential=view.state.name, id_type=view.whoami.id_type, id=view.whoami.id)
+            lbl = labels(credential=view.name, id_type=view.whoami.id_type, id=view.whoami.id)
             yield f"{m.WHOAMI_INFO}{lbl} 1\n"
 
 

@@ -13,10 +13,11 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from agent.causes import INVALID_TENANT_ID, lookup
 from agent.classify import Outcome
 from agent.client import SophosClient
 from agent.clock import Clock
-from agent.diagnosis import Context, diagnose
+from agent.diagnosis import Context, Diagnosis, diagnose, not_probed
 from agent.families import CREDENTIAL_PROBES, TENANT, Family
 from agent.ratebudget import PRIORITY_TENANT
 from agent.sophos import Tenant, WhoAmI, tenant_from_whoami
@@ -65,6 +66,9 @@ class CredentialState:
     tenants: dict[str, Tenant] = field(default_factory=dict)
     probed: dict[str, Tenant] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
+    """Listed tenants the agent does not probe: tenant id -> the cause (nothing sent)."""
+    refused_ids: int = 0
+    """Items of the tenant list whose id the agent refused: counted, never probed."""
     results: dict[tuple[str, str], ProbeResult] = field(default_factory=dict)
     tenants_listed: bool = False
     first_cycle_done: bool = False
@@ -85,11 +89,13 @@ class CredentialProber:
         clock: Clock,
         owns_tenant: TenantFilter | None = None,
         families: tuple[Family, ...] | None = None,
+        owns_refused: bool = True,
     ) -> None:
         self.client = client
         self.state = CredentialState(name=client.name)
         self._clock = clock
         self._owns = owns_tenant or (lambda _tenant_id: True)
+        self._owns_refused = owns_refused
         chosen = families if families is not None else client.settings.families
         self.families: dict[str, Family] = {f.name: f for f in chosen}
 
@@ -134,6 +140,7 @@ class CredentialProber:
         result = self._record("", "tenant_list", outcome, started)
         if tenants is not None:
             self._set_tenants(tenants)
+            self._set_refused(self.client.refused_tenant_items)
         return result
 
     async def probe_tenant(
@@ -153,40 +160,62 @@ class CredentialProber:
         """Replace the tenant set: the shard's own, split into probed and skipped (with why)."""
         mine = {t.id: t for t in tenants if self._owns(t.id)}
         probed: dict[str, Tenant] = {}
-        skipped: dict[str, str] = {}
+        skipped: dict[str, Diagnosis] = {}
         for tenant in mine.values():
-            reason = self._skip_reason(tenant)
-            if reason is None:
+            why = not_probed(tenant, self._may_call)
+            if why is None:
                 probed[tenant.id] = tenant
             else:
-                skipped[tenant.id] = reason
-        self.state.tenants, self.state.probed, self.state.skipped = mine, probed, skipped
+                skipped[tenant.id] = why
+        self.state.tenants, self.state.probed = mine, probed
+        self.state.skipped = {tenant_id: why.cause for tenant_id, why in skipped.items()}
         self.state.tenants_listed = True
         self._forget_departed(mine)
-        for tenant_id, reason in skipped.items():
-            self._record_skipped(mine[tenant_id], reason)
+        for tenant_id, why in skipped.items():
+            self._record_skipped(mine[tenant_id], why)
 
-    def _skip_reason(self, tenant: Tenant) -> str | None:
-        if tenant.api_host is None:
-            return "trial_account" if tenant.billing_type.lower() == "trial" else "not_activated"
+    def _may_call(self, url: str) -> bool:
         try:
-            self.client.check_host(tenant.api_host)
+            self.client.check_host(url)
         except ValueError:
-            return "host_not_allowed"
-        return None
+            return False
+        return True
 
-    def _record_skipped(self, tenant: Tenant, reason: str) -> None:
+    def _set_refused(self, count: int) -> None:
+        """Items whose id the agent refused have no id to name them by: count them, and say
+        so in the log once per change. Refused ids belong to no shard, so shard 0 counts them."""
+        count = count if self._owns_refused else 0
+        if count and count != self.state.refused_ids:
+            log.warning(
+                "%d %s",
+                count,
+                INVALID_TENANT_ID.log,
+                extra={"credential": self.name, "cause": INVALID_TENANT_ID.name},
+            )
+        self.state.refused_ids = count
+
+    def _record_skipped(self, tenant: Tenant, why: Diagnosis) -> None:
         """Report a tenant the agent will not call, once per change, with the reason."""
         first = next(iter(self.families), TENANT)
         previous = self.state.result(tenant.id, first)
-        outcome = Outcome(status_code=0, error_code=reason, message=_skip_message(reason))
+        message = lookup(why.cause).log
+        if tenant.api_host_problem:
+            message = f"{message} (apiHost {tenant.api_host_problem})"
+        outcome = Outcome(status_code=0, error_code=why.cause, message=message)
         for probe in self.families:
-            self._record(tenant.id, probe, outcome, self._clock.monotonic(), tenant, quiet=True)
-        if previous is None or previous.cause != reason:
+            self._record(
+                tenant.id, probe, outcome, self._clock.monotonic(), tenant, quiet=True, why=why
+            )
+        if previous is None or (previous.cause, previous.remedy) != (why.cause, why.remedy):
             log.warning(
                 "tenant not probed: %s",
-                _skip_message(reason),
-                extra={"credential": self.name, "tenant_id": tenant.id, "cause": reason},
+                message,
+                extra={
+                    "credential": self.name,
+                    "tenant_id": tenant.id,
+                    "cause": why.cause,
+                    "hint": why.remedy,
+                },
             )
 
     def _forget_departed(self, current: dict[str, Tenant]) -> None:
@@ -202,13 +231,18 @@ class CredentialProber:
         tenant: Tenant | None = None,
         *,
         quiet: bool = False,
+        why: Diagnosis | None = None,
     ) -> ProbeResult:
-        context = Context(tenant, self._token_age(), self.client.settings.api_url)
-        if tenant is not None and not quiet:
-            context = self._family_context(context, tenant_id, probe)
-        diagnosis = diagnose(probe, outcome, context)
+        """Diagnose (unless ``why`` already says it) and keep the result; ``quiet`` for a
+        tenant that is not probed: it has no streak and no failure log line."""
+        diagnosis = why
+        if diagnosis is None:
+            context = Context(tenant, self._token_age(), self.client.settings.api_url)
+            if tenant is not None and not quiet:
+                context = self._family_context(context, tenant_id, probe)
+            diagnosis = diagnose(probe, outcome, context)
         previous = self.state.results.get((tenant_id, probe))
-        success = diagnosis.cause == "ok"
+        success = lookup(diagnosis.cause).kind == "ok"
         streak = 0
         if not success and not quiet:
             streak = 1 + (previous.consecutive_failures if previous is not None else 0)
@@ -245,17 +279,6 @@ class CredentialProber:
     def _token_age(self) -> float | None:
         token = self.client.token
         return None if token is None else self._clock.time() - token.issued_at
-
-
-_SKIP_MESSAGES = {
-    "not_activated": "tenant is not activated (no apiHost)",
-    "trial_account": "tenant is a trial account (no apiHost); nothing was sent there",
-    "host_not_allowed": "tenant apiHost is not in allowed_api_hosts; nothing was sent there",
-}
-
-
-def _skip_message(reason: str) -> str:
-    return _SKIP_MESSAGES[reason]
 
 
 def _log_failure(result: ProbeResult) -> None:

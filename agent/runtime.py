@@ -21,16 +21,17 @@ from agent.client import CallObserver, CallRecord, SophosClient
 from agent.clock import Clock, SystemClock
 from agent.config import Settings
 from agent.durations import format_duration
-from agent.evidence import EvidenceRecorder
+from agent.evidence import Evidence, EvidenceRecorder, load_evidence
 from agent.hosts import HostPolicy
 from agent.logs import REDACTOR
-from agent.metrics import AgentMetrics, CredentialView
+from agent.metrics import AgentMetrics
 from agent.planner import Plan, pages_for, plan_probe_period
 from agent.probes import CredentialProber, ProbeResult, display_order
 from agent.ratebudget import RateBudget
 from agent.scheduler import CredentialSchedule, ProbeScheduler, tick_seconds
 from agent.sharding import owns
-from agent.statefile import StateFile
+from agent.snapshot import Snapshot, credential_snapshot
+from agent.statefile import StateFile, StateFileError
 from agent.transport import build_http_client, proxy_secrets
 
 log = logging.getLogger(__name__)
@@ -154,7 +155,9 @@ class Agent:
             self.policy,
         )
         shard, total = self.settings.shard, self.settings.total_shards
-        return CredentialProber(client, self.clock, lambda tid: owns(tid, shard, total))
+        return CredentialProber(
+            client, self.clock, lambda tid: owns(tid, shard, total), owns_refused=shard == 0
+        )
 
     # -- scheduling --------------------------------------------------------------------------
 
@@ -229,6 +232,7 @@ class Agent:
 
     def _after_refresh(self, prober: CredentialProber) -> None:
         self.metrics.prune(prober.name, prober.state.tenants)
+        self._tenants_listed(prober)
         listed = prober.state.result("", "tenant_list")
         self.listing.finish(prober.name, listed is not None and listed.success)
         plan = self._replan(prober)
@@ -300,9 +304,15 @@ class Agent:
                     extra={"credential": prober.name},
                 )
 
+    def _tenants_listed(self, prober: CredentialProber) -> None:
+        """After a refresh: evidence of tenants no longer listed becomes history."""
+        if prober.state.tenants_listed:
+            self.evidence.tenants_listed(prober.name, prober.state.tenants, self.clock.time())
+
     async def _cycle(self, prober: CredentialProber) -> list[ProbeResult]:
         await prober.probe_token()
         await prober.refresh_tenants()
+        self._tenants_listed(prober)
         self._replan(prober)  # the period a running agent would use, for check's summary
         await asyncio.gather(*(self._bounded(prober, t) for t in list(prober.state.probed)))
         prober.state.first_cycle_done = True
@@ -315,29 +325,51 @@ class Agent:
             for probe in prober.probe_names:
                 await prober.probe_tenant(tenant_id, probe)
 
-    # -- views -------------------------------------------------------------------------------
+    # -- the read model ----------------------------------------------------------------------
 
-    def views(self) -> list[CredentialView]:
+    def snapshot(self, *, evidence: bool = False) -> Snapshot:
+        """What every view renders: the agent's state now, copied (see ``agent.snapshot``).
+
+        ``evidence`` also loads the 5XX support evidence from the state file (``/support``);
+        evidence of a credential or probe that is no longer configured reads as history.
+        """
         now = self.clock.time()
-        return [
-            CredentialView(
-                state=p.state,
+        credentials = tuple(
+            credential_snapshot(
+                p.state,
                 token=p.client.token,
-                whoami=p.state.whoami,
-                probe_interval=self.period(p.name),
+                period=self.period(p.name),
+                period_text=self.explain_period(p.name),
                 refresh_interval=self.refresh_interval(p.name),
                 window_calls=self.budget.exact_calls(p.name),
-                budget_key=p.name,
                 in_flight=p.client.in_flight,
                 pause=self.budget.pause_info(p.name),
+                pauses_total=self.budget.pauses_total(p.name),
                 tenant_budgets=self.budget.tenant_budgets(p.name) if self.tenant_scope else None,
-                now=now,
+                probes=p.probe_names,
             )
             for p in self.probers
-        ]
+        )
+        return Snapshot(
+            taken_at=now,
+            credentials=credentials,
+            limits=self.budget.limits,
+            allowance=self.budget.allowance,
+            tenant_scope=self.tenant_scope,
+            shard=self.settings.shard,
+            total_shards=self.settings.total_shards,
+            evidence=tuple(self._evidence()) if evidence else (),
+        )
+
+    def _evidence(self) -> list[Evidence]:
+        configured = {p.name: p.probe_names for p in self.probers}
+        try:
+            return load_evidence(self.state_file, configured)
+        except StateFileError:
+            return []
 
     def render_metrics(self) -> bytes:
-        return self.metrics.render(self.views(), self.budget)
+        return self.metrics.render(self.snapshot())
 
 
 def _owner(settings: Settings) -> str:

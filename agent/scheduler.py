@@ -38,6 +38,7 @@ from typing import Any, Generic, TypeVar
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from agent.causes import CONFIRMED_AFTER as CONFIRMATIONS
 from agent.clock import Clock
 from agent.probes import CredentialProber
 from agent.ratebudget import PRIORITY_CONFIRMATION, PRIORITY_TENANT
@@ -48,8 +49,6 @@ log = logging.getLogger(__name__)
 MIN_TICK = 0.2
 MAX_TICK = 5.0
 MAX_CONCURRENT_TENANT_PROBES = 64
-CONFIRMATIONS = 3
-"""Consecutive failures that confirm a per-tenant failure (the first one and two re-probes)."""
 CONFIRM_SHARE = 0.5
 """Confirmations may use at most this share of the routine per-tenant call rate."""
 CONFIRM_BURST = 2.0

@@ -25,11 +25,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agent import __version__
 from agent.config import Settings
-from agent.evidence import render_support_page
 from agent.metrics import gzip_bytes
 from agent.runtime import Agent
-from agent.status_page import render_status_page
+from agent.snapshot import Snapshot
 from agent.transport import MAX_CONNECTIONS as OUTGOING_CONNECTIONS
+from agent.views.status import render_status_page
+from agent.views.support import render_support_page
 from agent.web.auth import WebSecurityMiddleware
 from agent.web.listener import BoundedServer, connection_cap, raise_nofile_limit
 from agent.web.rendering import Page, RenderTurns, SharedRender
@@ -44,7 +45,8 @@ log, the event loop's own and the TLS bundles read at start-up."""
 LISTEN_BACKLOG = 2048
 """Connections the kernel queues while the listener is at its cap (uvicorn's default)."""
 
-PageRenderer = Callable[[Agent], str]
+PageRenderer = Callable[[Snapshot], str]
+"""A human page: it renders the agent's snapshot (``Agent.snapshot``), nothing else."""
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
@@ -103,7 +105,7 @@ def build_app(
     ]
     if status_page is not None:
         render_status = status_page
-        status_shared = SharedRender(lambda: render_status(agent), turns)
+        status_shared = SharedRender(lambda: render_status(agent.snapshot()), turns)
 
         async def status(_: Request) -> Response:
             return HTMLResponse(await status_shared.get())
@@ -111,7 +113,7 @@ def build_app(
         routes.append(Route("/status", bounded(status)))
     if support_page is not None:
         render_support = support_page
-        support_shared = SharedRender(lambda: render_support(agent), turns)
+        support_shared = SharedRender(lambda: render_support(agent.snapshot(evidence=True)), turns)
 
         async def support(_: Request) -> Response:
             return PlainTextResponse(

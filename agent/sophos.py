@@ -17,6 +17,7 @@ _URL_HOST = re.compile(r"[a-z0-9._:-]{1,253}")
 _REGION_HOST = re.compile(r"^api-([a-z0-9]{2,8})\.central\.sophos\.com$")
 _DATA_REGION_HOST = re.compile(r"^api-[a-z]{2}[0-9]{2}\.central\.sophos\.com\.?$")
 MAX_LABEL_TEXT = 128
+MAX_URL = 2048
 MAX_PAGES = 1000
 TENANT_PAGE_SIZE = 100
 
@@ -59,6 +60,9 @@ class Tenant:
     billing_type: str = ""
     api_host: str | None = None
     data_geography: str = ""
+    api_host_problem: str = ""
+    """Why an ``apiHost`` the list did give is refused for its form ('' when there is none, or
+    it is a URL the agent may consider): such a tenant is reported, never called."""
 
 
 @dataclass(frozen=True)
@@ -146,13 +150,15 @@ def parse_tenant(item: Any) -> Tenant | None:
         return None
     # Trial tenants come without the apiHost key at all, others may carry null: both mean None.
     api_host = item.get("apiHost")
+    usable = _is_url(api_host)
     return Tenant(
         id=ident,
         name=label_text(item.get("name")) or label_text(item.get("showAs")),
         data_region=label_text(item.get("dataRegion"), 32),
         billing_type=label_text(item.get("billingType"), 32),
-        api_host=str(api_host).rstrip("/") if _is_url(api_host) else None,
+        api_host=str(api_host).rstrip("/") if usable else None,
         data_geography=label_text(item.get("dataGeography"), 32),
+        api_host_problem="" if usable or api_host in (None, "") else url_problem(api_host),
     )
 
 
@@ -198,18 +204,27 @@ def _total_pages(pages: Any) -> int:
 def _is_url(value: Any) -> bool:
     """An absolute http(s) URL with a host; whether the agent may call it is the host policy's
     decision, not this one's."""
-    if not (
-        isinstance(value, str)
-        and len(value) <= 2048
-        and (value.startswith("https://") or value.startswith("http://"))
-        and value.isprintable()
-        and " " not in value
-    ):
-        return False
+    return url_problem(value) == ""
+
+
+def url_problem(value: Any) -> str:
+    """Why ``value`` is not an absolute http(s) URL the agent would consider calling, in a few
+    words that never repeat the value (it comes from an API answer); '' when it is one."""
+    if not isinstance(value, str):
+        return "not a string"
+    if len(value) > MAX_URL:
+        return f"longer than {MAX_URL} characters"
+    if not (value.startswith("https://") or value.startswith("http://")):
+        return "not an http(s) URL"
+    if not value.isprintable() or " " in value or "\\" in value:
+        return "has characters a URL cannot have"
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018 - raises ValueError for a port out of range
     except ValueError:  # e.g. an unbalanced IPv6 bracket
-        return False
-    host = parts.hostname or ""
-    return bool(_URL_HOST.fullmatch(host)) and parts.username is None
+        return "not a well-formed URL"
+    if parts.username is not None or parts.password is not None:
+        return "carries credentials"
+    if not _URL_HOST.fullmatch(parts.hostname or ""):
+        return "names no valid host"
+    return ""

@@ -6,7 +6,10 @@ built with ``grafana-foundation-sdk`` (a dev dependency: the exporter does not n
 time), pinned to the build for the Grafana version of ``deploy/docker-compose.yml`` so that the
 JSON carries that version's ``schemaVersion``. Metric names come from ``agent.metricnames`` and
 recording-rule names from ``alerts/``, so a renamed metric breaks the build here instead of
-leaving an empty panel.
+leaving an empty panel. What a cause means (its kind, whether anything was sent) and the
+"confirmed after N failures" threshold come from the agent's cause table (``agent.causes``): the
+colours and texts here are derived, never kept. Panels are laid out by the SDK's own flow layout
+(rows of panels given a width and a height), not by hand-placed coordinates.
 
     uv run python -m tools.gen_dashboards           # rewrite dashboards/*.json
     uv run python -m tools.gen_dashboards --check   # exit 1 if they are out of date
@@ -31,6 +34,7 @@ from grafana_foundation_sdk.models import dashboard as dm
 from grafana_foundation_sdk.models import prometheus as pm
 
 from agent import metricnames as m
+from agent.causes import CONFIRMED_AFTER, KINDS, NOT_PROBED, TABLE, TENANT_STATES, Kind, names
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARDS_DIR = ROOT / "dashboards"
@@ -43,6 +47,7 @@ DETAIL_UID = "sophos-central-tenant-detail"
 # Recording rules (alerts/sophos-central-recording.rules.yml) used by the panels.
 TENANTS_OK = "sophos_central:tenants_ok:count"
 TENANTS_FAILING = "sophos_central:tenants_failing:count"
+TENANTS_BUSINESS = "sophos_central:tenants_business:count"
 RATIO_401_10M = "sophos_central:api_requests_401:ratio_rate10m"
 RATIO_401_1D = "sophos_central:api_requests_401:ratio_rate1d"
 RATIO_403_10M = "sophos_central:api_requests_403:ratio_rate10m"
@@ -50,89 +55,98 @@ RATIO_403_1D = "sophos_central:api_requests_403:ratio_rate1d"
 BUDGET_USED = "sophos_central:rate_limit_budget_used:ratio"
 
 DATASOURCE = dm.DataSourceRef(type_val="prometheus", uid="${datasource}")
-Grid = tuple[int, int, int, int]
+Size = tuple[int, int]
+"""A panel's width (of the grid's 24 columns) and height; the SDK's flow layout places it."""
 PanelBuilder = Any  # a grafana_foundation_sdk panel builder (each panel kind has its own class)
+Section = tuple[str, Sequence[PanelBuilder]]
+"""A row of the dashboard: its title and its panels, laid out left to right, then down."""
 
-# --- causes ------------------------------------------------------------------------------------
+# --- causes (from the agent's cause table) ---------------------------------------------------
 
-KIND_COLOURS = {
-    "ok": "green",
-    "not_probed": "blue",  # the agent sends nothing for such a tenant: not an outage
-    "business": "purple",  # Sophos answered, and the answer is the account's state
-    "failure": "red",
-}
+NOT_SENT_RE = "|".join(names(sent=False, per_probe=True))
+"""The causes of tenants the agent sends nothing for: "not probed", whatever their kind."""
 
-CAUSE_KINDS: dict[str, str] = {
-    "ok": "ok",
-    "not_activated": "not_probed",
-    "trial_account": "not_probed",
-    "host_not_allowed": "not_probed",
-    "partner_assistance_disabled": "business",
-    "export_restricted": "business",
-    "invalid_credentials": "failure",
-    "token_rejected": "failure",
-    "partner_id_mismatch": "failure",
-    "wrong_api_host": "failure",
-    "forbidden": "failure",
-    "bad_request": "failure",
-    "not_found": "failure",
-    "rate_limited": "failure",
-    "sophos_server_error": "failure",
-    "sophos_unavailable": "failure",
-    "network_error": "failure",
-    "proxy_error": "failure",
-    "invalid_response": "failure",
-}
-"""Every cause the exporter can report, and how the dashboards colour it: one entry per cause.
-A tenant that is not probed on purpose (no API host yet, a trial without one, a host outside
-allowed_api_hosts) must not look like a failing one."""
+_RESULT_ORDER: tuple[tuple[Kind, bool, str], ...] = (
+    ("failure", True, "Failed"),
+    ("ok", True, "OK"),
+    ("business", True, "Business state"),
+    ("business", False, NOT_PROBED.capitalize()),
+    ("failure", False, NOT_PROBED.capitalize()),
+)
+RESULTS: tuple[tuple[Kind, bool, str], ...] = tuple(
+    result
+    for result in _RESULT_ORDER
+    if any((c.kind, c.sent) == result[:2] for c in TABLE.values())
+)
+"""A probe's last result as the dashboards show it, valued by its index (see ``result_expr``):
+the cause's kind, and whether a call was sent. Failed sorts first in an ascending table."""
 
-NOT_PROBED_RE = "|".join(c for c, kind in CAUSE_KINDS.items() if kind == "not_probed")
 
-# The value of a probe's "last result" as the dashboards compute it (see result_expr). Failed
-# sorts first in an ascending table, not probed (nothing to act on) last.
-RESULT_FAILED, RESULT_OK, RESULT_NOT_PROBED = 0, 1, 2
-CONFIRMED_AFTER = 3
-"""Consecutive failures that confirm a failed per-tenant probe; fewer are still being re-probed."""
+def colour(kind: Kind) -> str:
+    return KINDS[kind].grafana
+
+
+def cause_text(name: str) -> str:
+    """A cause as a cell shows it: "not probed" in words when nothing was sent."""
+    return name if TABLE[name].sent else f"{name} ({NOT_PROBED})"
+
+
+def colour_legend() -> str:
+    """The colours in words, for panel descriptions."""
+    kinds = "; ".join(
+        f"{KINDS[k].grafana}: {KINDS[k].words}" for k in ("ok", "business", "failure")
+    )
+    return (
+        f"Colours follow the cause's kind ({kinds}). '{NOT_PROBED}': the exporter sends nothing "
+        "for such a tenant (see docs/troubleshooting.md)."
+    )
 
 
 def cause_mappings() -> list[dm.ValueMapping]:
     """Cause text -> colour, for table cells that show a cause."""
     options = {
-        cause: dm.ValueMappingResult(
-            text=f"{cause} (not probed)" if kind == "not_probed" else cause,
-            color=KIND_COLOURS[kind],
-            index=index,
-        )
-        for index, (cause, kind) in enumerate(CAUSE_KINDS.items())
+        name: dm.ValueMappingResult(text=cause_text(name), color=colour(c.kind), index=index)
+        for index, (name, c) in enumerate(TABLE.items())
+    }
+    return [dm.ValueMap(options=options)]
+
+
+def kind_mappings() -> list[dm.ValueMapping]:
+    """Kind -> its colour, for table cells that show a kind."""
+    options: dict[str, dm.ValueMappingResult] = {
+        kind: dm.ValueMappingResult(text=kind, color=style.grafana, index=index)
+        for index, (kind, style) in enumerate(KINDS.items())
     }
     return [dm.ValueMap(options=options)]
 
 
 def cause_colour_overrides() -> list[tuple[str, str]]:
     """(series name, colour) for panels with one series per cause (legend ``{{cause}}``)."""
-    return [(cause, KIND_COLOURS[kind]) for cause, kind in CAUSE_KINDS.items()]
+    return [(name, colour(c.kind)) for name, c in TABLE.items()]
+
+
+def kind_colour_overrides(suffix: str = "") -> list[tuple[str, str]]:
+    """(series name, colour) for panels with one series per kind (legend ``{{kind}}``)."""
+    return [(f"{kind}{suffix}", style.grafana) for kind, style in KINDS.items()]
 
 
 def result_mappings() -> list[dm.ValueMapping]:
-    """The three values of result_expr: not probed stays apart from failed."""
+    """The values of ``result_expr``: coloured by kind, "not probed" said in words."""
     return [
         dm.ValueMap(
             options={
-                str(RESULT_OK): dm.ValueMappingResult(text="OK", color="green", index=0),
-                str(RESULT_FAILED): dm.ValueMappingResult(text="Failed", color="red", index=1),
-                str(RESULT_NOT_PROBED): dm.ValueMappingResult(
-                    text="Not probed", color="blue", index=2
-                ),
+                str(value): dm.ValueMappingResult(text=text, color=colour(kind), index=value)
+                for value, (kind, _, text) in enumerate(RESULTS)
             }
         )
     ]
 
 
 def confirmation_mappings() -> list[dm.ValueMapping]:
-    """Consecutive failures: 0 ok, 1-2 still being re-probed, 3 or more confirmed."""
+    """Consecutive failures: 0 ok, fewer than the threshold still being re-probed, then
+    confirmed."""
     return [
-        dm.ValueMap(options={"0": dm.ValueMappingResult(text="0 ok", color="green", index=0)}),
+        dm.ValueMap(options={"0": dm.ValueMappingResult(text="0 ok", color=colour("ok"), index=0)}),
         dm.RangeMap(
             options=dm.DashboardRangeMapOptions(
                 from_val=1,
@@ -144,10 +158,17 @@ def confirmation_mappings() -> list[dm.ValueMapping]:
             options=dm.DashboardRangeMapOptions(
                 from_val=CONFIRMED_AFTER,
                 to=None,
-                result=dm.ValueMappingResult(text="confirmed", color="red", index=2),
+                result=dm.ValueMappingResult(text="confirmed", color=colour("failure"), index=2),
             )
         ),
     ]
+
+
+CONFIRMING = f"1-{CONFIRMED_AFTER - 1}" if CONFIRMED_AFTER > 2 else "1"
+CONFIRMATION_WORDS = (
+    f"0 ok, {CONFIRMING} a failure being re-probed (after confirm_interval, then twice that) to "
+    f"confirm it, {CONFIRMED_AFTER} or more confirmed"
+)
 
 
 def ok_mappings(ok: str, bad: str) -> list[dm.ValueMapping]:
@@ -177,18 +198,21 @@ def sel(*extra: str, instance: bool = True, tenant: bool = False) -> str:
 
 
 def result_expr(by: str, *extra: str) -> str:
-    """A probe's last result as 1 (OK), 0 (failed) or 2 (not probed on purpose).
+    """A probe's last result as the index of its ``RESULTS`` entry, from the cause's kind and
+    whether the cause is one of a tenant the agent sends nothing for (``NOT_SENT_RE``)."""
+    arms = []
+    for value, (kind, sent, _) in enumerate(RESULTS):
+        matchers = [f'kind="{kind}"']
+        if sum(other == kind for other, _, _ in RESULTS) > 1:  # sent and not sent: say which
+            matchers.append(f'cause!~"{NOT_SENT_RE}"' if sent else f'cause=~"{NOT_SENT_RE}"')
+        selector = sel(*extra, *matchers, tenant=True)
+        arms.append(f"({value} * max by ({by}) ({m.PROBE_CAUSE_INFO}{selector}))")
+    return " or ".join(arms)
 
-    probe_success is 0 for a tenant the agent skips (cause not_activated, ...); the cause tells
-    them apart, so a skipped tenant does not show as a failure.
-    """
-    success = f"{m.PROBE_SUCCESS}{sel(*extra, tenant=True)}"
-    not_probed = f'cause=~"{NOT_PROBED_RE}"'
-    skipped = f"{m.PROBE_CAUSE_INFO}{sel(*extra, not_probed, tenant=True)}"
-    return (
-        f"(max by ({by}) ({success}) unless on ({by}) {skipped}) "
-        f"or ({RESULT_NOT_PROBED} * max by ({by}) ({skipped}))"
-    )
+
+def latest(by: str, metric: str, selector: str) -> str:
+    """The repeated building block of the tables: one value per ``by`` label set."""
+    return f"max by ({by}) ({metric}{selector})"
 
 
 def target(
@@ -203,6 +227,19 @@ def target(
         .format(pm.PromQueryFormat.TABLE if table else pm.PromQueryFormat.TIME_SERIES)
     )
     return query.instant() if instant else query.range()
+
+
+def table_queries(*exprs: str) -> list[prometheus.Dataquery]:
+    """The instant queries of one table, in order with refs A, B, C, ...: a column takes the
+    value of the query with ref X as ``Value #X`` (``value_of``)."""
+    return [
+        target(expr, ref=chr(ord("A") + index), instant=True, table=True)
+        for index, expr in enumerate(exprs)
+    ]
+
+
+def value_of(ref: str) -> str:
+    return f"Value #{ref}"
 
 
 def thresholds(*steps: tuple[float | None, str]) -> db.ThresholdsConfig:
@@ -226,7 +263,8 @@ class _Common(Protocol):
     def title(self, title: str) -> Any: ...
     def description(self, description: str) -> Any: ...
     def datasource(self, datasource: dm.DataSourceRef) -> Any: ...
-    def grid_pos(self, grid_pos: dm.GridPos) -> Any: ...
+    def span(self, w: int) -> Any: ...
+    def height(self, h: int) -> Any: ...
     def unit(self, unit: str) -> Any: ...
     def targets(self, targets: list[Any]) -> Any: ...
 
@@ -237,15 +275,16 @@ def _common(
     description: str,
     targets: Sequence[prometheus.Dataquery],
     unit: str,
-    grid: Grid,
+    size: Size,
 ) -> PanelBuilder:
-    """Title, description, unit, data source and place: what the dashboard linter asks of every
-    panel, set in one place."""
-    x, y, w, h = grid
+    """Title, description, unit, data source and size: what the dashboard linter asks of every
+    panel, set in one place. Where it goes is the flow layout's business (``dashboard``)."""
+    width, height = size
     panel.title(title)
     panel.description(description)
     panel.datasource(DATASOURCE)
-    panel.grid_pos(dm.GridPos(x=x, y=y, w=w, h=h))
+    panel.span(width)
+    panel.height(height)
     panel.unit(unit)
     panel.targets(list(targets))
     return panel
@@ -256,7 +295,7 @@ def timeseries(
     description: str,
     targets: Sequence[prometheus.Dataquery],
     unit: str,
-    grid: Grid,
+    size: Size,
     *,
     stack: bool = False,
     colours: Sequence[tuple[str, str]] = (),
@@ -288,7 +327,7 @@ def timeseries(
     )
     for name, colour in colours:
         panel.override_by_name(name, [fixed_colour(colour)])
-    return _common(panel, title, description, targets, unit, grid)
+    return _common(panel, title, description, targets, unit, size)
 
 
 def fixed_colour(colour: str) -> dm.DynamicConfigValue:
@@ -300,7 +339,7 @@ def stat_panel(
     description: str,
     targets: Sequence[prometheus.Dataquery],
     unit: str,
-    grid: Grid,
+    size: Size,
     *,
     mappings: list[dm.ValueMapping] | None = None,
     steps: db.ThresholdsConfig | None = None,
@@ -318,7 +357,7 @@ def stat_panel(
     )
     if steps is not None:
         panel.thresholds(steps)
-    return _common(panel, title, description, targets, unit, grid)
+    return _common(panel, title, description, targets, unit, size)
 
 
 def bargauge_panel(
@@ -326,7 +365,7 @@ def bargauge_panel(
     description: str,
     targets: Sequence[prometheus.Dataquery],
     unit: str,
-    grid: Grid,
+    size: Size,
     *,
     steps: db.ThresholdsConfig | None = None,
     colours: Sequence[tuple[str, str]] = (),
@@ -344,7 +383,7 @@ def bargauge_panel(
         panel.thresholds(steps)
     for name, colour in colours:
         panel.override_by_name(name, [fixed_colour(colour)])
-    return _common(panel, title, description, targets, unit, grid)
+    return _common(panel, title, description, targets, unit, size)
 
 
 def state_timeline(
@@ -352,7 +391,7 @@ def state_timeline(
     description: str,
     targets: Sequence[prometheus.Dataquery],
     unit: str,
-    grid: Grid,
+    size: Size,
     *,
     mappings: list[dm.ValueMapping],
 ) -> PanelBuilder:
@@ -364,7 +403,7 @@ def state_timeline(
         .merge_values(True)
         .row_height(0.8)
     )
-    return _common(panel, title, description, targets, unit, grid)
+    return _common(panel, title, description, targets, unit, size)
 
 
 Column = tuple[str, str, list[dm.DynamicConfigValue]]
@@ -376,7 +415,7 @@ def table_panel(
     description: str,
     targets: Sequence[prometheus.Dataquery],
     unit: str,
-    grid: Grid,
+    size: Size,
     *,
     columns: Sequence[Column],
     sort_by: str,
@@ -402,7 +441,7 @@ def table_panel(
             },
         )
     )
-    return _common(panel, title, description, targets, unit, grid)
+    return _common(panel, title, description, targets, unit, size)
 
 
 def sort_by_column(column: str, descending: bool) -> cb.TableSortByFieldState:
@@ -488,11 +527,13 @@ def dashboard(
     uid: str,
     title: str,
     description: str,
-    panels: Sequence[PanelBuilder],
+    sections: Sequence[Section],
     *,
     one_tenant: bool = False,
 ) -> dm.Dashboard:
-    """The frame every dashboard shares: tags, links between them, variables, refresh."""
+    """The frame every dashboard shares (tags, links between them, variables, refresh) and its
+    rows of panels, placed by the SDK's flow layout: each row under the last, its panels left to
+    right in their width, wrapping at the grid's 24 columns."""
     board = (
         db.Dashboard(title)
         .uid(uid)
@@ -527,8 +568,13 @@ def dashboard(
     )
     for variable in variables(one_tenant=one_tenant):
         board.with_variable(variable)
-    for number, panel in enumerate(panels, start=1):
-        board.with_panel(panel.id(number))
+    number = 0
+    for row, panels in sections:
+        number += 1
+        board.with_row(db.Row(row).id(number))  # returns None in this SDK build: not chained
+        for panel in panels:
+            number += 1
+            board.with_panel(panel.id(number))
     return board.build()
 
 
@@ -539,17 +585,17 @@ def overview() -> dm.Dashboard:
     req = m.API_REQUESTS_TOTAL
     token = sel('probe="token"')
     whoami = sel('probe="whoami"')
-    not_ok = sel('cause!="ok"')
+    not_ok = sel('kind!="ok"')
     not_2xx = sel('status_code!~"2.."')
     status_429 = sel('status_code="429"')
-    panels = [
+    now = [
         stat_panel(
             "Token issuance",
             "Result of the last token probe per credential: a fresh OAuth token from the Sophos "
             "token endpoint, every token_probe_interval (5m by default).",
             [target(f"min by (credential) ({m.PROBE_SUCCESS}{token})", "{{credential}}")],
             "none",
-            (0, 0, 6, 5),
+            (6, 5),
             mappings=ok_mappings("OK", "Failing"),
         ),
         stat_panel(
@@ -558,54 +604,72 @@ def overview() -> dm.Dashboard:
             "tenant_refresh_interval).",
             [target(f"min by (credential) ({m.PROBE_SUCCESS}{whoami})", "{{credential}}")],
             "none",
-            (6, 0, 6, 5),
+            (6, 5),
             mappings=ok_mappings("OK", "Failing"),
         ),
         stat_panel(
             "Tenants OK",
-            "Tenants whose last probe succeeded (cause ok).",
+            "Tenants whose last probe succeeded (kind ok).",
             [target(f"sum({TENANTS_OK}{sel()})", "OK")],
             "short",
-            (12, 0, 4, 5),
-            steps=thresholds((None, "green")),
+            (3, 5),
+            steps=thresholds((None, colour("ok"))),
         ),
         stat_panel(
             "Tenants failing",
-            "Tenants whose last probe failed, whatever the cause: a 403 that is business state "
-            "(no Partner Assistance) counts here too. Tenants not probed (trial accounts, not "
-            "activated, host not allowed) are not counted. See the tenants dashboard.",
+            "Tenants whose cause is of kind failure: something is broken or refused and a "
+            "person can act on it. A tenant that is not probed because its API host is refused "
+            "counts here; business state (trial accounts, no Partner Assistance, not activated) "
+            "does not. See the tenants dashboard.",
             [target(f"sum({TENANTS_FAILING}{sel()})", "failing")],
             "short",
-            (16, 0, 4, 5),
-            steps=thresholds((None, "green"), (1, "orange")),
+            (3, 5),
+            steps=thresholds((None, colour("ok")), (1, colour("failure"))),
+        ),
+        stat_panel(
+            "Tenants in business state",
+            "Tenants whose cause is of kind business: the customer's or Sophos's decision about "
+            "the account (a trial, no Partner Assistance, an activation not finished), not an "
+            "outage.",
+            [target(f"sum({TENANTS_BUSINESS}{sel()})", "business")],
+            "short",
+            (3, 5),
+            steps=thresholds((None, colour("business"))),
         ),
         stat_panel(
             "Exporter up",
             "Whether Prometheus can scrape each exporter instance (up).",
             [target('up{job=~"$job", instance=~"$instance"}', "{{instance}}")],
             "none",
-            (20, 0, 4, 5),
+            (3, 5),
             mappings=ok_mappings("Up", "Down"),
         ),
+    ]
+    causes = [
         timeseries(
-            "Tenants OK vs failing",
-            "Per credential: tenants whose last probe succeeded and failed.",
+            "Tenants by kind",
+            "Per credential: tenants whose last probe's cause is of kind ok, failure and "
+            "business. " + colour_legend(),
             [
                 target(f"sum by (credential) ({TENANTS_OK}{sel()})", "{{credential}} ok"),
                 target(
                     f"sum by (credential) ({TENANTS_FAILING}{sel()})",
-                    "{{credential}} failing",
+                    "{{credential}} failure",
                     ref="B",
+                ),
+                target(
+                    f"sum by (credential) ({TENANTS_BUSINESS}{sel()})",
+                    "{{credential}} business",
+                    ref="C",
                 ),
             ],
             "short",
-            (0, 5, 12, 8),
+            (12, 8),
         ),
         bargauge_panel(
-            "Current causes (failing probes)",
+            "Current causes (probes not ok)",
             "How many probes have each cause as their current diagnosis (probe_cause_info), "
-            "cause ok left out. Blue: tenants not probed on purpose; purple: the account's "
-            "state as Sophos answers it; red: failures. The runbook explains each cause.",
+            "kind ok left out. " + colour_legend() + " The runbook explains each cause.",
             [
                 target(
                     f"count by (cause) ({m.PROBE_CAUSE_INFO}{not_ok})",
@@ -614,10 +678,12 @@ def overview() -> dm.Dashboard:
                 )
             ],
             "short",
-            (12, 5, 12, 8),
+            (12, 8),
             steps=thresholds((None, "orange")),
             colours=cause_colour_overrides(),
         ),
+    ]
+    answers = [
         timeseries(
             "API requests by status",
             "Calls to Sophos Central per second by HTTP status ('0': no answer).",
@@ -628,23 +694,19 @@ def overview() -> dm.Dashboard:
                 )
             ],
             "reqps",
-            (0, 13, 12, 8),
+            (12, 8),
             stack=True,
         ),
         table_panel(
             "Top error codes",
             "The ten most frequent non-2xx answers in the dashboard's time range, by status and "
             "Sophos error code (empty when the body had none, e.g. an HTML 502).",
-            [
-                target(
-                    f"topk(10, sum by (status_code, error_code) (increase("
-                    f"{req}{not_2xx}[$__range])) > 0)",
-                    instant=True,
-                    table=True,
-                )
-            ],
+            table_queries(
+                f"topk(10, sum by (status_code, error_code) (increase("
+                f"{req}{not_2xx}[$__range])) > 0)",
+            ),
             "short",
-            (12, 13, 12, 8),
+            (12, 8),
             columns=[
                 ("status_code", "Status", []),
                 ("error_code", "Error code", []),
@@ -664,7 +726,7 @@ def overview() -> dm.Dashboard:
                 )
             ],
             "s",
-            (0, 21, 12, 8),
+            (12, 8),
         ),
         timeseries(
             "401 / 403 share: last 10m vs. 1 day",
@@ -679,8 +741,10 @@ def overview() -> dm.Dashboard:
                 target(f"{RATIO_403_1D}{sel(instance=False)}", "{{credential}} 403 (1d)", ref="D"),
             ],
             "percentunit",
-            (12, 21, 12, 8),
+            (12, 8),
         ),
+    ]
+    budget = [
         timeseries(
             "Rate-limit utilization per window",
             "Calls the exporter made in each trailing window divided by Sophos's limit for that "
@@ -692,7 +756,7 @@ def overview() -> dm.Dashboard:
                 )
             ],
             "percentunit",
-            (0, 29, 12, 8),
+            (12, 8),
         ),
         timeseries(
             "Own budget used per window",
@@ -705,7 +769,7 @@ def overview() -> dm.Dashboard:
                 )
             ],
             "percentunit",
-            (12, 29, 12, 8),
+            (12, 8),
         ),
         timeseries(
             "429 answers and pauses",
@@ -723,7 +787,7 @@ def overview() -> dm.Dashboard:
                 ),
             ],
             "short",
-            (0, 37, 8, 8),
+            (8, 8),
         ),
         bargauge_panel(
             "Token expires in",
@@ -737,8 +801,8 @@ def overview() -> dm.Dashboard:
                 )
             ],
             "s",
-            (8, 37, 8, 8),
-            steps=thresholds((None, "red"), (300, "green")),
+            (8, 8),
+            steps=thresholds((None, colour("failure")), (300, colour("ok"))),
         ),
         timeseries(
             "Effective probe interval",
@@ -751,8 +815,10 @@ def overview() -> dm.Dashboard:
                 )
             ],
             "s",
-            (16, 37, 8, 8),
+            (8, 8),
         ),
+    ]
+    freshness = [
         timeseries(
             "Probe staleness",
             "Age of the oldest last run per probe kind. Tenant probes are stale beyond 3x the "
@@ -765,13 +831,13 @@ def overview() -> dm.Dashboard:
                 )
             ],
             "s",
-            (0, 45, 12, 8),
+            (12, 8),
         ),
         timeseries(
             "Tenants by state",
-            "Listed tenants by state: probed, not_activated (no API host yet), trial_account "
-            "(a trial listed without API host), host_not_allowed (API host outside "
-            "allowed_api_hosts). Only probed tenants are called.",
+            "Every listed tenant once, by state: probed, or the cause it is not probed for ("
+            + ", ".join(TENANT_STATES[1:])
+            + "; docs/troubleshooting.md explains each). Only probed tenants are called.",
             [
                 target(
                     f"sum by (credential, state) ({m.TENANTS}{sel()})",
@@ -779,7 +845,7 @@ def overview() -> dm.Dashboard:
                 )
             ],
             "short",
-            (12, 45, 12, 8),
+            (12, 8),
             stack=True,
         ),
     ]
@@ -787,8 +853,15 @@ def overview() -> dm.Dashboard:
         OVERVIEW_UID,
         "Sophos Central API / Overview",
         "Health of the Sophos Central API as seen by sophos-central-exporter: token and whoami "
-        "per credential, tenants OK vs failing, answers by status, rate-limit use, staleness.",
-        panels,
+        "per credential, tenants by kind (ok, failure, business state), answers by status, "
+        "rate-limit use, staleness.",
+        [
+            ("Now", now),
+            ("Tenants and causes", causes),
+            ("Answers", answers),
+            ("Rate budget", budget),
+            ("Freshness", freshness),
+        ],
     )
 
 
@@ -801,96 +874,63 @@ def tenants() -> dm.Dashboard:
     by = "credential, tenant_id"
     name_join = (
         f"* on ({by}) group_left (tenant_name) "
-        f"max by ({by}, tenant_name) ({m.TENANT_INFO}{sel(tenant=True)})"
+        f"{latest(f'{by}, tenant_name', m.TENANT_INFO, sel(tenant=True))}"
     )
-    table_targets = [
-        target(
-            f"max by ({by}, tenant_name, data_region, billing_type) "
-            f"({m.TENANT_INFO}{sel(tenant=True)})",
-            ref="A",
-            instant=True,
-            table=True,
-        ),
-        target(result_expr(by, tenant_probe), ref="B", instant=True, table=True),
-        target(
-            f"max by ({by}, cause) ({m.PROBE_CAUSE_INFO}{of_tenant})",
-            ref="C",
-            instant=True,
-            table=True,
-        ),
-        target(
+    table = table_panel(
+        "Tenants",
+        "Every listed tenant with its region and billing type, the result, cause and kind of "
+        "its last probe, its consecutive failures ("
+        + CONFIRMATION_WORDS
+        + "), how long ago it was probed, and its most frequent answer in the time range. "
+        + colour_legend()
+        + " Click a tenant for its detail.",
+        table_queries(
+            latest(
+                f"{by}, tenant_name, data_region, billing_type", m.TENANT_INFO, sel(tenant=True)
+            ),
+            result_expr(by, tenant_probe),
+            latest(f"{by}, cause, kind", m.PROBE_CAUSE_INFO, of_tenant),
             f"max by ({by}) (time() - {m.PROBE_LAST_RUN_TIMESTAMP_SECONDS}{of_tenant})",
-            ref="D",
-            instant=True,
-            table=True,
-        ),
-        target(
             f"topk by ({by}) (1, sum by ({by}, status_code, error_code) "
             f"(increase({m.API_REQUESTS_TOTAL}{of_tenant}[$__range])))",
-            ref="E",
-            instant=True,
-            table=True,
+            latest(by, m.PROBE_CONSECUTIVE_FAILURES, of_tenant),
         ),
-        target(
-            f"max by ({by}) ({m.PROBE_CONSECUTIVE_FAILURES}{of_tenant})",
-            ref="F",
-            instant=True,
-            table=True,
-        ),
-    ]
-    panels = [
-        table_panel(
-            "Tenants",
-            "Every listed tenant with its region and billing type, the result and cause of its "
-            "last probe, its consecutive failures (1-2: being re-probed to confirm, 3 or more: "
-            "confirmed), how long ago it was probed, and its most frequent answer in the time "
-            "range. Blue: not probed on purpose; purple: the account's state (a 403 on a term "
-            "tenant without Partner Assistance is not an outage). Click a tenant for its detail.",
-            table_targets,
-            "none",
-            (0, 0, 24, 12),
-            columns=[
-                ("tenant_name", "Tenant", link_to_detail("Probes of this tenant")),
-                ("tenant_id", "Tenant ID", link_to_detail("Probes of this tenant")),
-                ("credential", "Credential", []),
-                ("data_region", "Region", []),
-                ("billing_type", "Billing type", []),
-                ("Value #B", "Last probe", coloured_cells(*result_mappings())),
-                ("cause", "Cause", coloured_cells(*cause_mappings())),
-                ("Value #F", "Consecutive failures", coloured_cells(*confirmation_mappings())),
-                ("Value #D", "Age of last probe", unit_of("s")),
-                ("status_code", "Most frequent status", []),
-                ("error_code", "Error code", []),
-                ("Value #E", "Answers in range", unit_of("short")),
-            ],
-            sort_by="Last probe",
-        ),
-        state_timeline(
-            "Probe result per tenant",
-            "Result of each tenant's last probe over time: OK, failed, or not probed on purpose "
-            "(no API host yet, a trial without one, a host outside allowed_api_hosts).",
-            [
-                target(
-                    f"({result_expr(by, tenant_probe)}) {name_join}",
-                    "{{tenant_name}}",
-                )
-            ],
-            "none",
-            (0, 12, 24, 10),
-            mappings=result_mappings(),
-        ),
+        "none",
+        (24, 12),
+        columns=[
+            ("tenant_name", "Tenant", link_to_detail("Probes of this tenant")),
+            ("tenant_id", "Tenant ID", link_to_detail("Probes of this tenant")),
+            ("credential", "Credential", []),
+            ("data_region", "Region", []),
+            ("billing_type", "Billing type", []),
+            (value_of("B"), "Last probe", coloured_cells(*result_mappings())),
+            ("cause", "Cause", coloured_cells(*cause_mappings())),
+            ("kind", "Kind", coloured_cells(*kind_mappings())),
+            (value_of("F"), "Consecutive failures", coloured_cells(*confirmation_mappings())),
+            (value_of("D"), "Age of last probe", unit_of("s")),
+            ("status_code", "Most frequent status", []),
+            ("error_code", "Error code", []),
+            (value_of("E"), "Answers in range", unit_of("short")),
+        ],
+        sort_by="Last probe",
+    )
+    timeline = state_timeline(
+        "Probe result per tenant",
+        "Result of each tenant's last probe over time: OK, failed, business state, or not "
+        "probed (nothing sent). " + colour_legend(),
+        [target(f"({result_expr(by, tenant_probe)}) {name_join}", "{{tenant_name}}")],
+        "none",
+        (24, 10),
+        mappings=result_mappings(),
+    )
+    history = [
         timeseries(
             "Tenants by cause",
             "How many of the selected tenants have each cause as the diagnosis of their last "
-            "probe. Blue: not probed on purpose; purple: the account's state; red: failures.",
-            [
-                target(
-                    f"count by (cause) ({m.PROBE_CAUSE_INFO}{of_tenant})",
-                    "{{cause}}",
-                )
-            ],
+            "probe. " + colour_legend(),
+            [target(f"count by (cause) ({m.PROBE_CAUSE_INFO}{of_tenant})", "{{cause}}")],
             "short",
-            (0, 22, 12, 8),
+            (12, 8),
             stack=True,
             colours=cause_colour_overrides(),
         ),
@@ -905,19 +945,19 @@ def tenants() -> dm.Dashboard:
                 )
             ],
             "reqps",
-            (12, 22, 12, 8),
+            (12, 8),
         ),
         timeseries(
             "Probe duration per tenant",
             "How long each tenant's last probe took.",
             [
                 target(
-                    f"max by ({by}) ({m.PROBE_DURATION_SECONDS}{of_tenant}) {name_join}",
+                    f"{latest(by, m.PROBE_DURATION_SECONDS, of_tenant)} {name_join}",
                     "{{tenant_name}}",
                 )
             ],
             "s",
-            (0, 30, 12, 8),
+            (12, 8),
         ),
         timeseries(
             "Age of last probe per tenant",
@@ -936,16 +976,16 @@ def tenants() -> dm.Dashboard:
                 ),
             ],
             "s",
-            (12, 30, 12, 8),
+            (12, 8),
         ),
     ]
     return dashboard(
         TENANTS_UID,
         "Sophos Central API / Tenants",
         "Per-tenant view of sophos-central-exporter: name, region, billing type, last result, "
-        "cause, confirmation and age of the last probe, and each tenant's history. A tenant's "
-        "name or id opens the tenant detail dashboard.",
-        panels,
+        "cause and kind, confirmation and age of the last probe, and each tenant's history. A "
+        "tenant's name or id opens the tenant detail dashboard.",
+        [("Tenants", [table, timeline]), ("History", history)],
     )
 
 
@@ -963,104 +1003,87 @@ def tenant_detail() -> dm.Dashboard:
     of_tenant = sel('tenant_id!=""', tenant=True)
     period = f"max by (credential) ({m.PROBE_INTERVAL_SECONDS}{sel()})"
     age = f"max by ({fam}) (time() - {m.PROBE_LAST_RUN_TIMESTAMP_SECONDS}{of_tenant})"
-    panels = [
-        table_panel(
-            "Tenant",
-            "The selected tenant as the tenant list describes it.",
-            [
-                target(
-                    f"max by (credential, tenant_id, tenant_name, data_region, billing_type) "
-                    f"({m.TENANT_INFO}{sel(tenant=True)})",
-                    instant=True,
-                    table=True,
-                )
-            ],
-            "none",
-            (0, 0, 24, 4),
-            columns=[
-                ("tenant_name", "Tenant", []),
-                ("tenant_id", "Tenant ID", []),
-                ("credential", "Credential", []),
-                ("data_region", "Region", []),
-                ("billing_type", "Billing type", []),
-            ],
-            sort_by="Tenant",
+    tenant = table_panel(
+        "Tenant",
+        "The selected tenant as the tenant list describes it.",
+        table_queries(
+            latest(
+                "credential, tenant_id, tenant_name, data_region, billing_type",
+                m.TENANT_INFO,
+                sel(tenant=True),
+            )
         ),
-        table_panel(
-            "Probe families",
-            "One row per probe family of the tenant (the probe label: tenant, siem_events, "
-            "siem_alerts, common_alerts or a configured name). Last probe: OK, failed, or not "
-            "probed on purpose (blue). Consecutive failures: 0 ok, 1-2 the failure is being "
-            "re-probed to confirm it, 3 or more confirmed. Age / period: how many planned "
-            "periods ago the family last ran (stale beyond 3).",
-            [
-                target(result_expr(fam, 'tenant_id!=""'), ref="A", instant=True, table=True),
-                target(
-                    f"max by ({fam}, cause) ({m.PROBE_CAUSE_INFO}{of_tenant})",
-                    ref="B",
-                    instant=True,
-                    table=True,
-                ),
-                target(
-                    f"max by ({fam}) ({m.PROBE_CONSECUTIVE_FAILURES}{of_tenant})",
-                    ref="C",
-                    instant=True,
-                    table=True,
-                ),
-                target(age, ref="D", instant=True, table=True),
-                target(
-                    f"{age} / on (credential) group_left () {period}",
-                    ref="E",
-                    instant=True,
-                    table=True,
-                ),
-            ],
-            "none",
-            (0, 4, 24, 8),
-            columns=[
-                ("probe", "Probe family", []),
-                ("Value #A", "Last probe", coloured_cells(*result_mappings())),
-                ("cause", "Cause", coloured_cells(*cause_mappings())),
-                ("Value #C", "Consecutive failures", coloured_cells(*confirmation_mappings())),
-                ("Value #D", "Last run age", unit_of("s")),
-                (
-                    "Value #E",
-                    "Age / period",
-                    [
-                        *unit_of("none"),
-                        dm.DynamicConfigValue(id_val="decimals", value=1),
-                        dm.DynamicConfigValue(
-                            id_val="thresholds",
-                            value=thresholds((None, "green"), (1.5, "orange"), (3, "red")).build(),
-                        ),
-                        dm.DynamicConfigValue(
-                            id_val="custom.cellOptions", value={"type": "color-background"}
-                        ),
-                    ],
-                ),
-            ],
-            sort_by="Probe family",
+        "none",
+        (24, 4),
+        columns=[
+            ("tenant_name", "Tenant", []),
+            ("tenant_id", "Tenant ID", []),
+            ("credential", "Credential", []),
+            ("data_region", "Region", []),
+            ("billing_type", "Billing type", []),
+        ],
+        sort_by="Tenant",
+    )
+    families = table_panel(
+        "Probe families",
+        "One row per probe family of the tenant (the probe label: tenant, siem_events, "
+        "siem_alerts, common_alerts or a configured name). Last probe: OK, failed, business "
+        "state, or not probed (nothing sent). Consecutive failures: "
+        + CONFIRMATION_WORDS
+        + ". Age / period: how many planned periods ago the family last ran (stale beyond 3). "
+        + colour_legend(),
+        table_queries(
+            result_expr(fam, 'tenant_id!=""'),
+            latest(f"{fam}, cause, kind", m.PROBE_CAUSE_INFO, of_tenant),
+            latest(fam, m.PROBE_CONSECUTIVE_FAILURES, of_tenant),
+            age,
+            f"{age} / on (credential) group_left () {period}",
         ),
+        "none",
+        (24, 8),
+        columns=[
+            ("probe", "Probe family", []),
+            (value_of("A"), "Last probe", coloured_cells(*result_mappings())),
+            ("cause", "Cause", coloured_cells(*cause_mappings())),
+            ("kind", "Kind", coloured_cells(*kind_mappings())),
+            (value_of("C"), "Consecutive failures", coloured_cells(*confirmation_mappings())),
+            (value_of("D"), "Last run age", unit_of("s")),
+            (
+                value_of("E"),
+                "Age / period",
+                [
+                    *unit_of("none"),
+                    dm.DynamicConfigValue(id_val="decimals", value=1),
+                    dm.DynamicConfigValue(
+                        id_val="thresholds",
+                        value=thresholds(
+                            (None, colour("ok")), (1.5, "orange"), (3, colour("failure"))
+                        ).build(),
+                    ),
+                    dm.DynamicConfigValue(
+                        id_val="custom.cellOptions", value={"type": "color-background"}
+                    ),
+                ],
+            ),
+        ],
+        sort_by="Probe family",
+    )
+    over_time = [
         state_timeline(
             "Result per probe family",
-            "Each family's last result over time: OK, failed, or not probed on purpose.",
+            "Each family's last result over time: OK, failed, business state, or not probed "
+            "(nothing sent). " + colour_legend(),
             [target(result_expr(fam, 'tenant_id!=""'), "{{probe}}")],
             "none",
-            (0, 12, 12, 8),
+            (12, 8),
             mappings=result_mappings(),
         ),
         state_timeline(
             "Confirmation per probe family",
-            "Consecutive failures of each family over time: 0 ok, 1-2 a failure being re-probed "
-            "(after confirm_interval, then twice that) to confirm it, 3 or more confirmed.",
-            [
-                target(
-                    f"max by ({fam}) ({m.PROBE_CONSECUTIVE_FAILURES}{of_tenant})",
-                    "{{probe}}",
-                )
-            ],
+            "Consecutive failures of each family over time: " + CONFIRMATION_WORDS + ".",
+            [target(latest(fam, m.PROBE_CONSECUTIVE_FAILURES, of_tenant), "{{probe}}")],
             "none",
-            (12, 12, 12, 8),
+            (12, 8),
             mappings=confirmation_mappings(),
         ),
         timeseries(
@@ -1073,7 +1096,7 @@ def tenant_detail() -> dm.Dashboard:
                 target(f"3 * {period}", "stale bound", ref="C"),
             ],
             "s",
-            (0, 20, 12, 8),
+            (12, 8),
         ),
         timeseries(
             "Answers by status",
@@ -1087,24 +1110,24 @@ def tenant_detail() -> dm.Dashboard:
                 )
             ],
             "short",
-            (12, 20, 12, 8),
+            (12, 8),
             stack=True,
         ),
         timeseries(
             "Probe duration per family",
             "How long each family's last probe of this tenant took.",
-            [target(f"max by ({fam}) ({m.PROBE_DURATION_SECONDS}{of_tenant})", "{{probe}}")],
+            [target(latest(fam, m.PROBE_DURATION_SECONDS, of_tenant), "{{probe}}")],
             "s",
-            (0, 28, 24, 8),
+            (24, 8),
         ),
     ]
     return dashboard(
         DETAIL_UID,
         "Sophos Central API / Tenant detail",
-        "One tenant of one credential: every probe family with its last result, cause, "
+        "One tenant of one credential: every probe family with its last result, cause and kind, "
         "confirmation state, age against the planned period, and answers over time. Open it "
         "from a tenant on the tenants dashboard, or pick a credential and a tenant.",
-        panels,
+        [("Tenant", [tenant, families]), ("Over time", over_time)],
         one_tenant=True,
     )
 
@@ -1127,9 +1150,9 @@ def render(model: dict[str, Any]) -> str:
 
 
 def expressions(model: dict[str, Any]) -> Iterable[str]:
-    """Every PromQL expression of a dashboard's panel targets."""
+    """Every PromQL expression of a dashboard's panel targets (rows have none)."""
     for panel in model["panels"]:
-        for tgt in panel.get("targets", []):
+        for tgt in panel.get("targets") or []:
             yield tgt["expr"]
 
 

@@ -1,42 +1,37 @@
 """What the agent knows, arranged as a person reads it: one report for ``/status`` and ``check``.
 
 Both views answer "what is wrong and what do I do" and must agree to the word, so the arranging
-happens once, here: a summary first, then per credential its failures grouped by cause (the remedy
-once per group), business state apart from failures, healthy probes last. The renderers
-(``agent.status_page`` for HTML, ``agent.cli`` for the terminal and JSON) only lay it out.
+happens once, here, from one ``Snapshot``: a summary first, then per credential its failures
+grouped by cause (the remedy once per group), business state apart from failures, healthy probes
+last. Every row's kind is its cause's kind (``agent.causes``); a probe that failed only because
+its credential has no token is shown apart as "not run". The renderers (``agent.views.status``
+for HTML, ``agent.views.check`` for the terminal and JSON) only lay it out.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from agent import __version__
-from agent.diagnosis import SKIP_CAUSES
+from agent.causes import INVALID_TENANT_ID, Kind, lookup
 from agent.durations import format_duration
 from agent.metricnames import WINDOWS
-from agent.probes import CredentialState, ProbeResult, display_order
+from agent.probes import ProbeResult, display_order
+from agent.snapshot import CredentialSnapshot, Snapshot
 
-if TYPE_CHECKING:
-    from agent.runtime import Agent
-
-Kind = Literal["failure", "business", "not_run", "ok"]
+Section = Literal["not_run", "failure", "business", "ok"]
+"""Where a row is shown: its kind, or "not_run" for a probe its credential's token held up."""
 
 NO_ANSWER = "no answer"
 """How a probe that got no HTTP response reads everywhere (the metrics say status_code "0")."""
 
 NOT_RUN_NO_TOKEN = "not run: no token"  # noqa: S105 - words, not a secret
 
-BUSINESS_CAUSES = frozenset(
-    {"trial_account", "partner_assistance_disabled", "not_activated"},
-)
-"""Causes that are the customer's or Sophos's business decision, not an outage: counted apart."""
-
-NOT_PROBED = "not probed"
-
-_KIND_ORDER: dict[str, int] = {"not_run": 0, "failure": 1, "business": 2, "ok": 3}
+_SECTION_ORDER: dict[str, int] = {"not_run": 0, "failure": 1, "business": 2, "ok": 3}
 _CODE_SPAN = re.compile(r"`([^`]+)`")
 
 
@@ -54,10 +49,32 @@ class Row:
     kind: Kind
     remedy: str
     age_seconds: float
+    last_run: float
+    not_run: bool = False
+    """The probe failed only because its credential has no token: nothing of it was sent."""
 
     @property
     def age(self) -> str:
         return format_duration(self.age_seconds, approximate=True)
+
+    @property
+    def section(self) -> Section:
+        return "not_run" if self.not_run else self.kind
+
+    def to_json(self) -> dict[str, Any]:
+        """The row as ``check --output json`` lists it under ``probes``."""
+        return {
+            "credential": self.credential,
+            "tenant_id": self.tenant_id,
+            "tenant_name": self.tenant_name,
+            "probe": self.probe,
+            "status": self.status,
+            "error_code": self.error_code,
+            "cause": self.cause,
+            "kind": self.kind,
+            "remedy": self.remedy,
+            "last_run": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.last_run)),
+        }
 
 
 @dataclass(frozen=True)
@@ -73,6 +90,11 @@ class CauseGroup:
     remedy: str
     rows: list[Row]
     anchor: str
+    not_run: bool = False
+
+    @property
+    def section(self) -> Section:
+        return "not_run" if self.not_run else self.kind
 
 
 @dataclass(frozen=True)
@@ -121,6 +143,8 @@ class CredentialReport:
     windows: list[WindowUse]
     pause: Pause | None = None
     scope_note: str = ""
+    not_probed: dict[str, int] = field(default_factory=dict)
+    """Listed tenants that are not probed, by cause (those without a row included)."""
 
     def all_rows(self) -> list[Row]:
         """Every probe of the credential: the failing token (shown on its own), groups, healthy."""
@@ -130,7 +154,13 @@ class CredentialReport:
     @property
     def problems(self) -> int:
         """Failures (token included) that need someone; business state and not-run excluded."""
-        return sum(r.kind == "failure" for r in self.all_rows())
+        rows = sum(r.section == "failure" for r in self.all_rows())
+        return rows + self.not_probed.get(INVALID_TENANT_ID.name, 0)
+
+    @property
+    def not_probed_text(self) -> str:
+        """``3 not_activated, 12 invalid_tenant_id``: every reason a listed tenant is not probed."""
+        return ", ".join(f"{n} {cause}" for cause, n in self.not_probed.items() if n)
 
 
 @dataclass(frozen=True)
@@ -172,6 +202,8 @@ class Summary:
     business_by_cause: dict[str, int]
     not_run: int
     healthy: int
+    not_probed_by_cause: dict[str, int] = field(default_factory=dict)
+    """Listed tenants the agent does not probe, by cause, over every credential."""
 
 
 @dataclass(frozen=True)
@@ -187,18 +219,21 @@ class Report:
         return [row for cred in self.credentials for row in cred.all_rows()]
 
     def to_json(self) -> dict[str, Any]:
-        """A plain mapping for ``check --output json``: stable keys, no secrets."""
+        """A plain mapping for ``check --output json``: stable keys, no secrets. ``probes`` is
+        every probe flat, one object each, for scripts (``jq '.probes[] | select(.kind ==
+        "failure")'``); ``credentials`` holds the same rows grouped as the table shows them."""
         data = asdict(self)
         for cred, original in zip(data["credentials"], self.credentials, strict=True):
             for window, use in zip(cred["windows"], original.windows, strict=True):
                 window["utilization"] = round(use.ratio, 6)
+        data["probes"] = [row.to_json() for row in self.rows()]
         return data
 
 
-def build_report(agent: Agent) -> Report:
-    """The report of a running (or just-run) agent."""
-    now = agent.clock.time()
-    creds = [_credential(agent, prober.state, now) for prober in agent.probers]
+def build_report(snapshot: Snapshot) -> Report:
+    """The report of a running (or just-run) agent, from one snapshot of it."""
+    now = snapshot.taken_at
+    creds = [_credential(snapshot, cred, now) for cred in snapshot.credentials]
     creds.sort(key=lambda c: (not c.token_failed, c.problems == 0, c.name))
     return Report(__version__, now, _summary(creds), creds, _attention(creds))
 
@@ -217,8 +252,13 @@ def _attention(creds: list[CredentialReport]) -> list[Attention]:
             what = f"token issuance fails ({cred.token.status}); nothing else is run"
             anchor = token_anchor(cred.name)
             lines.append(Attention(cred.name, cred.token.cause, 1, what, [], anchor))
+        refused = cred.not_probed.get(INVALID_TENANT_ID.name, 0)
+        if refused:
+            what = f"{refused} listed {'tenant' if refused == 1 else 'tenants'}, not probed"
+            anchor = not_probed_anchor(cred.name)
+            lines.append(Attention(cred.name, INVALID_TENANT_ID.name, refused, what, [], anchor))
         for group in cred.groups:
-            if group.kind != "failure":
+            if group.section != "failure":
                 continue
             examples = [
                 Example(r.tenant_name, r.tenant_id, r.probe)
@@ -238,47 +278,52 @@ def pause_anchor(credential: str) -> str:
     return f"{credential}--pause"
 
 
-def _credential(agent: Agent, state: CredentialState, now: float) -> CredentialReport:
-    names = {t.id: t.name for t in state.tenants.values()}
-    token = state.result("", "token")
+def not_probed_anchor(credential: str) -> str:
+    return f"{credential}--not-probed"
+
+
+def _credential(snapshot: Snapshot, cred: CredentialSnapshot, now: float) -> CredentialReport:
+    names = {t.id: t.name for t in cred.tenants.values()}
+    token = cred.results.get(("", "token"))
     token_failed = token is not None and not token.success
     rows = [
         _row(r, names, now, token if token_failed else None)
-        for r in sorted(state.results.values(), key=display_order)
+        for r in sorted(cred.results.values(), key=display_order)
     ]
-    whoami = state.whoami
+    whoami = cred.whoami
     return CredentialReport(
-        name=state.name,
+        name=cred.name,
         identity=f"{whoami.id_type} {whoami.id}" if whoami else "identity not known yet",
-        tenants_listed=len(state.tenants),
-        tenants_probed=len(state.probed),
-        period_seconds=agent.period(state.name),
-        period_text=agent.explain_period(state.name),
+        tenants_listed=cred.tenants_listed,
+        tenants_probed=cred.probed,
+        period_seconds=cred.period,
+        period_text=cred.period_text,
         token_failed=token_failed,
         token=next((r for r in rows if r.probe == "token"), None),
         groups=_groups(
-            state.name,
-            [r for r in rows if r.kind != "ok" and not (token_failed and r.probe == "token")],
+            cred.name,
+            [r for r in rows if r.section != "ok" and not (token_failed and r.probe == "token")],
         ),
-        healthy=[r for r in rows if r.kind == "ok"],
-        windows=_windows(agent, state.name),
-        pause=_pause(agent, state.name, now),
-        scope_note=_scope_note(agent, state.name),
+        healthy=[r for r in rows if r.section == "ok"],
+        windows=_windows(snapshot, cred),
+        pause=_pause(cred, now),
+        scope_note=_scope_note(cred),
+        not_probed={cause: n for cause, n in cred.not_probed.items() if n},
     )
 
 
-def _pause(agent: Agent, credential: str, now: float) -> Pause | None:
-    info = agent.budget.pause_info(credential)
+def _pause(cred: CredentialSnapshot, now: float) -> Pause | None:
+    info = cred.pause
     if info is None or info.until <= now:
         return None
     return Pause(info.until_text(now), info.describe(), info.window, info.reason)
 
 
-def _scope_note(agent: Agent, credential: str) -> str:
+def _scope_note(cred: CredentialSnapshot) -> str:
     """With per-tenant rate windows, the table shows credential-level calls only: say so."""
-    if not agent.tenant_scope:
+    summary = cred.tenant_budgets
+    if summary is None:
         return ""
-    summary = agent.budget.tenant_budgets(credential)
     paused = f"; {summary.paused} paused after a 429" if summary.paused else ""
     return (
         "Rate windows counted per tenant (rate_limit_scope: tenant): "
@@ -288,33 +333,28 @@ def _scope_note(agent: Agent, credential: str) -> str:
 
 
 def _row(result: ProbeResult, names: dict[str, str], now: float, token: ProbeResult | None) -> Row:
-    kind = _kind(result, token)
+    kind = lookup(result.cause).kind
+    not_run = _not_run(result, token)
     return Row(
         credential=result.credential,
         tenant_id=result.tenant_id,
         tenant_name=names.get(result.tenant_id, ""),
         probe=result.probe,
-        status=NOT_RUN_NO_TOKEN
-        if kind == "not_run"
-        else status_text(result.status_code, result.error_code),
+        status=NOT_RUN_NO_TOKEN if not_run else status_text(result.status_code, result.error_code),
         error_code=result.error_code,
         cause=result.cause,
         kind=kind,
         remedy="" if kind == "ok" else result.remedy,
         age_seconds=max(0.0, now - result.timestamp),
+        last_run=result.timestamp,
+        not_run=not_run,
     )
 
 
-def _kind(result: ProbeResult, token: ProbeResult | None) -> Kind:
+def _not_run(result: ProbeResult, token: ProbeResult | None) -> bool:
     """A probe that failed only because no token could be had was not really run."""
-    if result.success:
-        return "ok"
-    if token is not None and result.probe != "token" and _same_failure(result, token):
-        return "not_run"
-    return "business" if result.cause in BUSINESS_CAUSES else "failure"
-
-
-def _same_failure(result: ProbeResult, token: ProbeResult) -> bool:
+    if result.success or token is None or result.probe == "token":
+        return False
     return (result.status_code, result.error_code, result.cause) == (
         token.status_code,
         token.error_code,
@@ -323,73 +363,80 @@ def _same_failure(result: ProbeResult, token: ProbeResult) -> bool:
 
 
 def _groups(credential: str, rows: list[Row]) -> list[CauseGroup]:
-    """Rows grouped by (kind, cause, remedy): the token first, then by kind, then the biggest."""
-    grouped: dict[tuple[Kind, str, str], list[Row]] = {}
+    """Rows grouped by (section, cause, remedy): the token first, then by section, then the
+    biggest."""
+    grouped: dict[tuple[Section, str, str], list[Row]] = {}
     for row in rows:
-        grouped.setdefault((row.kind, row.cause, row.remedy), []).append(row)
+        grouped.setdefault((row.section, row.cause, row.remedy), []).append(row)
     ordered = sorted(
         grouped.items(),
         key=lambda item: (
             not any(r.probe == "token" for r in item[1]),
-            _KIND_ORDER[item[0][0]],
+            _SECTION_ORDER[item[0][0]],
             -len(item[1]),
             item[0][1],
         ),
     )
     groups: list[CauseGroup] = []
     anchors: Counter[str] = Counter()
-    for (kind, cause, _), members in ordered:
+    for (section, cause, _), members in ordered:
         anchors[cause] += 1
         anchor = f"{credential}--{cause}" + (f"-{anchors[cause]}" if anchors[cause] > 1 else "")
-        groups.append(CauseGroup(cause, kind, _group_remedy(kind, members), members, anchor))
+        not_run = section == "not_run"
+        remedy = _group_remedy(not_run, members)
+        groups.append(CauseGroup(cause, members[0].kind, remedy, members, anchor, not_run))
     return groups
 
 
-def _group_remedy(kind: Kind, rows: list[Row]) -> str:
-    if kind == "not_run":
+def _group_remedy(not_run: bool, rows: list[Row]) -> str:
+    if not_run:
         return "Nothing was sent: fix the token first (see the token probe above)."
     return rows[0].remedy
 
 
-def _windows(agent: Agent, credential: str) -> list[WindowUse]:
-    calls = agent.budget.calls(credential)
+def _windows(snapshot: Snapshot, cred: CredentialSnapshot) -> list[WindowUse]:
+    """The exact calls of each trailing window: the numbers ``/metrics`` exports."""
     return [
         WindowUse(
             window,
-            calls.get(window, 0),
-            agent.budget.allowance[window],
-            agent.budget.limits[window],
+            cred.window_calls.get(window, 0),
+            snapshot.allowance[window],
+            snapshot.limits[window],
         )
         for window in WINDOWS
     ]
 
 
 def _summary(creds: list[CredentialReport]) -> Summary:
-    kinds: dict[str, Counter[str]] = {kind: Counter() for kind in _KIND_ORDER}
+    sections: dict[str, Counter[str]] = {section: Counter() for section in _SECTION_ORDER}
+    not_probed: Counter[str] = Counter()
     for cred in creds:
         for row in cred.all_rows():
-            kinds[row.kind][row.cause] += 1
-    failing, business = kinds["failure"], kinds["business"]
+            sections[row.section][row.cause] += 1
+        not_probed.update(cred.not_probed)
+    failing, business = sections["failure"], sections["business"]
     return Summary(
         credentials=len(creds),
         credentials_without_token=sum(c.token_failed for c in creds),
         tenants=sum(c.tenants_listed for c in creds),
-        probes=sum(sum(counter.values()) for counter in kinds.values()),
+        probes=sum(sum(counter.values()) for counter in sections.values()),
         failing=sum(failing.values()),
         failing_by_cause=dict(failing.most_common()),
         business=sum(business.values()),
         business_by_cause=dict(business.most_common()),
-        not_run=sum(kinds["not_run"].values()),
-        healthy=sum(kinds["ok"].values()),
+        not_run=sum(sections["not_run"].values()),
+        healthy=sum(sections["ok"].values()),
+        not_probed_by_cause=dict(not_probed.most_common()),
     )
 
 
 def status_text(status_code: int, error_code: str = "") -> str:
     """The HTTP status as people read it: "no answer" rather than "0", "not probed" when the
-    agent sent nothing on purpose."""
+    agent sent nothing on purpose (a cause whose ``sent`` is False)."""
     if status_code != 0:
         return str(status_code)
-    return NOT_PROBED if error_code in SKIP_CAUSES else NO_ANSWER
+    words = lookup(error_code).status_words if error_code else None
+    return words or NO_ANSWER
 
 
 def plain_remedy(text: str) -> str:
