@@ -2,6 +2,8 @@
 
 Renaming or removing one breaks somebody's dashboard or alert; add, never rename."""
 
+from agent.causes import LABEL_VALUES
+
 PREFIX = "sophos_central_"
 
 API_REQUESTS_TOTAL = "sophos_central_api_requests_total"
@@ -51,30 +53,8 @@ STABLE_METRICS = (
     PROBE_CAUSE_INFO,
 )
 
-CAUSES = (
-    "ok",
-    "invalid_credentials",
-    "token_rejected",
-    "partner_id_mismatch",
-    "trial_account",
-    "partner_assistance_disabled",
-    "forbidden",
-    "bad_request",
-    "not_found",
-    "rate_limited",
-    "sophos_server_error",
-    "sophos_unavailable",
-    "network_error",
-    "host_not_allowed",
-    "not_activated",
-    # Addition: a 2XX whose body does not have the documented shape.
-    "invalid_response",
-    # Additions: whoami sent to a data-region host (it answers 504), and HTTP 451.
-    "wrong_api_host",
-    "export_restricted",
-    # Addition: the outbound proxy refused the call or could not be reached (status "0").
-    "proxy_error",
-)
+CAUSES = LABEL_VALUES
+"""The values of the ``cause`` label: the cause table's (``agent.causes``), never a copy."""
 
 PROBES = ("token", "whoami", "tenant_list", "tenant")
 WINDOWS = ("1s", "1m", "1h", "1d")

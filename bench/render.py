@@ -12,7 +12,8 @@ fed the same observations; both pages are parsed and compared sample by sample b
 timed. Timings are medians in this process:
 
 - agent, cold: every probe result replaced since the last scrape (all 10,000 tenants probed in
-  between: the worst case; replacing them is not timed);
+  between: the worst case; replacing them is not timed); each agent render includes building
+  the snapshot it renders, as every scrape does;
 - agent, warm: nothing changed since the last scrape (a stretched period: the usual case);
 - plain: ``generate_latest`` of the registry;
 - gzip: the agent's page compressed as ``/metrics`` serves it when asked.
@@ -34,10 +35,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent.classify import ErrorCodeGuard, Outcome
 from agent.client import CallRecord
 from agent.clock import FakeClock
-from agent.metrics import DURATION_BUCKETS, HELP, AgentMetrics, CredentialView, gzip_bytes
+from agent.metrics import DURATION_BUCKETS, HELP, AgentMetrics, gzip_bytes
 from agent.probes import CredentialState, ProbeResult
 from agent.ratebudget import DEFAULT_LIMITS, RateBudget
 from agent.simulator import build_scenario
+from agent.snapshot import Snapshot, credential_snapshot
 from agent.sophos import Tenant, Token, WhoAmI
 
 CREDENTIAL = "msp-scale"
@@ -52,10 +54,24 @@ OUTCOMES = (
 @dataclasses.dataclass
 class Fixture:
     metrics: AgentMetrics
-    views: list[CredentialView]
     budget: RateBudget
     records: list[CallRecord]
     state: CredentialState
+    whoami: WhoAmI
+
+    def snapshot(self) -> Snapshot:
+        """What the agent builds for each scrape (its cost is part of every render timed)."""
+        self.state.whoami = self.whoami
+        view = credential_snapshot(
+            self.state,
+            token=Token("t", issued_at=NOW, expires_at=NOW + 3600),
+            period=586_016.0,
+            period_text="",
+            refresh_interval=17_756.0,
+            window_calls={"1s": 0, "1m": 7, "1h": 93, "1d": 2_204},
+            pauses_total=self.budget.pauses_total(CREDENTIAL),
+        )
+        return Snapshot(NOW, (view,), self.budget.limits, self.budget.allowance)
 
 
 def build(tenants: int = 10_000) -> Fixture:
@@ -101,16 +117,7 @@ def build(tenants: int = 10_000) -> Fixture:
     clock = FakeClock(start=NOW)
     budget = RateBudget(DEFAULT_LIMITS, 0.1, clock)
     whoami = WhoAmI(id=scenario.id, id_type="partner", global_url="https://api.central.sophos.com")
-    view = CredentialView(
-        state=state,
-        token=Token("t", issued_at=NOW, expires_at=NOW + 3600),
-        whoami=whoami,
-        probe_interval=586_016.0,
-        budget_key=CREDENTIAL,
-        refresh_interval=17_756.0,
-        window_calls={"1s": 0, "1m": 7, "1h": 93, "1d": 2_204},
-    )
-    return Fixture(metrics, [view], budget, records, state)
+    return Fixture(metrics, budget, records, state, whoami)
 
 
 def _result(tenant_id: str, probe: str, status: int, code: str, cause: str, i: int) -> ProbeResult:
@@ -200,7 +207,7 @@ def run(runs: int = 15) -> dict[str, Any]:
     fixture = build()
 
     def render() -> bytes:
-        return fixture.metrics.render(fixture.views, fixture.budget)
+        return fixture.metrics.render(fixture.snapshot())
 
     page = render().decode()
     registry = plain_registry(fixture, page)

@@ -8,13 +8,14 @@ import ssl
 import httpx
 import pytest
 
+from agent.causes import TABLE
 from agent.classify import (
     ErrorCodeGuard,
     Outcome,
     classify_exception,
     classify_response,
 )
-from agent.diagnosis import REMEDIES, Context, diagnose
+from agent.diagnosis import Context, diagnose
 from agent.sophos import Tenant
 from agent.transport import ProxyFailure
 
@@ -219,7 +220,7 @@ DIAGNOSES = [
     ("whoami", Outcome(0, "proxy_unreachable"), None, "proxy_error"),
     ("tenant", Outcome(200, ""), None, "ok"),
     ("whoami", Outcome(200, "invalid_response"), None, "invalid_response"),
-    ("tenant", Outcome(0, "trial_account"), None, "trial_account"),
+    ("tenant", Outcome(0, "trial_without_host"), None, "trial_without_host"),
     # A call that could not get a token carries the token endpoint's answer, whatever its code.
     ("whoami", Outcome(400, "customer.validation", from_token=True), None, "invalid_credentials"),
     ("tenant", Outcome(401, "OAuth.Invalid_Client_Secret"), None, "invalid_credentials"),
@@ -303,4 +304,4 @@ def test_a_proxy_error_remedy_names_the_proxy_by_host_and_port_only() -> None:
     diagnosis = diagnose("token", classify_exception(failure))
     assert diagnosis.cause == "proxy_error"
     assert diagnosis.remedy.endswith(" Proxy: proxy.example:3128.")
-    assert diagnose("token", Outcome(0, "proxy_refused")).remedy == REMEDIES["proxy_error"]
+    assert diagnose("token", Outcome(0, "proxy_refused")).remedy == TABLE["proxy_error"].remedy

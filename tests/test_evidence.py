@@ -10,8 +10,9 @@ import pytest
 from agent.classify import classify_response
 from agent.cli import main
 from agent.client import CallRecord
-from agent.evidence import EvidenceRecorder, load_evidence, render_markdown
+from agent.evidence import EvidenceRecorder, load_evidence
 from agent.statefile import StateFile
+from agent.views.support import render_markdown
 
 CANARY_TOKEN = "canary-token-4242-do-not-leak"
 
@@ -231,3 +232,96 @@ def test_the_status_line_agrees_with_the_counts_beside_it(
     text = render_markdown(load_evidence(store))
     assert f"- Status: **{state}**; last 5XX answer HTTP 500" in text
     assert f"- How often: {often} calls since first seen" in text
+
+
+# -- evidence about what is gone is history -----------------------------------------------------
+
+
+def _bundle(config: Path, capsys: pytest.CaptureFixture[str], fmt: str = "md") -> str:
+    capsys.readouterr()
+    assert main(["support-bundle", "--config", str(config), "--format", fmt]) == 0
+    return capsys.readouterr().out
+
+
+def _section(markdown: str, tenant_id: str) -> str:
+    """The bundle's section of one tenant's probe, from its heading to the next one."""
+    return markdown.split(f"({tenant_id})", 1)[1].split("\n## ", 1)[0]
+
+
+async def test_evidence_of_a_departed_tenant_and_a_removed_credential_is_history(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Both tenants answer 500 until their evidence is persistent. Then one leaves the tenant
+    list and the other's credential is removed from the config: /support and support-bundle
+    (both formats) keep their evidence as history, never as "failing now"."""
+    import yaml
+
+    from agent.config import load_settings
+    from agent.runtime import Agent
+    from agent.simulator import Simulator, build_scenario
+    from agent.views.support import render_support_page
+    from tests.e2e.harness import GENEROUS_LIMITS
+
+    scenario = build_scenario("healthy")
+    scenario.rate_limits.update(GENEROUS_LIMITS)
+    sim = Simulator(scenario, host="127.0.0.1", port=0)
+    await sim.start()
+    try:
+        msp, org = sim.scenario.credential("msp-healthy"), sim.scenario.credential("org-healthy")
+        leaving, staying = msp.tenants[3], org.tenants[1]
+        for tenant in (leaving, staying):
+            sim.set_fault(tenant.id, "server_error_500")
+        config = {
+            **sim.agent_config(),
+            "state_file": str(tmp_path / "state.db"),
+            "budget_share": 1.0,
+        }
+        full = tmp_path / "config.yml"
+        full.write_text(yaml.safe_dump(config, sort_keys=False))
+        agent = Agent(load_settings(full), process_metrics=False)
+        try:
+            for _ in range(3):
+                await agent.run_cycle()
+            before = render_support_page(agent.snapshot(evidence=True))
+            msp.tenants.remove(leaving)  # it leaves the partner's tenant list
+            await agent.run_cycle()
+            after = render_support_page(agent.snapshot(evidence=True))
+        finally:
+            await agent.stop(grace=0)
+    finally:
+        await sim.stop()
+
+    assert "**failing now, persistent (3 5XX in a row" in _section(before, leaving.id)
+    assert "# History" not in before
+    current, history = after.split("\n# History\n", 1)
+    assert f"({staying.id})" in current and "failing now" in _section(current, staying.id)
+    assert f"({leaving.id})" in history and "failing now" not in _section(after, leaving.id)
+    assert "history (the tenant left the tenant list): when last probed it was failing" in (
+        _section(after, leaving.id)
+    )
+    assert "- History: the tenant left the tenant list (since 20" in _section(after, leaving.id)
+
+    # support-bundle reads the state file alone: the departure was written there.
+    assert _bundle(full, capsys) == after
+    items = {e["tenant_id"]: e for e in json.loads(_bundle(full, capsys, "json"))["evidence"]}
+    assert items[leaving.id]["current"] is False
+    assert items[leaving.id]["history"] == "the tenant left the tenant list"
+    assert items[staying.id]["current"] is True
+    assert "failing now" in items[staying.id]["state"]
+
+    # The org credential is removed from the config: its evidence is history too.
+    config["credentials"] = [c for c in config["credentials"] if c["name"] != org.name]
+    reduced = tmp_path / "reduced.yml"
+    reduced.write_text(yaml.safe_dump(config, sort_keys=False))
+    markdown = _bundle(reduced, capsys)
+    assert "\n# History\n" in markdown and "failing now" not in markdown
+    assert "history (the credential is no longer in the config)" in _section(markdown, staying.id)
+    items = {e["tenant_id"]: e for e in json.loads(_bundle(reduced, capsys, "json"))["evidence"]}
+    assert [items[t.id]["current"] for t in (leaving, staying)] == [False, False]
+    agent = Agent(load_settings(reduced), process_metrics=False)
+    try:
+        page = render_support_page(agent.snapshot(evidence=True))
+    finally:
+        await agent.stop(grace=0)
+    assert "failing now" not in page
+    assert "history (the credential is no longer in the config)" in _section(page, staying.id)

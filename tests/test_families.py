@@ -12,10 +12,11 @@ from agent.clock import FakeClock
 from agent.config import ConfigError, Settings, load_settings
 from agent.families import BUILTINS
 from agent.hosts import HostPolicy
-from agent.metrics import AgentMetrics, CredentialView
+from agent.metrics import AgentMetrics
 from agent.probes import CredentialProber, display_order
 from agent.ratebudget import RateBudget
 from agent.sophos import Tenant
+from tests.snapshots import snapshot_of
 
 REGION = "https://api-eu01.central.sophos.com"
 CRED = {"name": "c1", "client_id": "client-id-1", "client_secret": "secret-1"}
@@ -283,11 +284,9 @@ async def test_consecutive_failures_count_per_probe_and_reset_on_success() -> No
     }
     prober = _prober(responses, clock)
     metrics = AgentMetrics(process_registry=None)
-    budget = RateBudget({"1s": 10, "1m": 100, "1h": 1000, "1d": 50000}, 0.1, clock)
 
     def gauge(probe: str) -> str:
-        view = CredentialView(prober.state, None, None, 60.0, "c1")
-        page = metrics.render([view], budget).decode()
+        page = metrics.render(snapshot_of(prober.state)).decode()
         name = "sophos_central_probe_consecutive_failures"
         labels = f'{{credential="c1",tenant_id="t1",probe="{probe}"}}'
         (line,) = [x for x in page.splitlines() if x.startswith(name + labels)]
@@ -329,7 +328,7 @@ async def test_credential_level_probes_count_their_failures_with_an_empty_tenant
     for _ in range(3):
         await prober.probe_token()
         await clock.advance(1.0)
-        page = metrics.render([CredentialView(prober.state, None, None, 60.0, "c1")], budget)
+        page = metrics.render(snapshot_of(prober.state))
         (found,) = [x for x in page.decode().splitlines() if x.startswith(line)]
         seen.append(found.rsplit(" ", 1)[1])
 

@@ -14,9 +14,7 @@ import math
 import re
 import ssl
 import threading
-from collections.abc import Mapping
 from html.parser import HTMLParser
-from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -26,6 +24,7 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent import metricnames as m
+from agent.causes import LABEL_VALUES, TABLE
 from agent.classify import (
     MAX_DISTINCT_ERROR_CODES,
     TRANSPORT_CODES,
@@ -35,8 +34,8 @@ from agent.classify import (
     classify_response,
 )
 from agent.client import CallRecord
-from agent.diagnosis import REMEDIES, Context, diagnose
-from agent.metrics import AgentMetrics, CredentialView
+from agent.diagnosis import Context, diagnose
+from agent.metrics import AgentMetrics
 from agent.probes import CredentialState, ProbeResult
 from agent.ratebudget import parse_retry_after
 from agent.simulator.bodies import deep_json, huge_body
@@ -48,7 +47,8 @@ from agent.sophos import (
     parse_token,
     parse_whoami,
 )
-from agent.status_page import render_status_page
+from agent.views.status import render_status_page
+from tests.snapshots import snapshot_of
 
 LABEL_CODE = re.compile(r"\A[A-Za-z][A-Za-z0-9_.:-]{0,63}\Z")
 TENANT_ID = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")
@@ -413,6 +413,8 @@ def assert_label_safe_tenant(tenant: Tenant) -> None:
         assert tenant.api_host.startswith(("https://", "http://"))
         assert httpx.URL(tenant.api_host).host
         assert tenant.api_host.isprintable() and len(tenant.api_host) <= 2048
+    # Why an apiHost was refused is the agent's own words, never the value from the answer.
+    assert len(tenant.api_host_problem) <= 40 and tenant.api_host_problem.isprintable()
 
 
 @settings(max_examples=400)
@@ -541,21 +543,11 @@ def test_every_outcome_gets_a_contract_cause_and_a_remedy(
 
 
 def test_every_cause_has_a_remedy_and_every_remedy_a_cause() -> None:
-    assert set(REMEDIES) == set(m.CAUSES)
+    assert set(m.CAUSES) == set(LABEL_VALUES) <= set(TABLE)
+    assert all(cause.remedy for cause in TABLE.values())
 
 
 # -- rendering hostile tenants -------------------------------------------------------------------
-
-
-class Budget:
-    limits: Mapping[str, int] = {"1s": 10, "1m": 100, "1h": 1000, "1d": 50000}
-    allowance: Mapping[str, int] = {"1s": 1, "1m": 10, "1h": 100, "1d": 5000}
-
-    def calls(self, credential: str) -> Mapping[str, int]:
-        return {"1s": 0, "1m": 3, "1h": 9, "1d": 12}
-
-    def pauses_total(self, credential: str) -> int:
-        return 0
 
 
 def hostile_state(names: list[str], codes: list[str]) -> CredentialState:
@@ -607,8 +599,8 @@ def render(state: CredentialState, metrics: AgentMetrics) -> str:
                 started_at=1_700_000_000.0,
             )
         )
-    view = CredentialView(state=state, token=None, whoami=None, probe_interval=60, budget_key="k")
-    return metrics.render([view], Budget()).decode("utf-8")
+    window_calls = {"1s": 0, "1m": 3, "1h": 9, "1d": 12}
+    return metrics.render(snapshot_of(state, window_calls=window_calls)).decode("utf-8")
 
 
 EXAMPLE_NAMES = [
@@ -657,22 +649,7 @@ def test_metrics_stay_parseable_whatever_the_tenant_names(
 
 def test_status_page_escapes_hostile_tenant_names() -> None:
     state = hostile_state(EXAMPLE_NAMES, ["Forbidden"])
-    budget = Budget()
-    budget_view = SimpleNamespace(
-        calls=budget.calls,
-        limits=budget.limits,
-        allowance=budget.allowance,
-        pause_info=lambda _credential: None,
-    )
-    agent = SimpleNamespace(
-        clock=SimpleNamespace(time=lambda: 1_700_000_030.0),
-        probers=[SimpleNamespace(state=state)],
-        period=lambda _name: 60.0,
-        explain_period=lambda _name: "every 60 s: as configured (probe_interval)",
-        budget=budget_view,
-        tenant_scope=False,
-    )
-    page = render_status_page(agent)  # type: ignore[arg-type]
+    page = render_status_page(snapshot_of(state, now=1_700_000_030.0))
     page.encode("utf-8")
     assert page.count("<script") == 1  # the page's own filter script; no name injected one
     shown = visible_text(page)
@@ -777,7 +754,8 @@ async def test_a_tenant_answer_that_is_not_json_is_an_invalid_response_not_ok(
 def test_a_5xx_body_stays_inside_its_code_block_in_the_support_bundle(
     body: str, header: str
 ) -> None:
-    from agent.evidence import Evidence, render_markdown
+    from agent.evidence import Evidence
+    from agent.views.support import render_markdown
 
     item = Evidence(
         owner="",

@@ -26,9 +26,10 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from agent.causes import TABLE
 from agent.classify import classify_response
 from agent.config import Settings
-from agent.diagnosis import REMEDIES, Context, diagnose
+from agent.diagnosis import Context, diagnose
 from agent.evidence import load_evidence
 from agent.probes import CredentialProber, ProbeResult
 from agent.runtime import Agent
@@ -475,7 +476,7 @@ async def test_the_prober_meets_every_answer(
 
     assert (result.cause, result.success) == (case.cause, case.cause == "ok")
     assert result.error_code == case.error_code
-    assert result.remedy == REMEDIES[case.cause]
+    assert result.remedy == TABLE[case.cause].remedy
     assert f'cause="{case.cause}"' in metrics
     if case.status < 300:
         assert failures.records == []
@@ -523,12 +524,12 @@ async def test_a_trial_tenant_without_api_host_is_reported_and_never_called(
         finally:
             await agent.stop(grace=0)
 
-    assert state.skipped == {TRIAL_ID: "trial_account"}
+    assert state.skipped == {TRIAL_ID: "trial_without_host"}
     result = state.result(TRIAL_ID, "tenant")
     assert result is not None
-    assert (result.cause, result.status_code, result.success) == ("trial_account", 0, False)
+    assert (result.cause, result.status_code, result.success) == ("trial_without_host", 0, False)
     assert "not an outage" in result.remedy
-    assert 'sophos_central_tenants{credential="replay",state="trial_account"} 1' in metrics
+    assert 'sophos_central_tenants{credential="replay",state="trial_without_host"} 1' in metrics
     assert 'sophos_central_tenants{credential="replay",state="not_activated"} 0' in metrics
     assert failures.records == []  # not a failed probe: reported once as a tenant not probed
 

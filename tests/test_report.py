@@ -3,31 +3,18 @@ counted, and how the terminal table lines up when tenant names are Chinese or Ja
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from types import SimpleNamespace
-from typing import Any
-
 from wcwidth import wcswidth
 
-from agent.cli import format_check
-from agent.diagnosis import REMEDIES
+from agent.causes import NOT_PROBED, TABLE
 from agent.probes import CredentialState, ProbeResult
-from agent.report import NO_ANSWER, NOT_PROBED, NOT_RUN_NO_TOKEN, Report, build_report
+from agent.snapshot import Snapshot
 from agent.sophos import parse_tenant
-from agent.status_page import remedy_html
+from agent.views.check import format_check
+from agent.views.report import NO_ANSWER, NOT_RUN_NO_TOKEN, Report, build_report
+from agent.views.status import remedy_html
+from tests.snapshots import NOW, snapshot_of
 
-NOW = 1_700_000_100.0
-
-
-class Budget:
-    limits: Mapping[str, int] = {"1s": 10, "1m": 100, "1h": 1000, "1d": 50000}
-    allowance: Mapping[str, int] = {"1s": 1, "1m": 10, "1h": 100, "1d": 5000}
-
-    def calls(self, credential: str) -> Mapping[str, int]:
-        return {"1s": 0, "1m": 3, "1h": 22, "1d": 120}
-
-    def pause_info(self, credential: str) -> None:
-        return None
+REMEDIES = {name: cause.remedy for name, cause in TABLE.items()}
 
 
 def result(
@@ -66,14 +53,13 @@ def state(name: str, tenants: dict[str, str], results: list[ProbeResult]) -> Cre
     return st
 
 
-def agent_of(*states: CredentialState) -> Any:
-    return SimpleNamespace(
-        clock=SimpleNamespace(time=lambda: NOW),
-        probers=[SimpleNamespace(state=s) for s in states],
-        period=lambda _name: 13_680.0,
-        explain_period=lambda _name: "every 3.8 h: stretched to fit the rate budget",
-        budget=Budget(),
-        tenant_scope=False,
+def agent_of(*states: CredentialState) -> Snapshot:
+    return snapshot_of(
+        *states,
+        period=13_680.0,
+        period_text="every 3.8 h: stretched to fit the rate budget",
+        window_calls={"1s": 0, "1m": 3, "1h": 22, "1d": 120},
+        limits={"1s": 10, "1m": 100, "1h": 1000, "1d": 50000},
     )
 
 
@@ -120,7 +106,7 @@ def test_a_credential_without_a_token_comes_first_and_its_other_probes_were_not_
     assert first.name == "revoked-key" and first.token_failed
     assert first.token is not None and first.token.status == "401"
     (group,) = first.groups
-    assert group.kind == "not_run"
+    assert group.section == "not_run" and group.kind == "failure"  # the cause keeps its kind
     assert [r.status for r in group.rows] == [NOT_RUN_NO_TOKEN]
     assert report.attention[0].credential == "revoked-key"
     assert "token issuance fails (401)" in report.attention[0].what

@@ -19,15 +19,15 @@ from agent.classify import ErrorCodeGuard, Outcome
 from agent.client import CallRecord
 from agent.clock import FakeClock
 from agent.config import Settings
-from agent.metrics import AgentMetrics, CredentialView
+from agent.metrics import AgentMetrics
 from agent.planner import REFRESH_SHARE
 from agent.probes import CredentialState, ProbeResult
-from agent.ratebudget import DEFAULT_LIMITS, RateBudget
 from agent.runtime import Agent
 from agent.scheduler import CredentialSchedule
 from agent.simulator import build_scenario
 from agent.sophos import Tenant
 from tests.e2e.harness import parse_metrics, start_stack, stop_stack, wait_for
+from tests.snapshots import snapshot_of
 
 Samples = list[tuple[str, dict[str, str], float]]
 
@@ -179,12 +179,8 @@ def test_a_page_of_ten_thousand_tenants_parses_with_every_series_once() -> None:
                 started_at=result.timestamp,
             )
         )
-    budget = RateBudget(DEFAULT_LIMITS, 1.0, FakeClock())
-    view = CredentialView(
-        state=state, token=None, whoami=None, probe_interval=60.0, budget_key=state.name
-    )
-    first = metrics.render([view], budget)
-    again = metrics.render([view], budget)
+    first = metrics.render(snapshot_of(state))
+    again = metrics.render(snapshot_of(state))
     assert first == again, "cached lines render the same page"
     families = {f.name: f for f in text_string_to_metric_families(first.decode())}
     keys = [

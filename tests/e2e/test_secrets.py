@@ -34,12 +34,13 @@ import yaml
 
 from agent.cli import main, run_check
 from agent.config import load_settings
-from agent.evidence import load_evidence, render_json, render_markdown
+from agent.evidence import load_evidence
 from agent.logs import LogfmtFormatter, setup_logging
 from agent.runtime import Agent
 from agent.server import AgentService
 from agent.simulator import SCENARIO_NAMES, Simulator, build_scenario
 from agent.statefile import StateFile
+from agent.views.support import render_json, render_markdown
 from tests.e2e.harness import wait_for
 
 SCENARIOS = [name for name in SCENARIO_NAMES if not name.startswith("scale")]
