@@ -11,8 +11,10 @@ from typing import Any
 
 import pytest
 import yaml
+from grafana_foundation_sdk.models import dashboard as dm
 
 from agent import metricnames
+from agent.causes import CONFIRMED_AFTER, KINDS, NOT_PROBED, TABLE
 from tools import gen_dashboards
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,7 +43,7 @@ def load(path: Path) -> dict[str, Any]:
 
 
 def panel_exprs(model: dict[str, Any]) -> list[str]:
-    return [t["expr"] for p in model["panels"] for t in p.get("targets", [])]
+    return list(gen_dashboards.expressions(model))
 
 
 def variable_queries(model: dict[str, Any]) -> list[str]:
@@ -102,7 +104,13 @@ def metric_names(expr: str) -> set[str]:
 
 
 def all_panels() -> list[tuple[str, dict[str, Any]]]:
-    return [(path.name, panel) for path in DASHBOARDS for panel in load(path)["panels"]]
+    """Every panel that shows data (rows only hold panels)."""
+    return [
+        (path.name, panel)
+        for path in DASHBOARDS
+        for panel in load(path)["panels"]
+        if panel["type"] != "row"
+    ]
 
 
 # --- generated, committed, in sync ----------------------------------------------------------
@@ -236,25 +244,77 @@ def test_provisioning_files() -> None:
 # --- causes, results and the drill-down --------------------------------------------------------
 
 
-def test_every_cause_has_a_colour_and_not_probed_is_not_a_failure() -> None:
-    """A cause without an entry would show uncoloured; a tenant the exporter skips on purpose
-    (no API host yet, a trial without one, a host outside allowed_api_hosts) must not be red."""
-    assert set(metricnames.CAUSES) <= set(gen_dashboards.CAUSE_KINDS)
-    kinds = gen_dashboards.CAUSE_KINDS
-    colours = gen_dashboards.KIND_COLOURS
-    for cause in ("not_activated", "trial_account", "host_not_allowed"):
-        assert kinds[cause] == "not_probed"
-    assert colours["not_probed"] not in {colours["failure"], colours["ok"]}
-    detail = load(ROOT / "dashboards" / "sophos-central-tenant-detail.json")
-    [families] = [p for p in detail["panels"] if p["title"] == "Probe families"]
-    [cause_column] = [
-        o for o in families["fieldConfig"]["overrides"] if o["matcher"]["options"] == "Cause"
-    ]
-    [mapping] = [p["value"] for p in cause_column["properties"] if p["id"] == "mappings"]
-    shown = mapping[0]["options"]
-    assert shown["trial_account"]["color"] == colours["not_probed"]
-    assert "not probed" in shown["trial_account"]["text"]
-    assert shown["sophos_server_error"]["color"] == colours["failure"]
+def value_mappings(model: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every value-mapping option of a dashboard: in field defaults and in overrides."""
+    found = []
+    for panel in model["panels"]:
+        config = panel.get("fieldConfig") or {}
+        lists = [(config.get("defaults") or {}).get("mappings") or []]
+        for override in config.get("overrides") or []:
+            lists += [p["value"] for p in override["properties"] if p["id"] == "mappings"]
+        for mappings in lists:
+            for mapping in mappings:
+                if mapping["type"] == "value":
+                    found.append(mapping["options"])
+    return found
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_every_cause_has_its_kinds_colour_and_not_probed_only_where_nothing_was_sent(
+    path: Path,
+) -> None:
+    """One colour per kind, the same on every dashboard, from the agent's cause table; the
+    words "not probed" for a cause only when nothing was sent."""
+    shown = [o for o in value_mappings(load(path)) if "sophos_server_error" in o]
+    for options in shown:
+        assert set(options) == set(TABLE)
+        for name, cause in TABLE.items():
+            assert options[name]["color"] == KINDS[cause.kind].grafana, name
+            assert (NOT_PROBED in options[name]["text"]) == (not cause.sent), name
+    kinds = [o for o in value_mappings(load(path)) if set(o) == set(KINDS)]
+    for options in kinds:
+        assert {k: v["color"] for k, v in options.items()} == {
+            k: style.grafana for k, style in KINDS.items()
+        }
+    for name, colour in gen_dashboards.cause_colour_overrides():
+        assert colour == KINDS[TABLE[name].kind].grafana
+
+
+def test_last_result_values_are_coloured_by_kind_and_say_not_probed_in_words() -> None:
+    (mapping,) = gen_dashboards.result_mappings()
+    assert isinstance(mapping, dm.ValueMap)
+    options = mapping.options
+    for value, (kind, sent, text) in enumerate(gen_dashboards.RESULTS):
+        assert options[str(value)].color == KINDS[kind].grafana
+        assert (text == NOT_PROBED.capitalize()) == (not sent)
+
+
+def test_the_confirmation_threshold_is_the_agents() -> None:
+    _, confirming, confirmed = gen_dashboards.confirmation_mappings()
+    assert isinstance(confirming, dm.RangeMap) and isinstance(confirmed, dm.RangeMap)
+    assert confirming.options.to == CONFIRMED_AFTER - 1
+    assert confirmed.options.from_val == CONFIRMED_AFTER
+
+
+def test_panels_are_placed_by_the_sdks_flow_layout_in_rows() -> None:
+    """No hand-placed coordinates: every panel says its size, the SDK places it, and every
+    dashboard is split into titled rows."""
+    source = Path(gen_dashboards.__file__).read_text(encoding="utf-8")
+    assert "GridPos(" not in source and "grid_pos(" not in source
+    for path in DASHBOARDS:
+        panels = load(path)["panels"]
+        assert panels[0]["type"] == "row"
+        seen: set[tuple[int, int]] = set()
+        for panel in panels:
+            pos = panel["gridPos"]
+            assert pos["x"] + pos["w"] <= 24
+            cells = {
+                (x, y)
+                for x in range(pos["x"], pos["x"] + pos["w"])
+                for y in range(pos["y"], pos["y"] + pos["h"])
+            }
+            assert not cells & seen, f"{path.name}: {panel['title']} overlaps another panel"
+            seen |= cells
 
 
 def test_drill_down_shows_one_credential_and_one_tenant() -> None:
@@ -278,6 +338,7 @@ def test_tenant_links_open_the_drill_down_of_that_row() -> None:
     links = [
         link["url"]
         for panel in tenants["panels"]
+        if panel["type"] != "row"
         for override in panel["fieldConfig"]["overrides"]
         for prop in override["properties"]
         if prop["id"] == "links"
@@ -291,32 +352,37 @@ def test_tenant_links_open_the_drill_down_of_that_row() -> None:
         assert "var-tenant=${__data.fields.tenant_id}" in url
 
 
-def test_last_result_tells_not_probed_from_failed_and_ok(tmp_path: Path) -> None:
-    """Evaluated by Prometheus's own engine (promtool test rules) on three tenants: one OK, one
-    answering 500, one without an API host. 1, 0 and 2 are what the value mappings colour."""
+def test_last_result_tells_failed_ok_business_and_not_probed_apart(tmp_path: Path) -> None:
+    """Evaluated by Prometheus's own engine (promtool test rules) on one tenant per way a last
+    result can read: OK, a 500, a trial's 403, one not activated, one whose host is refused. The
+    values are what the value mappings colour (by kind) and name."""
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.fail("promtool not found on PATH; install it with: apt-get install -y prometheus")
     base = 'job="sophos", instance="a:9866", credential="msp"'
+    tenants = {
+        "t-ok": "ok",
+        "t-500": "sophos_server_error",
+        "t-trial": "trial_account",
+        "t-new": "not_activated",
+        "t-foreign": "host_not_allowed",
+    }
     series = []
-    for tenant, success, cause in (
-        ("t-ok", 1, "ok"),
-        ("t-500", 0, "sophos_server_error"),
-        ("t-new", 0, "not_activated"),
-    ):
+    for tenant, cause in tenants.items():
         labels = f'{base}, tenant_id="{tenant}", probe="tenant"'
-        series.append(
-            {"series": f"{metricnames.PROBE_SUCCESS}{{{labels}}}", "values": f"{success}x2"}
-        )
+        kind = TABLE[cause].kind
         series.append(
             {
-                "series": f'{metricnames.PROBE_CAUSE_INFO}{{{labels}, cause="{cause}"}}',
+                "series": f'{metricnames.PROBE_CAUSE_INFO}{{{labels}, cause="{cause}", '
+                f'kind="{kind}"}}',
                 "values": "1x2",
             }
         )
+    index = {(kind, sent): value for value, (kind, sent, _) in enumerate(gen_dashboards.RESULTS)}
+    expected = [(t, index[(TABLE[c].kind, TABLE[c].sent)]) for t, c in tenants.items()]
+    assert sorted(v for _, v in expected) == list(range(len(gen_dashboards.RESULTS)))
     by = "credential, tenant_id, probe"
     expr = substitute(gen_dashboards.result_expr(by, 'tenant_id!=""'))
-    expected = [("t-ok", 1), ("t-500", 0), ("t-new", 2)]
     tests = {
         "rule_files": [],
         "evaluation_interval": "1m",
