@@ -12,6 +12,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -400,6 +401,64 @@ async def test_check_failures_only_and_json_for_scripts(sim: Simulator, tmp_path
     assert row["cause"] == group["cause"] and group["remedy"]
     assert {w["window"] for w in cred["windows"]} == {"1s", "1m", "1h", "1d"}
     assert cred_secret(sim) not in result.stdout
+
+
+PROBE_KEYS = {
+    "credential",
+    "tenant_id",
+    "tenant_name",
+    "probe",
+    "status",
+    "error_code",
+    "cause",
+    "kind",
+    "remedy",
+    "last_run",
+}
+
+
+async def test_check_json_lists_every_probe_flat_so_jq_selects_by_kind(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """``check --output json | jq '.probes[] | select(.kind == "failure")'`` lists exactly what
+    needs someone: the 500, not the tenant without Partner Assistance (business state)."""
+    jq = shutil.which("jq")
+    if jq is None:
+        pytest.fail("jq not found on PATH; install it with: apt-get install -y jq", pytrace=False)
+    failing, business = sim.scenario.credential("msp-healthy").tenants[4:6]
+    sim.set_fault(failing.id, "server_error_500")
+    business.billing_type = "term"
+    sim.set_fault(business.id, "no_partner_assistance_403")
+    config = sim_config(sim, tmp_path)
+    result = await asyncio.to_thread(cli, "check", "--config", str(config), "--output", "json")
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    probes = report["probes"]
+    assert len(probes) == report["summary"]["probes"]
+    assert all(set(p) == PROBE_KEYS for p in probes)
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", p["last_run"]) for p in probes)
+    by_tenant = {p["tenant_id"]: p for p in probes}
+    assert by_tenant[business.id]["kind"] == "business"
+    assert by_tenant[business.id]["cause"] == "partner_assistance_disabled"
+
+    selected = await asyncio.to_thread(
+        subprocess.run,
+        [jq, "-c", '.probes[] | select(.kind == "failure")'],
+        input=result.stdout,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    (line,) = selected.stdout.splitlines()
+    found = json.loads(line)
+    assert (found["tenant_id"], found["status"], found["cause"], found["kind"]) == (
+        failing.id,
+        "500",
+        "sophos_server_error",
+        "failure",
+    )
+    assert found["tenant_name"] == failing.name and "support-bundle" in found["remedy"]
 
 
 def cred_secret(sim: Simulator) -> str:

@@ -16,7 +16,7 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import Page, async_playwright
 
-from agent.diagnosis import REMEDIES
+from agent.causes import TABLE
 from agent.metricnames import WINDOWS
 from agent.simulator import build_scenario, tagged
 from tests.e2e.harness import Stack, start_ready_stack, stop_stack
@@ -155,7 +155,7 @@ async def test_revoked_credential_and_a_failing_tenant_are_on_the_first_screen(
     assert first == "revoked-key"
     alert = await page.inner_text("section.credential [data-alert=token]")
     assert alert.startswith("No token: token issuance fails (401, oauth.invalid_client_secret).")
-    assert REMEDIES["invalid_credentials"] in alert
+    assert TABLE["invalid_credentials"].remedy in alert
     shot = OUTPUT / "status-first-screen.png"
     shot.parent.mkdir(exist_ok=True)
     await page.screenshot(path=str(shot))
