@@ -417,8 +417,8 @@ INVALID_TENANT_ID = _entry(
         "the tenant list held an item whose id the agent refuses; counted, not probed",
         "The tenant list held items whose id is not one the agent accepts (missing, too long, or "
         "with characters Sophos tenant ids never have), so they are counted but never probed. The "
-        "tenant list answer is broken; if it persists, report it to Sophos with the correlation id "
-        "of the tenant_list call in the log.",
+        "tenant list answer is broken; if it persists, report it to Sophos with the time the "
+        "agent's log first said so.",
         sent=False,
         per_probe=False,
         why="A listed tenant nobody monitors, because the answer that lists it is broken or "

@@ -280,6 +280,12 @@ def test_every_cause_has_its_kinds_colour_and_not_probed_only_where_nothing_was_
         assert colour == KINDS[TABLE[name].kind].grafana
 
 
+def test_the_readme_shows_the_colour_of_each_kind() -> None:
+    text = (ROOT / "dashboards" / "README.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| (\w+) \| `(\w+)` \| (.+) \|$", text, flags=re.MULTILINE)
+    assert rows == [(style.grafana, kind, style.words) for kind, style in KINDS.items()]
+
+
 def test_last_result_values_are_coloured_by_kind_and_say_not_probed_in_words() -> None:
     (mapping,) = gen_dashboards.result_mappings()
     assert isinstance(mapping, dm.ValueMap)
