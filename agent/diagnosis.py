@@ -110,7 +110,8 @@ def cause_of(probe: str, outcome: Outcome, context: Context) -> str:
     if outcome.ok:
         return INVALID_RESPONSE.name if code == INVALID_RESPONSE.name else OK.name
     token_call = probe == "token" or outcome.from_token
-    if (token_call and status in (400, 401, 403)) or code.lower().startswith("oauth."):
+    oauth_code = code.lower().startswith("oauth.") and status < 500  # a 5XX is Sophos's failure
+    if (token_call and status in (400, 401, 403)) or oauth_code:
         return INVALID_CREDENTIALS.name
     if status == 401:
         return TOKEN_REJECTED.name

@@ -28,6 +28,8 @@ from agent.causes import (
     Cause,
     names,
 )
+from agent.classify import Outcome
+from agent.diagnosis import diagnose
 from agent.metrics import AgentMetrics
 from agent.probes import CredentialState, ProbeResult
 from agent.views.report import build_report, status_text
@@ -136,6 +138,18 @@ def test_metrics_status_and_check_give_every_cause_the_kind_of_the_table() -> No
     reported = {p["cause"]: p["kind"] for p in report.to_json()["probes"]}
     expected = {name: TABLE[name].kind for name in LABEL_VALUES}
     assert exported == reported == expected
+
+
+def test_a_5xx_is_a_sophos_failure_with_evidence_whatever_its_body_says() -> None:
+    """A token endpoint answering 500 with an ``oauth.*`` code is failing, not judging the
+    secret: the support evidence for it is kept, as for any 5XX."""
+    for probe in ("token", "whoami"):
+        diagnosis = diagnose(probe, Outcome(500, "oauth.invalid_client_secret"))
+        assert diagnosis.cause == "sophos_server_error"
+        assert TABLE[diagnosis.cause].evidence
+    assert diagnose("token", Outcome(401, "oauth.invalid_client_secret")).cause == (
+        "invalid_credentials"
+    )
 
 
 # -- the rules ---------------------------------------------------------------------------------

@@ -80,7 +80,7 @@ async def test_each_fault_gets_its_status_error_code_and_cause(stack: Stack) -> 
         "slow": "network_error",
         "reset": "network_error",
         "not_activated": "not_activated",
-        "trial_no_host": "trial_account",
+        "trial_no_host": "trial_without_host",
         "rogue_host": "host_not_allowed",
     }
     for tag, cause in expected.items():

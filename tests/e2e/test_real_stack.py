@@ -362,8 +362,8 @@ def test_tenant_newly_answering_403_tells_the_team_once(stack: RealStack) -> Non
                     len(
                         stack.query(
                             'sophos_central_probe_consecutive_failures{credential="msp-main"} >= 3 '
-                            "and on (tenant_id) sophos_central_probe_cause_info{cause=~"
-                            '"trial_account|partner_assistance_disabled"}'
+                            "and on (tenant_id) "
+                            'sophos_central_probe_cause_info{kind="business"}'
                         )
                     )
                     == len(ALWAYS_403)
