@@ -22,7 +22,7 @@ from agent import metricnames as m
 from agent.causes import TABLE
 from agent.config import Settings, load_settings
 from agent.runtime import Agent
-from agent.views.check import check_json
+from agent.views.check import check_json, format_check
 from agent.views.report import build_report
 from agent.views.status import render_status_page
 from tests.e2e.harness import parse_metrics
@@ -174,3 +174,29 @@ async def test_check_json_names_the_reason_and_its_kind(agent: Agent) -> None:
     assert (probes["t-new"]["cause"], probes["t-new"]["kind"]) == ("not_activated", "business")
     assert probes["t-ok"]["kind"] == "ok" and probes["t-ok"]["status"] == "200"
     assert report["summary"]["not_probed_by_cause"]["invalid_tenant_id"] == 13
+
+
+async def test_check_says_how_many_tenants_are_not_probed_and_why(agent: Agent) -> None:
+    try:
+        await agent.run_cycle()
+        first = format_check(build_report(agent.snapshot())).splitlines()[0]
+    finally:
+        await agent.stop(grace=0)
+    assert first.endswith(
+        "; 19 tenants not probed (13 invalid_tenant_id, 4 host_not_allowed, 1 not_activated, "
+        "1 trial_without_host)"
+    ), first
+
+
+@pytest.mark.parametrize(("shard", "counted"), [(0, 13), (1, 0)])
+async def test_refused_ids_belong_to_no_shard_so_shard_0_counts_them(
+    tmp_path: Path, shard: int, counted: int
+) -> None:
+    config = settings(tmp_path).model_copy(update={"shard": shard, "total_shards": 2})
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    sharded = Agent(config, http=http, process_metrics=False)
+    try:
+        await sharded.run_cycle()
+        assert tenant_states(sharded)["invalid_tenant_id"] == counted
+    finally:
+        await sharded.stop(grace=0)

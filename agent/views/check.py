@@ -68,6 +68,9 @@ def summary_lines(report: Report) -> list[str]:
     if s.not_run:
         parts.append(f"{s.not_run} not run: no token")
     parts.append(f"{s.healthy} healthy")
+    if s.not_probed_by_cause:
+        tenants = sum(s.not_probed_by_cause.values())
+        parts.append(f"{tenants} tenants not probed{_by_cause(s.not_probed_by_cause)}")
     periods = [f"{c.name}: tenants probed {c.period_text}" for c in report.credentials]
     return ["; ".join(parts), *periods]
 
