@@ -93,9 +93,7 @@ def cause_text(name: str) -> str:
 
 def colour_legend() -> str:
     """The colours in words, for panel descriptions."""
-    kinds = "; ".join(
-        f"{KINDS[k].grafana}: {KINDS[k].words}" for k in ("ok", "business", "failure")
-    )
+    kinds = "; ".join(f"{style.grafana}: {style.words}" for style in KINDS.values())
     return (
         f"Colours follow the cause's kind ({kinds}). '{NOT_PROBED}': the exporter sends nothing "
         "for such a tenant (see docs/troubleshooting.md)."

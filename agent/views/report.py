@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from agent import __version__
-from agent.causes import INVALID_TENANT_ID, Kind, lookup
+from agent.causes import INVALID_TENANT_ID, RATE_LIMITED, Kind, lookup
 from agent.durations import format_duration
 from agent.metricnames import WINDOWS
 from agent.probes import ProbeResult, display_order
@@ -247,7 +247,8 @@ def _attention(creds: list[CredentialReport]) -> list[Attention]:
     for cred in creds:
         if cred.pause is not None:
             what = f"paused until {cred.pause.until}: {cred.pause.why}"
-            lines.append(Attention(cred.name, "rate_limited", 1, what, [], pause_anchor(cred.name)))
+            anchor = pause_anchor(cred.name)
+            lines.append(Attention(cred.name, RATE_LIMITED.name, 1, what, [], anchor))
         if cred.token_failed and cred.token is not None:
             what = f"token issuance fails ({cred.token.status}); nothing else is run"
             anchor = token_anchor(cred.name)
