@@ -195,7 +195,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     listen = args.listen or settings.web_listen_address
     web_config = None
     if args.web_config:
-        from agent.web.schema import load_web_config
+        from agent.web.loading import load_web_config
 
         try:
             web_config = load_web_config(args.web_config)
@@ -333,7 +333,8 @@ def _check_agent_config(args: argparse.Namespace) -> int:
 
 def _check_web_config(path: str) -> int:
     """Like ``promtool check web-config``: the file loads, the certificates and keys with it."""
-    from agent.web.schema import describe_web_config, load_web_config
+    from agent.web.loading import load_web_config
+    from agent.web.schema import describe_web_config
 
     try:
         web_config = load_web_config(path)

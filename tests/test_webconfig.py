@@ -30,7 +30,8 @@ from agent.configfile import ConfigError
 from agent.server import bind_socket, make_http_server
 from agent.web.auth import WebSecurityMiddleware
 from agent.web.listener import make_uvicorn_server
-from agent.web.schema import ClientAuthType, WebConfig, load_web_config, parse_web_config
+from agent.web.loading import load_web_config, parse_web_config
+from agent.web.schema import ClientAuthType, WebConfig
 from agent.web.tls_context import build_ssl_context
 
 PASSWORD = "correct horse battery staple"

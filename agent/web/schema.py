@@ -28,13 +28,12 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from agent.configfile import ConfigError, KeyProblem, read_mapping, validation_problems
+from agent.configfile import KeyProblem
 from agent.durations import format_duration, parse_duration
 
 logger = logging.getLogger(__name__)
@@ -385,34 +384,7 @@ def describe_web_config(cfg: WebConfig) -> str:
     return "; ".join(parts)
 
 
-def load_web_config(path: str | Path) -> WebConfig:
-    """Read and fully validate a web configuration file; ``ConfigError`` names key and problem.
-
-    Everything the file points at is checked now (files exist, certificate and key load and
-    match, the CA parses), so a mistake stops the agent at start-up and shows in ``config
-    check`` rather than at the first scrape. Relative paths are relative to the file's directory,
-    as in exporter-toolkit. An empty file is valid and means plain HTTP without authentication.
-    """
-    file = Path(path)
-    data = read_mapping(file, WHAT)
-    return parse_web_config(data, base_dir=file.resolve().parent, source=f"{WHAT} {file}")
-
-
-def parse_web_config(data: Any, *, base_dir: Path, source: str = WHAT) -> WebConfig:
-    """Validate already-parsed YAML (``None`` means an empty file); see ``load_web_config``."""
-    from agent.web.tls_context import build_ssl_context
-
-    try:
-        cfg = WebConfig.model_validate(data or {}, context={"base_dir": base_dir})
-    except ValidationError as exc:
-        raise ConfigError.invalid(source, validation_problems(exc, WebConfig)) from None
-    cfg._source = source
-    _warn_about_approximations(cfg.tls)
-    build_ssl_context(cfg)  # loads the certificate, key and CA now: fail at start-up, not later
-    return cfg
-
-
-def _warn_about_approximations(tls: TLSServerConfig | None) -> None:
+def warn_about_approximations(tls: TLSServerConfig | None) -> None:
     """Say where behaviour differs from Go's, so nobody learns it from an incident."""
     if tls is None:
         return

@@ -25,7 +25,7 @@ import yaml
 from agent.config import load_settings
 from agent.server import AgentService
 from agent.simulator import Simulator, build_scenario
-from agent.web.schema import load_web_config
+from agent.web.loading import load_web_config
 from tests.e2e.harness import wait_for
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
