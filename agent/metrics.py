@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import prometheus_client
 from prometheus_client import CollectorRegistry
 
-from agent import __version__
+from agent import PYTHON, __version__
 from agent import metricnames as m
 from agent.causes import CONFIRMED_AFTER, TENANT_STATES, kind_of
 from agent.classify import ErrorCodeGuard
@@ -104,7 +104,7 @@ HELP: dict[str, tuple[str, str]] = {
         "(" + ", ".join(TENANT_STATES[1:]) + ").",
     ),
     m.WHOAMI_INFO: ("gauge", "The identity whoami reported for the credential."),
-    m.EXPORTER_BUILD_INFO: ("gauge", "The exporter's version."),
+    m.EXPORTER_BUILD_INFO: ("gauge", "The exporter's version and the Python version it runs on."),
     m.PROBE_INTERVAL_SECONDS: (
         "gauge",
         "Effective period between two probes of one tenant (probe_interval, stretched to fit the "
@@ -394,7 +394,7 @@ class AgentMetrics:
         _family(
             out,
             m.EXPORTER_BUILD_INFO,
-            [f"{m.EXPORTER_BUILD_INFO}{labels(version=__version__)} 1\n"],
+            [f"{m.EXPORTER_BUILD_INFO}{labels(version=__version__, python_version=PYTHON)} 1\n"],
         )
         _family(out, m.SHARD_ORDINAL, [f"{m.SHARD_ORDINAL} {self._shard}\n"])
         _family(out, m.TOTAL_SHARDS, [f"{m.TOTAL_SHARDS} {self._total_shards}\n"])
