@@ -11,7 +11,7 @@
 # it, e.g. with podman
 #   --volume /etc/ssl/certs/ca-certificates.crt:/run/build-ca/ca-certificates.crt:ro
 #   --build-arg SSL_CERT_FILE=/run/build-ca/ca-certificates.crt
-#   --build-arg PIP_CERT=/run/build-ca/ca-certificates.crt --build-arg UV_NATIVE_TLS=1
+#   --build-arg PIP_CERT=/run/build-ca/ca-certificates.crt --build-arg UV_SYSTEM_CERTS=1
 # The build arguments exist in the builder stage only; none of them reaches the image.
 
 # Debian's python3 and the CA certificates, shared by both stages so that the virtual environment
@@ -24,7 +24,7 @@ RUN apt-get update \
 FROM python AS builder
 ARG SSL_CERT_FILE
 ARG PIP_CERT
-ARG UV_NATIVE_TLS
+ARG UV_SYSTEM_CERTS
 # The version of uv that installs uv.lock in the build (any recent uv reads the lock the same way).
 ARG UV_VERSION=0.13.9
 RUN apt-get update \
@@ -43,8 +43,8 @@ COPY agent ./agent
 RUN /opt/uv/bin/uv sync --frozen --no-dev --no-editable
 
 FROM python
-RUN groupadd --system --gid 10001 exporter \
- && useradd --system --uid 10001 --gid exporter --home-dir /nonexistent --shell /usr/sbin/nologin exporter \
+RUN groupadd --gid 10001 exporter \
+ && useradd --uid 10001 --gid exporter --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin exporter \
  && mkdir -p /var/lib/sophos-central-exporter /etc/sophos-central-exporter \
  && chown exporter:exporter /var/lib/sophos-central-exporter
 COPY --from=builder /opt/sophos-central-exporter /opt/sophos-central-exporter
