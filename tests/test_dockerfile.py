@@ -23,17 +23,22 @@ import resource
 import shutil
 import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from agent import __version__
-from tests.deploy_support import free_port, free_port_block, samples, wait_http
+from tests.deploy_support import (
+    free_port,
+    free_port_block,
+    leave_out_the_big_partner,
+    samples,
+    wait_for_file,
+    wait_http,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE_IMAGE = "docker.io/library/debian:bookworm-slim"
@@ -263,15 +268,15 @@ def test_agent_in_the_image_serves_probes_passes_its_health_check_and_keeps_its_
         # The listen address by environment, so the HEALTHCHECK asks the same address.
         f"--env=SOPHOS_EXPORTER_WEB_LISTEN_ADDRESS=127.0.0.1:{agent_port}",
         # Short periods so that the first probe cycle ends within seconds.
-        "--env=SOPHOS_EXPORTER_PROBE_INTERVAL=5s",
+        "--env=SOPHOS_EXPORTER_PROBE_INTERVAL=2s",
         f"--volume={shared}:{CONFIG_DIR}:ro",
         f"--volume={volume}:{STATE_DIR}",
         IMAGE,  # and the image's own CMD: run --config /etc/sophos-central-exporter/config.yml
     )
     base = f"http://127.0.0.1:{agent_port}"
     try:
-        _wait_for_file(shared / "config.yml", within=60, container=simulator)
-        _leave_out_the_big_partner(shared / "config.yml")
+        wait_for_file(shared / "config.yml", within=60, alive=simulator.gone)
+        leave_out_the_big_partner(shared / "config.yml")
         first = Container(f"sce-test-agent-{run_id}-1", *agent_args)
         containers.append(first)
         assert wait_http(f"{base}/healthz", 60, alive=first.gone).status_code == 200
@@ -318,27 +323,6 @@ def test_agent_in_the_image_serves_probes_passes_its_health_check_and_keeps_its_
         for container in containers:
             container.remove()
         podman("volume", "rm", "--force", volume, check=False)
-
-
-def _wait_for_file(path: Path, within: float, container: Container) -> None:
-    deadline = time.monotonic() + within
-    while not path.is_file() or path.stat().st_size == 0:
-        gone = container.gone()
-        assert gone is None, gone
-        assert time.monotonic() < deadline, f"{path} not written within {within} s"
-        time.sleep(0.2)
-
-
-def _leave_out_the_big_partner(config_path: Path) -> None:
-    """Keep the demo's organization, tenant and revoked credentials, not its 250-tenant partner.
-
-    At the demo's limits the partner's first cycle takes 45 s; the three others finish theirs in
-    seconds, which is all this test needs. The file keeps its owner and mode (uid 10001, 0600).
-    """
-    config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
-    config["credentials"] = [c for c in config["credentials"] if c["name"] != "msp-main"]
-    assert len(config["credentials"]) == 3
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
 
 
 def _uids(pid: str) -> set[int]:

@@ -1,8 +1,8 @@
 """Generate the Kubernetes manifests that are copies of other files in the repository.
 
-- ``deploy/kubernetes/prometheusrule.yaml``: a Prometheus Operator ``PrometheusRule`` holding
+- ``deploy/kubernetes/common/prometheusrule.yaml``: a Prometheus Operator ``PrometheusRule`` holding
   every group of ``alerts/*.rules.yml``;
-- ``deploy/kubernetes/grafana-dashboards.configmap.yaml``: a ``ConfigMap`` with every
+- ``deploy/kubernetes/common/grafana-dashboards.configmap.yaml``: a ``ConfigMap`` with every
   ``dashboards/*.json``, labelled ``grafana_dashboard: "1"`` for the Grafana sidecar.
 
 Both are committed; ``tests/test_deploy.py`` fails when they drift from their sources.
@@ -24,7 +24,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS_DIR = ROOT / "alerts"
 DASHBOARDS_DIR = ROOT / "dashboards"
-K8S_DIR = ROOT / "deploy" / "kubernetes"
+K8S_DIR = ROOT / "deploy" / "kubernetes" / "common"
 PROMETHEUS_RULE = K8S_DIR / "prometheusrule.yaml"
 DASHBOARDS_CONFIGMAP = K8S_DIR / "grafana-dashboards.configmap.yaml"
 
