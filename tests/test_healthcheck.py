@@ -37,8 +37,8 @@ def test_a_listen_address_the_agent_refuses_is_refused_here_too(listen: str) -> 
 
 
 def test_defaults_are_the_agents() -> None:
-    assert healthcheck.DEFAULT_LISTEN == Settings.model_fields["web_listen_address"].default
-    assert healthcheck.LISTEN_ENV == f"{ENV_PREFIX}WEB_LISTEN_ADDRESS"
+    assert Settings.model_fields["web_listen_address"].default == healthcheck.DEFAULT_LISTEN
+    assert f"{ENV_PREFIX}WEB_LISTEN_ADDRESS" == healthcheck.LISTEN_ENV
 
 
 def test_the_check_fails_when_nothing_answers(monkeypatch: pytest.MonkeyPatch) -> None:

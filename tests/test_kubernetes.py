@@ -55,7 +55,9 @@ pytestmark = pytest.mark.deploy
 
 @functools.cache
 def rendered(setup: str) -> tuple[dict[str, Any], ...]:
-    kubectl = shutil.which("kubectl")
+    # The bootstrap's pinned kubectl in the virtual environment, else the machine's.
+    pinned = Path(sys.executable).parent / "kubectl"
+    kubectl = str(pinned) if pinned.is_file() else shutil.which("kubectl")
     if kubectl is None:
         pytest.fail("kubectl not found; `scripts/bootstrap --debian` installs it", pytrace=False)
     result = subprocess.run(
