@@ -36,7 +36,7 @@ ENV UV_COMPILE_BYTECODE=1 UV_LINK_MODE=copy UV_PYTHON=/usr/bin/python3 UV_PYTHON
     UV_NO_CACHE=1 UV_PROJECT_ENVIRONMENT=/opt/sophos-central-exporter
 WORKDIR /src
 # Dependencies first: this layer is rebuilt only when the lock changes, not for every code change.
-COPY pyproject.toml uv.lock README.md ./
+COPY pyproject.toml uv.lock README.md LICENSE ./
 RUN /opt/uv/bin/uv sync --frozen --no-dev --no-install-project
 COPY agent ./agent
 # The exporter itself as a wheel (not editable), so the runtime stage needs no source tree.

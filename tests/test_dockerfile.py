@@ -213,7 +213,7 @@ class Container:
         return int(self.inspect("{{.State.ExitCode}}"))
 
     def remove(self) -> None:
-        podman("rm", "--force", "--time=0", self.name, check=False, timeout=60)
+        podman("rm", "--force", "--volumes", "--time=0", self.name, check=False, timeout=60)
 
 
 def test_image_is_small_non_root_health_checked_and_free_of_build_tools(
@@ -237,11 +237,14 @@ def test_image_is_small_non_root_health_checked_and_free_of_build_tools(
         "-c",
         "for tool in gcc cc make pip pip3 uv; do command -v $tool; done;"
         " python3 -c 'import pip' 2>/dev/null && echo pip-module;"
-        ' readlink -f "$(command -v python3)"; sophos-central-exporter --version',
+        ' readlink -f "$(command -v python3)"; sophos-central-exporter --version;'
+        " ls /opt/sophos-central-exporter/lib/python3*/site-packages/sophos_central_exporter-*/licenses"
+        " | grep -x LICENSE",
     )
     lines = probe.stdout.split()
-    assert lines == ["/usr/bin/python3.11", "sophos-central-exporter", __version__], (
-        "no compiler, pip or uv in the runtime stage; Debian's python3 runs the exporter"
+    assert lines == ["/usr/bin/python3.11", "sophos-central-exporter", __version__, "LICENSE"], (
+        "no compiler, pip or uv in the runtime stage; Debian's python3 runs the exporter, "
+        "installed as a package with its licence"
     )
 
 
