@@ -85,7 +85,12 @@ def test_sdist_and_wheel_pass_twine_check_and_carry_the_version(dist: dict[str, 
     assert metadata["Version"] == __version__
     assert metadata["License-Expression"] == "Apache-2.0"
     assert f"{meta_dir}/licenses/LICENSE" in names
-    assert "agent/templates/status.html" in names
+    package = {
+        path.relative_to(ROOT).as_posix()
+        for path in (ROOT / "agent").rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts
+    }
+    assert package - names == set(), "every module, template and data file of agent/ is shipped"
 
 
 def test_installed_command_prints_the_package_version(venv: Path, tmp_path: Path) -> None:
