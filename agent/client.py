@@ -29,6 +29,7 @@ from agent.ratebudget import (
     tenant_key,
 )
 from agent.sophos import (
+    MAX_PAGES,
     TENANT_PAGE_SIZE,
     InvalidResponse,
     Tenant,
@@ -56,7 +57,7 @@ class Admission(Protocol):
 
     def note_success(self, credential: str, sent_at: float | None = None) -> None: ...
 
-    def paused_until(self, credential: str) -> float: ...
+    def pause_remaining(self, credential: str) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,25 @@ class CallRecord:
 
 class CallObserver(Protocol):
     def observe_call(self, record: CallRecord) -> None: ...
+
+
+@dataclass(frozen=True)
+class TenantListing:
+    """What the last tenant listing read: ``pages`` requested (the failed one included when it
+    failed), the ``claimed`` ``pages.total`` of its first page, whether it read to the end, and
+    whether it ended before ``pages.total`` at a page with no tenant not listed before."""
+
+    pages: int
+    claimed: int
+    complete: bool
+    ended_early: bool = False
+
+    @property
+    def unread_pages(self) -> int:
+        """Pages the list claimed beyond the page cap: their tenants are not probed."""
+        if not self.complete or self.ended_early or self.claimed <= MAX_PAGES:
+            return 0
+        return self.claimed - self.pages
 
 
 class TokenUnavailable(Exception):
@@ -117,6 +137,7 @@ class SophosClient:
         self.last_token_outcome: Outcome | None = None
         self.refused_tenant_items = 0
         """Items of the last complete tenant list whose id the agent refused (never probed)."""
+        self.last_listing: TenantListing | None = None
 
     @property
     def token(self) -> Token | None:
@@ -179,32 +200,51 @@ class SophosClient:
             return _invalid(outcome, str(exc)), None
 
     async def list_tenants(self, whoami: WhoAmI) -> tuple[Outcome, list[Tenant] | None]:
-        """Every page of the partner or organization tenant list; None unless all pages came."""
+        """Every page of the partner or organization tenant list; None unless all pages came.
+
+        The first page goes ahead of tenant probes (everything depends on it); the pages after it
+        wait their turn among the tenant probes, so a long list never takes the whole budget
+        and the tenants already known keep being probed while it is read. The list ends at the
+        first page that brings no tenant not listed before (an empty page, or a server that
+        ignores ``page``), whatever ``pages.total`` claimed; it is cut at ``MAX_PAGES`` pages.
+        ``last_listing`` says what was read.
+        """
         header = whoami.header
         if header is None:
             raise ValueError("only partner and organization credentials list tenants")
         kind = "partner" if whoami.id_type == "partner" else "organization"
         base = f"{whoami.global_url}/{kind}/v1/tenants"
-        tenants: list[Tenant] = []
+        tenants: dict[str, Tenant] = {}
         refused = 0
-        page, total = 1, 1
+        page, total, claimed = 1, 1, 1
         outcome = Outcome(status_code=0, error_code="protocol_error")
         while page <= total:
             url = f"{base}?page={page}&pageSize={TENANT_PAGE_SIZE}&pageTotal=true"
-            outcome, _ = await self._api_call("tenant_list", "", url, dict([header]))
+            priority = PRIORITY_CREDENTIAL if page == 1 else PRIORITY_TENANT
+            outcome, _ = await self._api_call(
+                "tenant_list", "", url, dict([header]), priority=priority
+            )
             if not outcome.ok:
+                self.last_listing = TenantListing(page, claimed, complete=False)
                 return outcome, None
             try:
                 parsed = parse_tenant_page(outcome.body)
             except InvalidResponse as exc:
+                self.last_listing = TenantListing(page, claimed, complete=False)
                 return _invalid(outcome, str(exc)), None
             if page == 1:
-                total = parsed.total_pages
-            tenants.extend(parsed.tenants)
+                total, claimed = parsed.total_pages, parsed.claimed_pages
+            elif not parsed.skipped and all(t.id in tenants for t in parsed.tenants):
+                self.refused_tenant_items = refused
+                self.last_listing = TenantListing(page, claimed, complete=True, ended_early=True)
+                return outcome, list(tenants.values())
+            for tenant in parsed.tenants:
+                tenants.setdefault(tenant.id, tenant)
             refused += parsed.skipped
             page += 1
         self.refused_tenant_items = refused
-        return outcome, _unique(tenants)
+        self.last_listing = TenantListing(total, claimed, complete=True)
+        return outcome, list(tenants.values())
 
     async def probe_tenant(
         self, tenant: Tenant, family: Family | None = None, priority: int = PRIORITY_TENANT
@@ -320,7 +360,7 @@ class SophosClient:
         finally:
             self.in_flight -= 1
         duration = self._clock.monotonic() - started
-        self._after_call(key, outcome, started_wall)
+        self._after_call(key, outcome, started)
         record = CallRecord(
             credential=self.name,
             tenant_id=tenant_id,
@@ -371,12 +411,12 @@ class SophosClient:
         paused for an hour does not keep the other credentials' probes from running.
         """
         key = self._budget_key_for(tenant_id)
-        while (left := self._budget.paused_until(key) - self._clock.time()) > 0:
+        while (left := self._budget.pause_remaining(key)) > 0:
             await self._clock.sleep(left)
 
     def _after_call(self, key: str, outcome: Outcome, sent_at: float) -> None:
         """A 429 pauses the key (the budget logs it, with the window it assumes); any other
-        answer below 500 ends the escalation of 429s."""
+        answer below 500 ends the escalation of 429s. ``sent_at`` is monotonic."""
         if outcome.status_code == 429:
             wait = parse_retry_after(outcome.retry_after, self._clock.time())
             self._budget.pause(key, wait, sent_at)
@@ -405,10 +445,3 @@ def _invalid(outcome: Outcome, why: str) -> Outcome:
         message=why,
         ids=outcome.ids,
     )
-
-
-def _unique(tenants: list[Tenant]) -> list[Tenant]:
-    seen: dict[str, Tenant] = {}
-    for tenant in tenants:
-        seen.setdefault(tenant.id, tenant)
-    return list(seen.values())

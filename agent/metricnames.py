@@ -34,6 +34,8 @@ RATE_LIMIT_PAUSED_UNTIL = "sophos_central_rate_limit_paused_until_timestamp_seco
 RATE_LIMIT_PAUSE_INFO = "sophos_central_rate_limit_pause_info"
 RATE_LIMIT_TENANT_MAX_UTILIZATION_RATIO = "sophos_central_rate_limit_tenant_max_utilization_ratio"
 RATE_LIMIT_PAUSED_TENANTS = "sophos_central_rate_limit_paused_tenants"
+STATE_FILE_RECREATED_TOTAL = "sophos_central_state_file_recreated_total"
+TENANT_LIST_UNREAD_PAGES = "sophos_central_tenant_list_unread_pages"
 
 STABLE_METRICS = (
     API_REQUESTS_TOTAL,

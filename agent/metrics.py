@@ -117,6 +117,16 @@ HELP: dict[str, tuple[str, str]] = {
     ),
     m.SHARD_ORDINAL: ("gauge", "This process's shard number."),
     m.TOTAL_SHARDS: ("gauge", "How many shards split the tenants."),
+    m.STATE_FILE_RECREATED_TOTAL: (
+        "counter",
+        "Times the state file was found deleted or replaced while the agent ran, and recreated "
+        "with the calls the agent held in memory.",
+    ),
+    m.TENANT_LIST_UNREAD_PAGES: (
+        "gauge",
+        "Tenant-list pages the last listing did not read because the list claims more than the "
+        "agent's cap of 1000 pages; their tenants are not probed (0: the whole list was read).",
+    ),
 }
 
 
@@ -272,7 +282,7 @@ class AgentMetrics:
             self._render_requests(out)
             self._render_histogram(out)
         self._render_credential_families(out, snapshot)
-        self._render_static(out)
+        self._render_static(out, snapshot)
         if self._process_registry is not None:
             out.append(prometheus_client.generate_latest(self._process_registry))
         return b"".join(out)
@@ -355,6 +365,15 @@ class AgentMetrics:
         _render_budget(out, snapshot)
         _family(
             out,
+            m.TENANT_LIST_UNREAD_PAGES,
+            (
+                f"{m.TENANT_LIST_UNREAD_PAGES}{labels(credential=v.name)} "
+                f"{v.tenant_list_unread_pages}\n"
+                for v in views
+            ),
+        )
+        _family(
+            out,
             m.API_REQUESTS_IN_FLIGHT,
             (
                 f"{m.API_REQUESTS_IN_FLIGHT}{labels(credential=v.name)} {v.in_flight}\n"
@@ -390,7 +409,7 @@ class AgentMetrics:
             ),
         )
 
-    def _render_static(self, out: list[bytes]) -> None:
+    def _render_static(self, out: list[bytes], snapshot: Snapshot) -> None:
         _family(
             out,
             m.EXPORTER_BUILD_INFO,
@@ -398,6 +417,8 @@ class AgentMetrics:
         )
         _family(out, m.SHARD_ORDINAL, [f"{m.SHARD_ORDINAL} {self._shard}\n"])
         _family(out, m.TOTAL_SHARDS, [f"{m.TOTAL_SHARDS} {self._total_shards}\n"])
+        recreated = f"{m.STATE_FILE_RECREATED_TOTAL} {snapshot.state_file_recreated}\n"
+        _family(out, m.STATE_FILE_RECREATED_TOTAL, [recreated])
 
 
 def _render_budget(out: list[bytes], snapshot: Snapshot) -> None:

@@ -18,7 +18,7 @@ import prometheus_client
 
 from agent.classify import ErrorCodeGuard
 from agent.client import CallObserver, CallRecord, SophosClient
-from agent.clock import Clock, SystemClock
+from agent.clock import Clock, SystemClock, Timeline
 from agent.config import Settings
 from agent.durations import format_duration
 from agent.evidence import Evidence, EvidenceRecorder, load_evidence
@@ -30,11 +30,16 @@ from agent.probes import CredentialProber, ProbeResult, display_order
 from agent.ratebudget import RateBudget
 from agent.scheduler import CredentialSchedule, ProbeScheduler, tick_seconds
 from agent.sharding import owns
-from agent.snapshot import Snapshot, credential_snapshot
+from agent.snapshot import CredentialSnapshot, Snapshot, credential_snapshot
+from agent.sophos import MAX_PAGES
 from agent.statefile import StateFile, StateFileError
 from agent.transport import build_http_client, proxy_secrets
 
 log = logging.getLogger(__name__)
+
+STATE_FILE_CHECK_SECONDS = 5.0
+"""How often the running agent checks that its state file was not deleted or replaced (writes
+check too, at most every second)."""
 
 
 class ListingPages:
@@ -108,7 +113,8 @@ class Agent:
         self.clock = clock or SystemClock()
         self._schedule_speed = schedule_speed
         REDACTOR.add(_secrets(settings))
-        self.state_file = StateFile(settings.state_file)
+        self.timeline = Timeline(self.clock)  # wall time shown and persisted, from start-up on
+        self.state_file = StateFile(settings.state_file, self.clock)
         self.owner = _owner(settings)
         self.budget = RateBudget(
             settings.rate_limits,
@@ -117,6 +123,7 @@ class Agent:
             store=self.state_file,
             owner=self.owner,
             tenant_share=settings.budget_share,  # a tenant belongs to one shard only
+            timeline=self.timeline,
         )
         self.guard = ErrorCodeGuard()
         self.metrics = AgentMetrics(
@@ -142,6 +149,7 @@ class Agent:
         self.plans: dict[str, Plan] = {}
         self._semaphore = asyncio.Semaphore(64)
         self.scheduler: ProbeScheduler | None = None
+        self._unread_pages: dict[str, int] = {}
 
     def _prober(self, name: str) -> CredentialProber:
         credential = next(c for c in self.settings.credentials if c.name == name)
@@ -160,6 +168,11 @@ class Agent:
         )
 
     # -- scheduling --------------------------------------------------------------------------
+
+    def claim_state_file(self) -> None:
+        """Hold the state file for this agent's owner; ``StateFileInUse`` when another running
+        agent does (a second ``run`` on the same file and shard refuses to start)."""
+        self.state_file.lock(self.owner)
 
     def start(self) -> None:
         """Start the scheduled probes (needs a running event loop)."""
@@ -181,9 +194,14 @@ class Agent:
             tick=lambda s: tick_seconds(
                 self.period(s.name), len(s.prober.state.probed) * len(s.prober.probe_names)
             ),
+            clock=self.clock,
             speed=self._schedule_speed,
+            housekeeping=[("state_file", STATE_FILE_CHECK_SECONDS, self._check_state_file)],
         )
         self.scheduler.start()
+
+    async def _check_state_file(self) -> None:
+        self.state_file.verify()
 
     async def stop(self, grace: float = 2.0) -> None:
         """Finish in-flight work briefly, then release the pool and the state file."""
@@ -235,12 +253,36 @@ class Agent:
         self._tenants_listed(prober)
         listed = prober.state.result("", "tenant_list")
         self.listing.finish(prober.name, listed is not None and listed.success)
+        self._say_unread_pages(prober)
         plan = self._replan(prober)
         if self.scheduler is not None:
             for schedule in self.scheduler.schedules:
                 if schedule.prober is prober:
                     self.scheduler.retick(schedule)
                     self.scheduler.reschedule_refresh(schedule, plan.refresh_interval)
+
+    def _say_unread_pages(self, prober: CredentialProber) -> None:
+        """A tenant list longer than the page cap: warn once (until it changes), and export it."""
+        listing = prober.client.last_listing
+        if listing is None or not listing.complete:
+            return
+        unread, before = listing.unread_pages, self._unread_pages.get(prober.name, 0)
+        self._unread_pages[prober.name] = unread
+        if unread and unread != before:
+            log.warning(
+                "tenant list cut at the page cap: read %d of the %d pages it claims; the tenants "
+                "on the other %d pages are not probed (split the tenants over several "
+                "credentials)",
+                listing.pages,
+                listing.claimed,
+                unread,
+                extra={
+                    "credential": prober.name,
+                    "pages_read": listing.pages,
+                    "pages_claimed": listing.claimed,
+                    "page_cap": MAX_PAGES,
+                },
+            )
 
     def _replan(self, prober: CredentialProber) -> Plan:
         """Recompute the credential's probe period and refresh interval; warn once each time
@@ -293,7 +335,7 @@ class Agent:
 
     def _warn_paused(self) -> None:
         """A 429 pause kept in the state file holds ``check`` too: say so instead of hanging."""
-        now = self.clock.time()
+        now = self.timeline.now()
         for prober in self.probers:
             info = self.budget.pause_info(prober.name)
             if info is not None and info.until > now:
@@ -331,25 +373,11 @@ class Agent:
         """What every view renders: the agent's state now, copied (see ``agent.snapshot``).
 
         ``evidence`` also loads the 5XX support evidence from the state file (``/support``);
-        evidence of a credential or probe that is no longer configured reads as history.
+        evidence of a credential or probe that is no longer configured reads as history. The
+        rate budget is read through its readout, at the same moment as the rest.
         """
-        now = self.clock.time()
-        credentials = tuple(
-            credential_snapshot(
-                p.state,
-                token=p.client.token,
-                period=self.period(p.name),
-                period_text=self.explain_period(p.name),
-                refresh_interval=self.refresh_interval(p.name),
-                window_calls=self.budget.exact_calls(p.name),
-                in_flight=p.client.in_flight,
-                pause=self.budget.pause_info(p.name),
-                pauses_total=self.budget.pauses_total(p.name),
-                tenant_budgets=self.budget.tenant_budgets(p.name) if self.tenant_scope else None,
-                probes=p.probe_names,
-            )
-            for p in self.probers
-        )
+        now = self.timeline.now()
+        credentials = tuple(self._credential_snapshot(p) for p in self.probers)
         return Snapshot(
             taken_at=now,
             credentials=credentials,
@@ -359,6 +387,24 @@ class Agent:
             shard=self.settings.shard,
             total_shards=self.settings.total_shards,
             evidence=tuple(self._evidence()) if evidence else (),
+            state_file_recreated=self.state_file.recreated,
+        )
+
+    def _credential_snapshot(self, prober: CredentialProber) -> CredentialSnapshot:
+        budget = self.budget.readout(prober.name, tenants=self.tenant_scope)
+        return credential_snapshot(
+            prober.state,
+            token=prober.client.token,
+            period=self.period(prober.name),
+            period_text=self.explain_period(prober.name),
+            refresh_interval=self.refresh_interval(prober.name),
+            window_calls=budget.calls,
+            in_flight=prober.client.in_flight,
+            pause=budget.pause,
+            pauses_total=budget.pauses_total,
+            tenant_budgets=budget.tenant_budgets,
+            probes=prober.probe_names,
+            tenant_list_unread_pages=self._unread_pages.get(prober.name, 0),
         )
 
     def _evidence(self) -> list[Evidence]:

@@ -1,8 +1,8 @@
-"""When probes run: APScheduler jobs per credential, and a round-robin over its tenants.
+"""When probes run: periodic jobs per credential, and a round-robin over its tenants.
 
 Per credential there are three jobs: the token probe (``token_probe_interval``), the tenant refresh
 (whoami + tenant list, ``tenant_refresh_interval``) and a tenant tick. The tick is not one job per
-tenant — 10,000 jobs would make APScheduler's own bookkeeping the bottleneck — but a short interval
+tenant — 10,000 jobs would make a scheduler's own bookkeeping the bottleneck — but a short interval
 job that starts the probes whose slot has come. The rotation runs over (tenant, probe) pairs, one
 per tenant and ``tenant_probes`` entry, a tenant's probes next to each other: pair *i* of *N* is
 due at ``i x period / N`` within each period, so start-up is spread evenly and every pair is probed
@@ -24,19 +24,26 @@ The tenants one tick finds due do not start at once either: each waits for its o
 length after the one before), so probes leave at the planned pace instead of in bursts of a tick's
 worth. Bursts would not break the budget, but they cost CPU: every burst grows the connection
 pool, and httpcore scans the whole pool (a ``poll`` per idle connection) for every request.
+
+The jobs run on the agent's monotonic clock (``PeriodicJob``), not on a wall-clock scheduler.
+APScheduler 3.x computes every fire time from wall-clock datetimes: a clock stepped back an hour
+stalls its interval jobs for that hour, and one stepped forward makes it compute every missed fire
+time at once (its maintainers leave clock changes to the application). The agent's jobs are a few
+interval jobs that must keep running through NTP steps and resumed VMs, so they sleep monotonic
+durations: a wall-clock step changes nothing here. Changing a job's interval keeps its phase
+(the next run comes one new interval after the last one started), so a tenant refresh that
+re-plans the tick can never push the tick out, however often it runs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
-
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from agent.causes import CONFIRMED_AFTER as CONFIRMATIONS
 from agent.clock import Clock
@@ -259,13 +266,102 @@ class CredentialSchedule:
             await asyncio.wait(pending, timeout=1.0)
 
 
-class ProbeScheduler:
-    """Owns the ``AsyncIOScheduler`` and one ``CredentialSchedule`` per credential.
+Job = Callable[[], Awaitable[None]]
 
-    ``speed`` is clock seconds per real second. APScheduler runs on real time while everything
-    else runs on the agent's ``Clock``; with the real clock the speed is 1. A benchmark that runs
-    agent and simulator on a clock that runs faster (to cover hour and day windows in minutes)
-    passes the same factor so that token probes and refreshes keep their pace in clock time.
+
+class PeriodicJob:
+    """``func`` every ``interval`` seconds of the agent's monotonic clock, one run at a time.
+
+    A run that is due while the previous one still runs is skipped, as are runs missed meanwhile:
+    the next run is the next one on the job's grid after the overrun (a slow tenant listing is
+    not followed by a burst of listings). A crash is logged and the job goes on.
+    """
+
+    def __init__(
+        self, name: str, func: Job, clock: Clock, interval: float, first_in: float = 0.0
+    ) -> None:
+        if interval <= 0:
+            raise ValueError(f"interval of {name} must be > 0, got {interval}")
+        self.name = name
+        self._func = func
+        self._clock = clock
+        self._interval = interval
+        self._due = clock.monotonic() + first_in
+        self._last_start: float | None = None
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.runs = 0
+
+    @property
+    def interval(self) -> float:
+        return self._interval
+
+    @property
+    def due(self) -> float:
+        """The monotonic moment of the next run."""
+        return self._due
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name=self.name)
+
+    def set_interval(self, seconds: float, *, restart: bool = False) -> None:
+        """Run every ``seconds`` from now on. The next run keeps the phase (one new interval
+        after the last run started, at once if that has passed), or with ``restart`` comes
+        ``seconds`` from now."""
+        if seconds <= 0:
+            raise ValueError(f"interval of {self.name} must be > 0, got {seconds}")
+        self._interval = seconds
+        now = self._clock.monotonic()
+        if restart or self._last_start is None:
+            self._due = now + seconds if restart else min(self._due, now + seconds)
+        else:
+            self._due = max(now, self._last_start + seconds)
+        self._changed.set()
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _loop(self) -> None:
+        while True:
+            await self._until_due()
+            start = self._clock.monotonic()
+            self._last_start = start
+            self._due = start + self._interval
+            try:
+                await self._func()
+            except Exception:
+                log.exception("scheduled job failed", extra={"job": self.name})
+            self.runs += 1
+            now = self._clock.monotonic()
+            if self._due < now:  # overran: skip what was missed, keep the grid
+                missed = math.ceil((now - self._due) / self._interval)
+                self._due += missed * self._interval
+
+    async def _until_due(self) -> None:
+        """Sleep until due, waking early when ``set_interval`` moves the next run."""
+        while (wait := self._due - self._clock.monotonic()) > 0:
+            self._changed.clear()
+            sleep = asyncio.ensure_future(self._clock.sleep(wait))
+            changed = asyncio.ensure_future(self._changed.wait())
+            try:
+                await asyncio.wait((sleep, changed), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                sleep.cancel()
+                changed.cancel()
+
+
+class ProbeScheduler:
+    """The periodic jobs of every ``CredentialSchedule``, on the agent's ``clock``.
+
+    ``speed`` is clock seconds per real second (1 with the real clock; more only with a
+    benchmark's fast clock, which sleeps faster on its own): it keeps the tick from spinning
+    faster than ``MIN_TICK`` real seconds. ``housekeeping`` adds jobs of the agent's own
+    (name, interval in clock seconds, function), such as checking the state file.
     """
 
     def __init__(
@@ -274,7 +370,9 @@ class ProbeScheduler:
         token_interval: float,
         refresh_interval: float,
         tick: Callable[[CredentialSchedule], float],
+        clock: Clock,
         speed: float = 1.0,
+        housekeeping: Sequence[tuple[str, float, Job]] = (),
     ) -> None:
         if speed <= 0:
             raise ValueError(f"speed must be > 0, got {speed}")
@@ -282,28 +380,36 @@ class ProbeScheduler:
         self._token_interval = token_interval
         self._refresh_interval = refresh_interval
         self._tick = tick
+        self._clock = clock
         self._speed = speed
-        self._refresh: dict[str, float] = {}
-        self._scheduler = AsyncIOScheduler(timezone=UTC)
+        self._housekeeping = list(housekeeping)
+        self._jobs: dict[str, PeriodicJob] = {}
 
     def start(self) -> None:
-        now = datetime.now(UTC)
         for schedule in self.schedules:
-            token, refresh = self._token_interval, self._refresh_interval
-            self._add(schedule.run_token, token / self._speed, f"token:{schedule.name}", now)
-            self._add(schedule.run_refresh, refresh / self._speed, f"refresh:{schedule.name}", now)
-            self._refresh[schedule.name] = refresh
+            name = schedule.name
+            self._add(f"token:{name}", schedule.run_token, self._token_interval)
+            self._add(f"refresh:{name}", schedule.run_refresh, self._refresh_interval)
             self._add(
+                f"tenants:{name}",
                 schedule.run_tick,
-                self._tick_real(schedule),
-                f"tenants:{schedule.name}",
-                now + timedelta(seconds=0.5),
+                self._tick_seconds(schedule),
+                first_in=0.5 * self._speed,
             )
-        self._scheduler.start()
+        for name, interval, func in self._housekeeping:
+            self._add(name, func, interval, first_in=interval)
+        for job in self._jobs.values():
+            job.start()
+
+    def job(self, job_id: str) -> PeriodicJob | None:
+        """``token:<credential>``, ``refresh:<credential>``, ``tenants:<credential>`` or a
+        housekeeping job's name."""
+        return self._jobs.get(job_id)
 
     def refresh_interval(self, schedule: CredentialSchedule) -> float:
         """The tenant-refresh interval the credential's job runs at now (clock seconds)."""
-        return self._refresh.get(schedule.name, self._refresh_interval)
+        job = self._jobs.get(f"refresh:{schedule.name}")
+        return job.interval if job is not None else self._refresh_interval
 
     def reschedule_refresh(self, schedule: CredentialSchedule, seconds: float) -> bool:
         """Run the credential's tenant refresh every ``seconds`` from now on; False if unchanged.
@@ -313,51 +419,43 @@ class ProbeScheduler:
         """
         if seconds <= 0:
             raise ValueError(f"refresh interval must be > 0, got {seconds}")
-        if self._refresh.get(schedule.name) == seconds:
+        job = self._jobs.get(f"refresh:{schedule.name}")
+        if job is None or job.interval == seconds:
             return False
-        self._refresh[schedule.name] = seconds
-        job = self._scheduler.get_job(f"refresh:{schedule.name}")
-        if job is not None:
-            job.reschedule("interval", seconds=seconds / self._speed)
+        job.set_interval(seconds, restart=True)
         return True
 
-    def _tick_real(self, schedule: CredentialSchedule) -> float:
-        """The tick in real seconds: faster with a fast clock, but never a busy loop."""
-        return max(MIN_TICK, self._tick(schedule) / self._speed)
-
-    def _add(
-        self,
-        func: Callable[[], Coroutine[Any, Any, None]],
-        real: float,
-        job_id: str,
-        first: datetime,
-    ) -> None:
-        """An interval job every ``real`` seconds of real time."""
-        self._scheduler.add_job(
-            _guarded(func, job_id),
-            "interval",
-            seconds=real,
-            id=job_id,
-            next_run_time=first,
-            max_instances=1,
-            coalesce=True,
-            misfire_grace_time=max(1, math.ceil(real)),
-        )
-
     def retick(self, schedule: CredentialSchedule) -> None:
-        """Adjust a credential's tick after its tenant count or period changed."""
-        job = self._scheduler.get_job(f"tenants:{schedule.name}")
+        """Adjust a credential's tick after its tenant count or period changed, keeping its
+        phase: however often this is called, the tick is never pushed out."""
+        job = self._jobs.get(f"tenants:{schedule.name}")
         if job is not None:
-            job.reschedule("interval", seconds=self._tick_real(schedule))
+            seconds = self._tick_seconds(schedule)
+            if seconds != job.interval:
+                job.set_interval(seconds)
+
+    def set_speed(self, speed: float) -> None:
+        """The clock changed speed (a benchmark's fast clock): re-floor every tick."""
+        if speed <= 0:
+            raise ValueError(f"speed must be > 0, got {speed}")
+        self._speed = speed
+        for schedule in self.schedules:
+            self.retick(schedule)
 
     @property
     def ready(self) -> bool:
         return all(s.ready for s in self.schedules)
 
     async def stop(self, grace: float = 2.0) -> None:
-        if self._scheduler.running:
-            self._scheduler.shutdown(wait=False)
+        await asyncio.gather(*(job.stop() for job in self._jobs.values()))
         await asyncio.gather(*(s.drain(grace) for s in self.schedules))
+
+    def _add(self, job_id: str, func: Job, interval: float, first_in: float = 0.0) -> None:
+        self._jobs[job_id] = PeriodicJob(job_id, func, self._clock, interval, first_in)
+
+    def _tick_seconds(self, schedule: CredentialSchedule) -> float:
+        """The tick in clock seconds, but never shorter than ``MIN_TICK`` real seconds."""
+        return max(MIN_TICK * self._speed, self._tick(schedule))
 
 
 def tick_seconds(period: float, tenants: int) -> float:
@@ -366,18 +464,3 @@ def tick_seconds(period: float, tenants: int) -> float:
     if tenants <= 0:
         return MAX_TICK
     return min(MAX_TICK, max(MIN_TICK, period / tenants))
-
-
-def _guarded(
-    func: Callable[[], Coroutine[Any, Any, None]], job_id: str
-) -> Callable[[], Coroutine[Any, Any, None]]:
-    """A job that logs its own crash instead of letting APScheduler swallow it silently."""
-
-    async def job() -> None:
-        try:
-            await func()
-        except Exception:
-            log.exception("scheduled job failed", extra={"job": job_id})
-
-    job.__name__ = job_id.replace(":", "_")
-    return job

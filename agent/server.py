@@ -174,6 +174,7 @@ class AgentService:
         **agent_options: Any,
     ) -> None:
         self.agent = Agent(settings, **agent_options)
+        self.agent.claim_state_file()  # before listening: a second agent on the file refuses
         self._address = parse_listen_address(listen or settings.web_listen_address)
         self._app = build_app(self.agent, render_status_page, render_support_page)
         self._web_config = web_config

@@ -52,6 +52,8 @@ class CredentialSnapshot:
     tenant_budgets: TenantBudgets | None = None
     probes: tuple[str, ...] = ()
     """The per-tenant probes configured for every tenant (``tenant_probes``)."""
+    tenant_list_unread_pages: int = 0
+    """Tenant-list pages beyond the page cap that the last listing did not read (0: none)."""
 
     @property
     def tenants_listed(self) -> int:
@@ -78,6 +80,8 @@ class Snapshot:
     total_shards: int = 1
     evidence: tuple[Evidence, ...] = field(default=())
     """5XX support evidence, loaded only for the views that show it."""
+    state_file_recreated: int = 0
+    """Times the state file was found deleted or replaced while running, and recreated."""
 
     def credential(self, name: str) -> CredentialSnapshot | None:
         return next((c for c in self.credentials if c.name == name), None)
@@ -99,6 +103,7 @@ def credential_snapshot(
     pauses_total: int = 0,
     tenant_budgets: TenantBudgets | None = None,
     probes: tuple[str, ...] = (),
+    tenant_list_unread_pages: int = 0,
 ) -> CredentialSnapshot:
     """A credential's state copied for a snapshot, with what the wiring knows about it."""
     not_probed = Counter(state.skipped.values())
@@ -121,4 +126,5 @@ def credential_snapshot(
         pauses_total=pauses_total,
         tenant_budgets=tenant_budgets,
         probes=probes,
+        tenant_list_unread_pages=tenant_list_unread_pages,
     )

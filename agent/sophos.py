@@ -19,6 +19,9 @@ _DATA_REGION_HOST = re.compile(r"^api-[a-z]{2}[0-9]{2}\.central\.sophos\.com\.?$
 MAX_LABEL_TEXT = 128
 MAX_URL = 2048
 MAX_PAGES = 1000
+"""The agent reads at most this many tenant-list pages per listing (100,000 tenants)."""
+MAX_CLAIMED_PAGES = 1_000_000_000
+"""A ``pages.total`` above this is not believed either: reported as this."""
 TENANT_PAGE_SIZE = 100
 
 
@@ -67,9 +70,13 @@ class Tenant:
 
 @dataclass(frozen=True)
 class TenantPage:
+    """One tenant-list page: ``total_pages`` is what the agent will read (``pages.total``, at
+    most ``MAX_PAGES``), ``claimed_pages`` what ``pages.total`` said."""
+
     tenants: list[Tenant]
     total_pages: int
     skipped: int = 0
+    claimed_pages: int = 1
 
 
 def label_text(value: Any, limit: int = MAX_LABEL_TEXT) -> str:
@@ -139,7 +146,13 @@ def parse_tenant_page(body: Any) -> TenantPage:
             skipped += 1
         else:
             tenants.append(tenant)
-    return TenantPage(tenants=tenants, total_pages=_total_pages(body.get("pages")), skipped=skipped)
+    claimed = _claimed_pages(body.get("pages"))
+    return TenantPage(
+        tenants=tenants,
+        total_pages=min(claimed, MAX_PAGES),
+        skipped=skipped,
+        claimed_pages=claimed,
+    )
 
 
 def parse_tenant(item: Any) -> Tenant | None:
@@ -192,13 +205,13 @@ def is_data_region_url(url: str) -> bool:
     return bool(_DATA_REGION_HOST.fullmatch(host.lower()))
 
 
-def _total_pages(pages: Any) -> int:
+def _claimed_pages(pages: Any) -> int:
     if not isinstance(pages, dict):
         return 1
     total = pages.get("total")
     if isinstance(total, bool) or not isinstance(total, int) or total < 1:
         return 1
-    return min(total, MAX_PAGES)
+    return min(total, MAX_CLAIMED_PAGES)
 
 
 def _is_url(value: Any) -> bool:

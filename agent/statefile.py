@@ -14,6 +14,22 @@ file is logged as a warning naming the path and the problem, moved aside as
 inspected with the sqlite3 shell), and replaced by a fresh one. If even that fails the agent keeps
 running on an in-memory database and says so.
 
+A file deleted or replaced while the agent runs (a clean-up job, a restored backup, an operator)
+would otherwise go on receiving writes through the open connection, to an unlinked inode no
+restart will find. So the path's device and inode are compared with the file the connection
+opened, at most every ``IDENTITY_CHECK_SECONDS`` on a write and whenever ``verify`` is called (the
+agent calls it on a short period): when they differ the connection is reopened on the path (a
+fresh file, or the one now there), every ``on_recreated`` callback writes back what it holds in
+memory (the rate budget: this process's calls of the last day and its pauses), one warning is
+logged and ``recreated`` counts it. A corrupt file set aside at run time is written back the same
+way.
+
+One running agent per file and owner: ``lock(owner)`` takes an exclusive ``flock`` on
+``<state file>.lock`` (``<state file>.<owner>.lock`` for a shard's owner) and writes its PID in it;
+a second agent for the same owner gets ``StateFileInUse`` naming the file and that PID. Shards
+share one file under their own owners, so they do not exclude each other. The lock goes with the
+process: a killed agent leaves no stale lock.
+
 Schema (``PRAGMA user_version`` = 1)::
 
     rate_calls(owner TEXT, credential TEXT, second INTEGER, calls INTEGER,
@@ -35,12 +51,14 @@ moved aside and recreated first.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import math
+import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -54,6 +72,8 @@ RETENTION_SECONDS = 86400 + 3600
 PRUNE_EVERY_SECONDS = 600.0
 DEFAULT_BUSY_TIMEOUT = 5.0
 WARN_EVERY_SECONDS = 300.0
+IDENTITY_CHECK_SECONDS = 1.0
+"""A write checks at most this often that the path still names the file it writes to."""
 MEMORY = ":memory:"
 
 _RATE_SCHEMA = """
@@ -75,6 +95,27 @@ ON CONFLICT (owner, credential, second) DO UPDATE SET calls = calls + excluded.c
 
 class StateFileError(Exception):
     """A state-file operation failed; the message names the path and the problem."""
+
+
+class StateFileInUse(Exception):
+    """Another running agent holds the state file for the same owner (exit code 2 at start)."""
+
+    def __init__(self, path: str, owner: str, pid: int | None) -> None:
+        holder = f"process {pid}" if pid is not None else "another process"
+        whose = f" for owner {owner!r}" if owner else ""
+        super().__init__(
+            f"state file {path} is in use by {holder}{whose}: another agent with the same "
+            "configuration is running; stop it, or give this one its own state_file (shards "
+            "share one file under their own --shard)"
+        )
+        self.path = path
+        self.owner = owner
+        self.pid = pid
+
+
+Recreated = Callable[[], int]
+"""Called after the file was recreated: write back what is held in memory; returns the calls
+written (for the warning)."""
 
 
 class StateFile:
@@ -99,6 +140,13 @@ class StateFile:
         self._requested = str(path)
         self.path: str = self._requested
         self.set_aside: list[Path] = []
+        self.recreated = 0
+        """How often the file was found deleted or replaced while running, and recreated."""
+        self._callbacks: list[Recreated] = []
+        self._locks: dict[str, _OwnerLock] = {}
+        self._identity: tuple[int, int] | None = None
+        self._next_identity_check = 0.0
+        self._writing_back = False
         self._conn = self._open_or_recover()
 
     @property
@@ -109,6 +157,81 @@ class StateFile:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+            for lock in self._locks.values():
+                lock.release()
+            self._locks.clear()
+
+    # -- one agent per file and owner, and a file lost while running ---------------------------
+
+    def lock(self, owner: str) -> None:
+        """Hold the file for ``owner`` until ``close``; ``StateFileInUse`` if another process does.
+
+        Never raises for anything else: a lock file that cannot be created (a read-only
+        directory) is a warning, as every other state-file problem is.
+        """
+        if self.in_memory or owner in self._locks:
+            return
+        lock = _OwnerLock(_lock_path(self.path, owner))
+        try:
+            holder = lock.acquire()
+        except OSError as exc:
+            log.warning(
+                "state file %s cannot be locked, not guarded against a second agent: %s",
+                self.path,
+                _describe(exc),
+            )
+            return
+        if holder is not None:
+            raise StateFileInUse(self.path, owner, holder or None)
+        self._locks[owner] = lock
+
+    def on_recreated(self, callback: Recreated) -> None:
+        """Call ``callback`` whenever the file was recreated under the running agent."""
+        self._callbacks.append(callback)
+
+    def verify(self) -> bool:
+        """Check now that the path still names the open file; recreate it if not (True)."""
+        with self._lock:
+            self._next_identity_check = self._clock.monotonic() + IDENTITY_CHECK_SECONDS
+            for lock in self._locks.values():
+                lock.keep()
+            if self.in_memory or self._identity is None:
+                return False
+            found = _identity(self.path)
+            if found == self._identity:
+                return False
+            what = "deleted" if found is None else "replaced by another file"
+            self._conn.close()
+            self._conn = self._open_or_recover(quiet=True)
+            self.recreated += 1
+            written = self._write_back()
+            log.warning(
+                "state file %s was %s while the agent ran: recreated it and wrote back what "
+                "this agent holds in memory (%d calls of the last day)",
+                self.path,
+                what,
+                written,
+            )
+            return True
+
+    def _verify_throttled(self) -> None:
+        if self._writing_back or self._clock.monotonic() < self._next_identity_check:
+            return
+        self.verify()
+
+    def _write_back(self) -> int:
+        """Run every ``on_recreated`` callback once (not again from inside one)."""
+        if self._writing_back:
+            return 0
+        self._writing_back = True
+        try:
+            written = 0
+            for callback in self._callbacks:
+                with contextlib.suppress(StateFileError):
+                    written += callback()
+            return written
+        finally:
+            self._writing_back = False
 
     def __enter__(self) -> StateFile:
         return self
@@ -169,6 +292,7 @@ class StateFile:
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run one statement (autocommitted) and return all its rows."""
         with self._lock:
+            self._verify_throttled()
             try:
                 return list(self._conn.execute(sql, params).fetchall())
             except sqlite3.Error as exc:
@@ -178,6 +302,7 @@ class StateFile:
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """Statements inside commit together (``BEGIN IMMEDIATE``: the write lock up front)."""
         with self._lock:
+            self._verify_throttled()
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
@@ -194,7 +319,9 @@ class StateFile:
 
     # -- opening and recovery ------------------------------------------------------------------
 
-    def _open_or_recover(self) -> sqlite3.Connection:
+    def _open_or_recover(self, quiet: bool = False) -> sqlite3.Connection:
+        """Open the path (a fresh file when missing), recover a bad one; ``quiet``: the caller
+        says why the file is missing."""
         if self._requested == MEMORY:
             return self._connect(MEMORY)
         path = Path(self._requested)
@@ -202,7 +329,7 @@ class StateFile:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             return self._fall_back_to_memory(f"cannot create directory {path.parent}: {exc}")
-        if not path.exists():
+        if not path.exists() and not quiet:
             log.warning(
                 "state file %s does not exist: starting fresh (calls made before are unknown)",
                 path,
@@ -226,10 +353,17 @@ class StateFile:
     def _fall_back_to_memory(self, problem: str) -> sqlite3.Connection:
         log.error("state file unavailable, nothing will survive a restart: %s", problem)
         self.path = MEMORY
+        self._identity = None
         return self._connect(MEMORY)
 
     def _connect(self, target: str) -> sqlite3.Connection:
-        """Open, configure and verify: any problem surfaces here as ``sqlite3.Error``."""
+        """Open, configure and verify (any problem surfaces here as ``sqlite3.Error``), and
+        note which file it is."""
+        conn = self._configure(target)
+        self._identity = None if target == MEMORY else _identity(target)
+        return conn
+
+    def _configure(self, target: str) -> sqlite3.Connection:
         conn = sqlite3.connect(
             target, timeout=self._busy_ms / 1000, isolation_level=None, check_same_thread=False
         )
@@ -281,6 +415,7 @@ class StateFile:
             log.warning("state file %s became unusable (%s): starting fresh", self.path, error)
             self._conn.close()
             self._conn = self._start_fresh(Path(self.path))
+            self._write_back()
         else:
             self._warn_throttled(f"{error} (not persisted)")
         return error
@@ -299,6 +434,79 @@ class StateFile:
 
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    """(device, inode) of the file the path names now; None when there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _lock_path(path: str, owner: str) -> Path:
+    return Path(f"{path}.{owner}.lock" if owner else f"{path}.lock")
+
+
+class _OwnerLock:
+    """An exclusive ``flock`` on a lock file that holds the PID of the process that has it.
+
+    ``flock`` (not POSIX record locks) because SQLite's own POSIX locks on the state file would be
+    dropped by closing any other descriptor of it; the lock file is a file of its own.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self._identity: tuple[int, int] | None = None
+
+    def acquire(self) -> int | None:
+        """Take the lock (None), or return the PID of the process holding it (0: unknown)."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_pid(fd)
+            os.close(fd)
+            return holder
+        except OSError:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        self._identity = _identity(str(self.path))
+        return None
+
+    def keep(self) -> None:
+        """Take the lock again if its file was deleted or replaced (say so if another has it)."""
+        if self._fd is None or _identity(str(self.path)) == self._identity:
+            return
+        self.release()
+        try:
+            holder = self.acquire()
+        except OSError as exc:
+            log.warning("lock file %s lost and not recreated: %s", self.path, _describe(exc))
+            return
+        if holder is not None:
+            log.error(
+                "lock file %s was replaced and process %s now holds it: two agents may be "
+                "spending the same budget",
+                self.path,
+                holder or "unknown",
+            )
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
+
+
+def _read_pid(fd: int) -> int:
+    with contextlib.suppress(OSError, ValueError):
+        return int(os.pread(fd, 32, 0).decode("ascii", "replace").strip() or 0)
+    return 0
 
 
 def _statements(ddl: str) -> list[str]:

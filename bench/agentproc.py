@@ -56,18 +56,9 @@ class TenantProbeCounter:
 
 
 def switch_speed(scheduler: ProbeScheduler, speed: float) -> None:
-    """The clock changed speed: run token probes, refreshes and ticks at the new real pace."""
-    scheduler._speed = speed
-    for schedule in scheduler.schedules:
-        intervals = {
-            f"token:{schedule.name}": scheduler._token_interval,
-            f"refresh:{schedule.name}": scheduler.refresh_interval(schedule),
-        }
-        for job_id, seconds in intervals.items():
-            job = scheduler._scheduler.get_job(job_id)
-            if job is not None:
-                job.reschedule("interval", seconds=seconds / speed)
-        scheduler.retick(schedule)
+    """The clock changed speed: the jobs sleep on the clock and follow it; the tick's floor of
+    real time moves with it."""
+    scheduler.set_speed(speed)
 
 
 def _value(text: str) -> Any:

@@ -335,7 +335,7 @@ async def test_429s_without_retry_after_escalate_minute_then_rest_of_hour_then_d
     budget = make_budget(clock)
     await steady_calls(budget, clock, every=300.0, hours=2.0)  # 23:00 to 01:00
     await clock.advance(600.0)  # 01:10:00
-    sent = clock.time()
+    sent = clock.monotonic()
     await budget.acquire("msp")
 
     first = budget.pause("msp", None, sent_at=sent)
@@ -345,7 +345,7 @@ async def test_429s_without_retry_after_escalate_minute_then_rest_of_hour_then_d
     assert (info.window, info.reason, info.consecutive) == ("1m", "escalation", 1)
 
     await clock.advance(first)
-    sent = clock.time()
+    sent = clock.monotonic()
     await budget.acquire("msp")
     budget.pause("msp", None, sent_at=sent)
     info = budget.pause_info("msp")
@@ -358,7 +358,7 @@ async def test_429s_without_retry_after_escalate_minute_then_rest_of_hour_then_d
     assert top_of_hour <= budget.paused_until("msp") <= top_of_hour + 60
 
     await clock.advance(budget.paused_until("msp") - clock.time())
-    sent = clock.time()
+    sent = clock.monotonic()
     await budget.acquire("msp")
     budget.pause("msp", None, sent_at=sent)
     info = budget.pause_info("msp")
@@ -368,7 +368,7 @@ async def test_429s_without_retry_after_escalate_minute_then_rest_of_hour_then_d
     assert midnight <= budget.paused_until("msp") <= midnight + 60
 
     await clock.advance(budget.paused_until("msp") - clock.time())
-    sent = clock.time()
+    sent = clock.monotonic()
     await budget.acquire("msp")
     fourth = budget.pause("msp", None, sent_at=sent)
     info = budget.pause_info("msp")
@@ -381,11 +381,11 @@ async def test_429s_without_retry_after_escalate_minute_then_rest_of_hour_then_d
 async def test_the_hour_step_waits_for_our_own_oldest_call_of_the_hour_to_leave() -> None:
     clock = FakeClock(start=T_2300 + 3000)  # 23:50, a fresh agent: its calls are all recent
     budget = make_budget(clock)
-    sent = clock.time()
+    sent = clock.monotonic()
     await budget.acquire("msp")
     first = budget.pause("msp", None, sent_at=sent)
     await clock.advance(first)
-    sent = clock.time()
+    sent = clock.monotonic()
     await budget.acquire("msp")
     budget.pause("msp", None, sent_at=sent)
     # The next clock hour (00:00) is near, but a sliding hour still holds our 23:50 call.
@@ -396,22 +396,22 @@ async def test_the_hour_step_waits_for_our_own_oldest_call_of_the_hour_to_leave(
 async def test_a_success_resets_the_escalation_but_not_one_sent_before_the_pause() -> None:
     clock = FakeClock()
     budget = make_budget(clock)
-    before = clock.time()
+    before = clock.monotonic()
     await budget.acquire("msp")
     await budget.acquire("msp")
     budget.pause("msp", None, sent_at=before)
     budget.note_success("msp", sent_at=before)  # the other call was in flight: says nothing
     await clock.advance(budget.paused_until("msp") - clock.time())
-    sent = clock.time()
+    sent = clock.monotonic()
     await budget.acquire("msp")
     budget.pause("msp", None, sent_at=sent)
     assert budget.pause_info("msp").window == "1h"  # type: ignore[union-attr]
 
     await clock.advance(budget.paused_until("msp") - clock.time())
-    sent = clock.time()
+    sent = clock.monotonic()
     await budget.acquire("msp")
     budget.note_success("msp", sent_at=sent)
-    sent = clock.time()
+    sent = clock.monotonic()
     await budget.acquire("msp")
     length = budget.pause("msp", None, sent_at=sent)
     info = budget.pause_info("msp")
@@ -423,7 +423,7 @@ async def test_a_success_resets_the_escalation_but_not_one_sent_before_the_pause
 async def test_429s_of_calls_in_flight_together_are_one_pause_not_an_escalation() -> None:
     clock = FakeClock()
     budget = make_budget(clock)
-    sent = clock.time()
+    sent = clock.monotonic()
     for _ in range(5):
         await budget.acquire("msp")
     first = budget.pause("msp", None, sent_at=sent)
@@ -465,11 +465,11 @@ async def test_a_pause_and_its_streak_survive_a_restart(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     with StateFile(path, clock) as store:
         budget = RateBudget(DEFAULT_LIMITS, 0.1, clock, store=store, rng=random.Random(1))
-        sent = clock.time()
+        sent = clock.monotonic()
         await budget.acquire("msp")
         budget.pause("msp", None, sent_at=sent)
         await clock.advance(budget.paused_until("msp") - clock.time())
-        sent = clock.time()
+        sent = clock.monotonic()
         await budget.acquire("msp")
         budget.pause("msp", None, sent_at=sent)
         until = budget.paused_until("msp")

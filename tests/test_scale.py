@@ -105,8 +105,9 @@ async def test_ten_thousand_tenants_stretch_the_refresh_then_the_period_and_expo
         assert agent.scheduler is not None
         (schedule,) = agent.scheduler.schedules
         assert agent.scheduler.refresh_interval(schedule) == plan.refresh_interval
-        job = agent.scheduler._scheduler.get_job("refresh:msp-scale")
-        assert job.trigger.interval.total_seconds() == pytest.approx(plan.refresh_interval)
+        job = agent.scheduler.job("refresh:msp-scale")
+        assert job is not None
+        assert job.interval == pytest.approx(plan.refresh_interval)
 
         page = await stack.metrics()
         assert one(page[m.TENANT_REFRESH_INTERVAL_SECONDS]) == pytest.approx(plan.refresh_interval)
