@@ -29,6 +29,7 @@ from agent.config import (
     load_settings,
 )
 from agent.logs import REDACTOR, setup_logging
+from agent.statefile import StateFileInUse
 from agent.views.check import check_json, format_check
 from agent.views.report import build_report
 
@@ -204,6 +205,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             return EXIT_CONFIG
     try:
         asyncio.run(serve_agent(settings, listen, web_config))
+    except StateFileInUse as exc:  # a second agent on the same state file and shard
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except OSError as exc:
         print(f"error: cannot serve on {listen}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -147,6 +147,8 @@ class StateFile:
         self._identity: tuple[int, int] | None = None
         self._next_identity_check = 0.0
         self._writing_back = False
+        self._generation = 0
+        """Counts every fresh start at run time (recreated, or set aside as corrupt)."""
         self._conn = self._open_or_recover()
 
     @property
@@ -221,6 +223,7 @@ class StateFile:
 
     def _write_back(self) -> int:
         """Run every ``on_recreated`` callback once (not again from inside one)."""
+        self._generation += 1
         if self._writing_back:
             return 0
         self._writing_back = True
@@ -242,10 +245,20 @@ class StateFile:
     # -- rate-window usage ---------------------------------------------------------------------
 
     def record_call(self, owner: str, credential: str, ts: float, calls: int = 1) -> None:
-        """Persist ``calls`` made at wall time ``ts``: one UPSERT, autocommitted. Never raises."""
+        """Persist ``calls`` made at wall time ``ts``: one UPSERT, autocommitted. Never raises.
+
+        Should the write find the file corrupt, the fresh file gets what memory held written back
+        (which the caller has not added this call to yet) and then this call.
+        """
         second = math.ceil(ts)
+        generation = self._generation
         try:
-            self.execute(_UPSERT_CALL, (owner, credential, second, calls))
+            try:
+                self.execute(_UPSERT_CALL, (owner, credential, second, calls))
+            except StateFileError:
+                if self._generation == generation:
+                    raise
+                self.execute(_UPSERT_CALL, (owner, credential, second, calls))
             if ts >= self._next_prune:
                 self._next_prune = ts + PRUNE_EVERY_SECONDS
                 self.prune_calls(ts - RETENTION_SECONDS)

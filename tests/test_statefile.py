@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sqlite3
 import subprocess
@@ -22,6 +23,7 @@ from agent.statefile import (
     RETENTION_SECONDS,
     StateFile,
     StateFileError,
+    StateFileInUse,
 )
 
 
@@ -310,3 +312,171 @@ def test_the_file_is_in_wal_mode_with_normal_sync(tmp_path: Path) -> None:
         assert store.execute("PRAGMA journal_mode") == [("wal",)]
         assert store.execute("PRAGMA synchronous") == [(1,)]  # NORMAL
         assert store.execute("PRAGMA user_version") == [(1,)]
+
+
+# -- lost, replaced or shared while running ------------------------------------------------------
+
+
+def unlink_with_companions(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+async def calls_a_minute_apart(budget: RateBudget, clock: FakeClock, calls: int) -> None:
+    for _ in range(calls):
+        await asyncio.wait_for(budget.acquire("msp"), 1)
+        await clock.advance(61)
+
+
+async def test_a_file_deleted_under_the_running_agent_is_recreated_with_every_call_of_the_day(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "state.db"
+    clock = FakeClock()
+    caplog.set_level(logging.WARNING, logger="agent.statefile")
+    with StateFile(path, clock) as store:
+        budget = RateBudget(DEFAULT_LIMITS, 0.1, clock, store, owner="solo")
+        await calls_a_minute_apart(budget, clock, 24)
+        unlink_with_companions(path)
+        await calls_a_minute_apart(budget, clock, 43)
+        assert store.recreated == 1
+    with StateFile(path, clock) as store:
+        again = RateBudget(DEFAULT_LIMITS, 0.1, clock, store, owner="solo")
+        assert again.calls("msp")["1d"] == 67, "the restart sees every call, none twice"
+        assert again.exact_calls("msp")["1h"] == budget.exact_calls("msp")["1h"]
+    warnings = [r.getMessage() for r in caplog.records if "while the agent ran" in r.getMessage()]
+    assert len(warnings) == 1
+    assert str(path) in warnings[0] and "deleted" in warnings[0]
+    assert "(24 calls of the last day)" in warnings[0], "what memory held was written back"
+
+
+async def test_a_deleted_file_is_noticed_by_the_periodic_check_before_any_write(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.db"
+    clock = FakeClock()
+    with StateFile(path, clock) as store:
+        budget = RateBudget(DEFAULT_LIMITS, 0.1, clock, store, owner="solo")
+        await calls_a_minute_apart(budget, clock, 5)
+        unlink_with_companions(path)
+        assert store.verify(), "recreated"
+        assert not store.verify(), "once"
+        assert path.exists()
+    assert rows_in(path) == 5
+
+
+async def test_a_file_replaced_by_an_old_copy_is_rewritten_without_counting_twice(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.db"
+    clock = FakeClock()
+    with StateFile(path, clock) as store:
+        other = RateBudget(DEFAULT_LIMITS, 0.1, clock, store, owner="shard-1-of-2")
+        await other.acquire("msp")
+        budget = RateBudget(DEFAULT_LIMITS, 0.1, clock, store, owner="shard-0-of-2")
+        await calls_a_minute_apart(budget, clock, 10)
+        store.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        backup = tmp_path / "backup.db"
+        backup.write_bytes(path.read_bytes())  # a backup with our first 10 calls
+        await calls_a_minute_apart(budget, clock, 5)
+        backup.replace(path)  # a restore under the running agent
+        await calls_a_minute_apart(budget, clock, 5)
+        assert store.recreated == 1
+    with StateFile(path, clock) as store:
+        again = RateBudget(DEFAULT_LIMITS, 0.1, clock, store, owner="shard-0-of-2")
+        assert again.calls("msp")["1d"] == 20, "our rows are what we made, not the backup's too"
+        kept = RateBudget(DEFAULT_LIMITS, 0.1, clock, store, owner="shard-1-of-2")
+        assert kept.calls("msp")["1d"] == 1, "the other owner's rows are left alone"
+
+
+async def test_a_file_corrupted_at_run_time_is_written_back_too(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    clock = FakeClock()
+    with StateFile(path, clock) as store:
+        budget = RateBudget(DEFAULT_LIMITS, 0.1, clock, store, owner="solo")
+        await calls_a_minute_apart(budget, clock, 3)
+        store._conn = BrokenConnection(store._conn)  # type: ignore[assignment]
+        await calls_a_minute_apart(budget, clock, 2)
+        assert len(store.set_aside) == 1
+    with StateFile(path, clock) as store:
+        assert RateBudget(DEFAULT_LIMITS, 0.1, clock, store, owner="solo").calls("msp")["1d"] == 5
+
+
+def test_a_second_agent_for_the_same_owner_is_refused_naming_the_file_and_the_process(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.db"
+    with StateFile(path) as first, StateFile(path) as second:
+        first.lock("")
+        with pytest.raises(StateFileInUse) as refused:
+            second.lock("")
+        assert refused.value.pid == os.getpid()
+        assert str(path) in str(refused.value) and f"process {os.getpid()}" in str(refused.value)
+        second.lock("shard-1-of-2")  # shards share the file under their own owners
+        first.lock("shard-0-of-2")
+    with StateFile(path) as again:
+        again.lock("")  # the lock went with the first agent
+
+
+def test_a_lock_held_by_another_process_names_that_process(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from agent.statefile import StateFile\n"
+            "s = StateFile(sys.argv[1]); s.lock('shard-0-of-2'); print('locked', flush=True)\n"
+            "sys.stdin.read()",
+            str(path),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with StateFile(path) as store, pytest.raises(StateFileInUse) as refused:
+            store.lock("shard-0-of-2")
+        assert refused.value.pid == holder.pid
+        assert "owner 'shard-0-of-2'" in str(refused.value)
+    finally:
+        holder.communicate("", timeout=30)
+    with StateFile(path) as store:
+        store.lock("shard-0-of-2")
+
+
+def test_a_state_file_in_memory_takes_no_lock(tmp_path: Path) -> None:
+    with StateFile(":memory:") as first, StateFile(":memory:") as second:
+        first.lock("")
+        second.lock("")
+
+
+# -- bad files at start ------------------------------------------------------------------------
+
+
+def test_a_truncated_file_is_set_aside_and_the_agent_starts_fresh(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "state.db"
+    with StateFile(path) as store:
+        for ts in range(2000):
+            store.record_call("solo", f"cred-{ts % 50}", 1_700_000_000.0 + ts)
+        store.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) // 2])
+    caplog.set_level(logging.WARNING, logger="agent.statefile")
+    with StateFile(path, FakeClock()) as store:
+        assert not store.in_memory
+        assert store.load_calls("solo", since=0) == []
+        store.record_call("solo", "msp", 1_700_000_000.0)
+        (aside,) = store.set_aside
+    assert aside.read_bytes() == whole[: len(whole) // 2]
+    assert any("unusable" in r.getMessage() and str(path) in r.getMessage() for r in caplog.records)
+
+
+def test_an_empty_file_is_a_fresh_ledger(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    path.write_bytes(b"")
+    with StateFile(path) as store:
+        assert store.load_calls("solo", since=0) == []
+        assert not store.set_aside
