@@ -219,6 +219,78 @@ async def test_a_killed_agent_restarts_knowing_the_calls_it_made(
     assert own <= allowance - before, "the restarted agent spent only what was left"
 
 
+# -- the state file lost or shared while running ------------------------------------------------
+
+STATE_LIMITS = {"1s": 5, "1m": 10_000, "1h": 100_000, "1d": 1_000_000}
+
+
+async def test_a_state_file_deleted_under_the_running_agent_loses_no_call(tmp_path: Path) -> None:
+    state = tmp_path / "state.db"
+    async with simulator(scenario(30, STATE_LIMITS)) as sim:
+        client_id = sim.scenario.credential("msp").client_id
+        config = write_config(tmp_path / "config.yml", sim)
+        first = await spawn(config)
+        try:
+            await wait_for(lambda: sim.stats.arrivals(client_id) >= 20, 30, "20 calls")
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{state}{suffix}").unlink(missing_ok=True)
+            deleted_at = sim.stats.arrivals(client_id)
+            await wait_for(
+                lambda: sim.stats.arrivals(client_id) >= deleted_at + 40, 30, "40 calls more"
+            )
+
+            async def recreated() -> bool:
+                return one((await first.page())[m.STATE_FILE_RECREATED_TOTAL]) == 1
+
+            await wait_for(recreated, 10, "the recreation on /metrics")
+        finally:
+            await kill(first)
+        made = sim.stats.arrivals(client_id)
+        assert state.exists()
+        second = await spawn(config)
+        try:
+            page = await second.page()
+        finally:
+            await kill(second)
+    day = one(page[m.RATE_LIMIT_CALLS], window="1d")
+    own = sum(v for _, lbl, v in page[m.API_REQUESTS_TOTAL]) + one(page[m.API_REQUESTS_IN_FLIGHT])
+    print(f"{made} calls made by the first agent; the restart counts {day - own} of them")
+    assert day - own >= made, "the restart counts every call made before it"
+    logged = [line for line in first.log().splitlines() if "while the agent ran" in line]
+    assert len(logged) == 1 and "deleted" in logged[0]
+
+
+async def test_a_second_agent_on_the_same_state_file_refuses_to_start_naming_the_first(
+    tmp_path: Path,
+) -> None:
+    async with simulator(scenario(5, STATE_LIMITS)) as sim:
+        config = write_config(tmp_path / "config.yml", sim)
+        first = await spawn(config)
+        try:
+            second = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "agent",
+                "run",
+                "--config",
+                str(config),
+                "--web.listen-address",
+                f"127.0.0.1:{free_port()}",
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            _, err = await asyncio.wait_for(second.communicate(), 30)
+            assert await first.up(), "the first agent runs on"
+        finally:
+            await kill(first)
+    assert second.returncode == 2, "a configuration or environment error"
+    message = err.decode()
+    assert message.startswith(
+        f"error: state file {tmp_path / 'state.db'} is in use by process {first.process.pid}"
+    ), message
+
+
 # -- SIGTERM --------------------------------------------------------------------------------------
 
 
