@@ -61,7 +61,8 @@ class Central:
             self._note("tenant_list")
             ids, total = self.pages(page)
             items = [self._item(t) for t in ids]
-            return httpx.Response(200, json={"items": items, "pages": {"current": page, "total": total}})
+            pages = {"current": page, "total": total}
+            return httpx.Response(200, json={"items": items, "pages": pages})
         tenant = request.headers.get("X-Tenant-ID", "")
         self.probed[tenant] += 1
         self._note(tenant)

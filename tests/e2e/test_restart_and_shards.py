@@ -224,6 +224,12 @@ async def test_a_killed_agent_restarts_knowing_the_calls_it_made(
 STATE_LIMITS = {"1s": 5, "1m": 10_000, "1h": 100_000, "1d": 1_000_000}
 
 
+def delete_with_companions(state: Path) -> None:
+    """What a clean-up job or an operator does to the state file under the running agent."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{state}{suffix}").unlink(missing_ok=True)
+
+
 async def test_a_state_file_deleted_under_the_running_agent_loses_no_call(tmp_path: Path) -> None:
     state = tmp_path / "state.db"
     async with simulator(scenario(30, STATE_LIMITS)) as sim:
@@ -232,8 +238,7 @@ async def test_a_state_file_deleted_under_the_running_agent_loses_no_call(tmp_pa
         first = await spawn(config)
         try:
             await wait_for(lambda: sim.stats.arrivals(client_id) >= 20, 30, "20 calls")
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{state}{suffix}").unlink(missing_ok=True)
+            delete_with_companions(state)
             deleted_at = sim.stats.arrivals(client_id)
             await wait_for(
                 lambda: sim.stats.arrivals(client_id) >= deleted_at + 40, 30, "40 calls more"
