@@ -679,3 +679,43 @@ async def test_a_shards_tenant_windows_get_the_whole_share_its_credential_window
     assert not third.done() and not eleventh.done()
     third.cancel()
     eleventh.cancel()
+
+
+# -- the presentation surface ----------------------------------------------------------------------
+
+
+async def test_a_readout_gives_every_view_the_same_numbers_read_at_one_moment() -> None:
+    clock = FakeClock(start=1_700_000_000.0)
+    budget = make_budget(clock, share=0.1, limits={**DEFAULT_LIMITS, "1s": 100})
+    for _ in range(3):
+        await budget.acquire("msp")
+    await clock.advance(59.5)
+    await budget.acquire("msp")
+    await clock.advance(0.5)
+    length = budget.pause("msp", 30.0)
+    reading = budget.readout("msp")
+    assert reading.key == "msp" and reading.now == clock.time()
+    assert reading.calls == {"1s": 1, "1m": 1, "1h": 4, "1d": 4}, "exact: the first three left"
+    assert reading.admission_calls["1m"] == 4, "admission holds them for the margin"
+    assert reading.allowance == budget.allowance and reading.limits == budget.limits
+    assert reading.paused and reading.pauses_total == 1
+    assert reading.paused_until == clock.time() + length
+    assert reading.pause == budget.pause_info("msp")
+    assert reading.tenant_budgets is None
+    assert reading.utilization("1h") == 4 / DEFAULT_LIMITS["1h"]
+    await clock.advance(length + 1)
+    assert not budget.readout("msp").paused, "the pause ended; it is still shown, as the last"
+
+
+async def test_a_readout_with_tenants_sums_up_the_tenant_windows() -> None:
+    clock = FakeClock()
+    budget = make_budget(clock, share=0.1, limits={**DEFAULT_LIMITS, "1s": 100})
+    for _ in range(2):
+        await budget.acquire(tenant_key("msp", "t-1"))
+    await budget.acquire(tenant_key("msp", "t-2"))
+    reading = budget.readout("msp", tenants=True)
+    assert reading.tenant_budgets is not None
+    assert reading.tenant_budgets.max_calls["1m"] == 2 and reading.tenant_budgets.tenants == 2
+    assert reading.calls["1m"] == 0, "tenant calls count apart from the credential's"
+    tenant = budget.readout(tenant_key("msp", "t-1"))
+    assert tenant.calls["1m"] == 2 and tenant.allowance == budget.tenant_allowance
