@@ -202,14 +202,18 @@ class StateFile:
             found = _identity(self.path)
             if found == self._identity:
                 return False
-            what = "deleted" if found is None else "replaced by another file"
+            what = (
+                "deleted while the agent ran: recreated it"
+                if found is None
+                else "replaced by another file while the agent ran: writing to that one"
+            )
             self._conn.close()
             self._conn = self._open_or_recover(quiet=True)
             self.recreated += 1
             written = self._write_back()
             log.warning(
-                "state file %s was %s while the agent ran: recreated it and wrote back what "
-                "this agent holds in memory (%d calls of the last day)",
+                "state file %s was %s, with what this agent holds in memory written back "
+                "(%d calls of the last day)",
                 self.path,
                 what,
                 written,
