@@ -6,15 +6,14 @@ A tenant list whose first page claims 1,000 pages (the later ones empty) and a t
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from agent import metricnames as m
-from agent.simulator import Credential, Scenario, Tenant, build_scenario
-from agent.simulator.central import Central
-from agent.simulator.wire import Reply, json_reply
+from agent.simulator import Credential, Scenario, Tenant, build_scenario, routes
+from agent.simulator.reads import Call
 from tests.e2e.harness import Stack, start_stack, stop_stack, wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -31,15 +30,14 @@ async def ready(stack: Stack) -> bool:
 async def test_a_first_page_claiming_1000_pages_costs_one_page_more_not_the_budget(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    honest = Central._tenant_page
+    honest = routes.tenant_page
 
-    def lying(self: Central, req: object, cred: Credential) -> Reply:
-        reply = honest(self, req, cred)  # type: ignore[arg-type]
-        body = json.loads(reply.body)
+    def lying(call: Call, max_size: int) -> dict[str, Any]:
+        body = honest(call, max_size)
         body["pages"]["total"] = 1000
-        return json_reply(reply.status, body)
+        return body
 
-    monkeypatch.setattr(Central, "_tenant_page", lying)
+    monkeypatch.setattr(routes, "tenant_page", lying)
     scenario = build_scenario("healthy")  # 20 and 5 tenants: one page each, then empty ones
     scenario.rate_limits.update({"1s": 100, "1m": 6000, "1h": 1_000_000, "1d": 10_000_000})
     # budget_share 0.1: ten calls a second, enough for 26 tenants every 10 s, and 1,000 pages
