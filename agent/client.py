@@ -19,6 +19,7 @@ import httpx
 from agent.classify import Outcome, classify_exception, classify_response
 from agent.clock import Clock
 from agent.config import Credential, Settings
+from agent.decoding import Body, read_body
 from agent.families import TENANT, Family, ProbeSpec, resolve
 from agent.hosts import HostNotAllowed, HostPolicy
 from agent.logs import REDACTOR
@@ -43,6 +44,10 @@ from agent.sophos import (
 log = logging.getLogger(__name__)
 
 TOKEN_RENEW_MARGIN = 300.0
+MIN_TOKEN_LIFETIME = 60.0
+"""A token is kept at least this long, whatever its answer's ``expires_in`` said (0, negative,
+one second): renewals never outrun the calls they serve. Should the API refuse it sooner, the 401
+drops it and the next call gets a new one: at most one token per call."""
 _REDACTED = "<redacted>"
 
 
@@ -75,6 +80,9 @@ class CallRecord:
     started_at: float
     response_headers: dict[str, str] = field(default_factory=dict)
     raw_body: bytes = b""
+    body_complete: bool = True
+    """False when ``raw_body`` is only the start of the answer (cut at ``max_response_bytes``, or
+    decoding stopped): whoever stores it must not keep a secret cut in half at its end."""
 
 
 class CallObserver(Protocol):
@@ -159,15 +167,27 @@ class SophosClient:
         }
         outcome, _ = await self._call("token", "", "POST", self.settings.auth_url, {}, form=form)
         self.last_token_outcome = outcome
-        if not outcome.ok:
+        if not _usable(outcome):
             return outcome, None
         try:
             token = parse_token(outcome.body, self._clock.time())
         except InvalidResponse as exc:
-            return _invalid(outcome, str(exc)), None
+            self.last_token_outcome = _invalid(outcome, str(exc))
+            return self.last_token_outcome, None
         REDACTOR.add_transient(token.value)  # should an answer ever echo it, logs mask it
-        self._token = token
-        return outcome, token
+        if token.expires_at <= token.issued_at:
+            # Already expired when issued: a broken id host (or something posing as it). Say so
+            # on the token probe, and use the token anyway: see MIN_TOKEN_LIFETIME.
+            outcome = _invalid(
+                outcome,
+                "token answer has an expires_in of 0 or less (the token is already expired); "
+                f"the agent keeps such a token for {MIN_TOKEN_LIFETIME:.0f} s at most, or until "
+                "the API refuses it",
+            )
+            self.last_token_outcome = outcome
+        floor = token.issued_at + MIN_TOKEN_LIFETIME
+        self._token = token if token.expires_at >= floor else replace(token, expires_at=floor)
+        return outcome, self._token
 
     async def bearer(self) -> str:
         """A valid token, renewed ahead of expiry; one renewal at a time per credential."""
@@ -192,7 +212,7 @@ class SophosClient:
     async def whoami(self) -> tuple[Outcome, WhoAmI | None]:
         url = f"{self.settings.api_url}/whoami/v1"
         outcome, _ = await self._api_call("whoami", "", url, {})
-        if not outcome.ok:
+        if not _usable(outcome):
             return outcome, None
         try:
             return outcome, parse_whoami(outcome.body)
@@ -224,7 +244,7 @@ class SophosClient:
             outcome, _ = await self._api_call(
                 "tenant_list", "", url, dict([header]), priority=priority
             )
-            if not outcome.ok:
+            if not _usable(outcome):
                 self.last_listing = TenantListing(page, claimed, complete=False)
                 return outcome, None
             try:
@@ -255,21 +275,17 @@ class SophosClient:
         if family is None:
             family = resolve((ProbeSpec(TENANT),), self.settings.tenant_probe_path)[0]
         url = f"{tenant.api_host}{family.path}"
-        outcome, body = await self._api_call(
+        outcome, _ = await self._api_call(
             family.name, tenant.id, url, {"X-Tenant-ID": tenant.id}, priority=priority
         )
-        if outcome.ok and isinstance(outcome.body, dict):
+        if not _usable(outcome):
+            return outcome
+        if isinstance(outcome.body, dict):
             why = family.check(outcome.body)
             return outcome if why is None else _invalid(outcome, why)
-        if outcome.ok:
-            # Every Central read answers a JSON object; an HTML maintenance page, a body cut at
-            # the cap or JSON nested past the parser's limit means something else answered.
-            if len(body) >= self.settings.max_response_bytes:
-                why = f"response body exceeds max_response_bytes ({len(body)} bytes read)"
-            else:
-                why = "response body is not a JSON object"
-            return _invalid(outcome, why)
-        return outcome
+        # Every Central read answers a JSON object; an HTML maintenance page or JSON nested past
+        # the parser's limit means something else answered.
+        return _invalid(outcome, "response body is not a JSON object")
 
     async def _api_call(
         self,
@@ -348,12 +364,14 @@ class SophosClient:
         started_wall = self._clock.time()
         started = self._clock.monotonic()
         response_headers: dict[str, str] = {}
-        body = b""
+        body = Body(b"")
         self.in_flight += 1
         try:
             async with asyncio.timeout(self.settings.request_timeout):
                 status, response_headers, body = await self._send(method, url, headers, form)
-            outcome = classify_response(status, body, response_headers)
+            outcome = classify_response(status, body.data, response_headers)
+            if body.problem is not None and outcome.ok:
+                outcome = _invalid(outcome, body.problem)
         except Exception as exc:  # a broken peer must never take the agent down
             outcome = classify_exception(exc)
             stale = _dropped_before_response(exc)
@@ -372,25 +390,21 @@ class SophosClient:
             duration=duration,
             started_at=started_wall,
             response_headers=response_headers,
-            raw_body=body,
+            raw_body=body.data,
+            body_complete=body.problem is None,
         )
         for observer in self._observers:
             observer.observe_call(record)
-        return outcome, body, stale
+        return outcome, body.data, stale
 
     async def _send(
         self, method: str, url: str, headers: dict[str, str], form: Mapping[str, str] | None
-    ) -> tuple[int, dict[str, str], bytes]:
-        cap = self.settings.max_response_bytes
+    ) -> tuple[int, dict[str, str], Body]:
+        """The answer, its body decoded by ``agent.decoding`` under ``max_response_bytes``: never
+        by httpx's own decoders, which inflate a whole chunk (or a whole layer) at once."""
         async with self._http.stream(method, url, headers=headers, data=form) as response:
-            chunks: list[bytes] = []
-            size = 0
-            async for chunk in response.aiter_bytes():
-                chunks.append(chunk)
-                size += len(chunk)
-                if size >= cap:
-                    break
-            return response.status_code, dict(response.headers), b"".join(chunks)[:cap]
+            body = await read_body(response, self.settings.max_response_bytes)
+            return response.status_code, dict(response.headers), body
 
     def _budget_key_for(self, tenant_id: str) -> str:
         """Whose rate windows a call counts against (``rate_limit_scope``).
@@ -435,6 +449,11 @@ def _dropped_before_response(exc: BaseException) -> bool:
 def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
     """Request headers as they may be shown in logs and support evidence: no bearer token."""
     return {k: (_REDACTED if k.lower() == "authorization" else v) for k, v in headers.items()}
+
+
+def _usable(outcome: Outcome) -> bool:
+    """A 2XX whose body was read whole (not already an ``invalid_response``)."""
+    return outcome.ok and outcome.error_code != "invalid_response"
 
 
 def _invalid(outcome: Outcome, why: str) -> Outcome:

@@ -45,6 +45,7 @@ from httpx_aiohttp import AiohttpTransport
 
 from agent.classify import PROXY_CODES
 from agent.config import Settings
+from agent.decoding import ACCEPT_ENCODING
 
 USER_AGENT = "sophos-central-exporter"
 NO_RESPONSE = "Server disconnected without sending a response."
@@ -79,7 +80,8 @@ def build_http_client(settings: Settings) -> httpx.AsyncClient:
         timeout=httpx.Timeout(settings.request_timeout),
         follow_redirects=False,
         limits=DEFAULT_LIMITS,
-        headers={"User-Agent": USER_AGENT},
+        # What agent.decoding decodes, whichever optional decoders httpx would find installed.
+        headers={"User-Agent": USER_AGENT, "Accept-Encoding": ACCEPT_ENCODING},
         # httpx reads HTTPS_PROXY/HTTP_PROXY/NO_PROXY only with trust_env; an explicit proxy
         # wins over them. ca_bundle is an SSLContext, so SSL_CERT_FILE changes nothing.
         trust_env=settings.proxy_from_environment,
