@@ -8,6 +8,10 @@ label values it yields must stay few and valid: a hostile body must not blow up 
 The ``error`` string is not stable (``Forbidden``, ``forbidden``, ``forbiddenAccess``; one 401
 puts it in ``errorCode``), so nothing here or in the diagnosis interprets it: it is passed on as
 the raw ``error_code`` and the cause comes from the status code and the context.
+
+Everything kept from a body or an exception passes the redactor here, at the source: a gateway that
+echoes the request puts the agent's secrets into the message, the error code or an id, and from
+the ``Outcome`` on they would reach the status page, ``check``, the logs and the metrics.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+
+from agent.logs import REDACTOR
 
 ERROR_CODE_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]{0,63}$")
 MAX_DISTINCT_ERROR_CODES = 100
@@ -168,7 +174,7 @@ def error_code_of(parsed: Any) -> str:
     for key in ("errorCode", "error"):
         value = parsed.get(key)
         if isinstance(value, str) and value:
-            return _printable(value)[:_MAX_ERROR_CODE]
+            return _printable(value, _MAX_ERROR_CODE)
     return ""
 
 
@@ -176,7 +182,7 @@ def _message_of(parsed: Any, body: bytes) -> str:
     if isinstance(parsed, dict):
         value = parsed.get("message")
         if isinstance(value, str):
-            return _printable(value)
+            return _printable(value, _MAX_MESSAGE)
     if not body:
         return "empty body"
     if parsed is None:
@@ -192,10 +198,10 @@ def _ids(parsed: Any, error: bool = True) -> dict[str, str]:
     for key in _ID_KEYS if error else _ID_KEYS[:3]:
         value = parsed.get(key)
         if isinstance(value, str) and _ID_VALUE.fullmatch(value):
-            ids[key] = value
+            ids[key] = REDACTOR(value)
     doc_url = parsed.get("docUrl")
     if error and isinstance(doc_url, str) and _DOC_URL.fullmatch(doc_url):
-        ids["docUrl"] = doc_url
+        ids["docUrl"] = REDACTOR(doc_url)
     return ids
 
 
@@ -211,9 +217,11 @@ def _header(headers: httpx.Headers | dict[str, str] | None, name: str) -> str | 
     return None
 
 
-def _printable(text: str) -> str:
-    cleaned = "".join(ch if ch.isprintable() else " " for ch in text)
-    return cleaned[:_MAX_MESSAGE]
+def _printable(text: str, limit: int) -> str:
+    """At most ``limit`` printable characters of ``text``, redacted (before the cut: a secret cut
+    in half would no longer be recognised)."""
+    cleaned = "".join(ch if ch.isprintable() else " " for ch in text[: limit + REDACTOR.longest])
+    return REDACTOR.head(cleaned, limit)[:limit]
 
 
 def _exc_message(exc: BaseException) -> str:
@@ -222,4 +230,4 @@ def _exc_message(exc: BaseException) -> str:
         text = str(exc)
     except Exception:  # a broken __str__ must not turn a failed call into a crash
         text = ""
-    return _printable(f"{name}: {text}" if text else name)
+    return _printable(f"{name}: {text}" if text else name, _MAX_MESSAGE)

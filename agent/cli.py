@@ -492,6 +492,7 @@ def cmd_support_bundle(args: argparse.Namespace) -> int:
     if settings is None:
         return EXIT_CONFIG
     from agent.evidence import load_evidence
+    from agent.secrets import register as register_secrets
     from agent.statefile import StateFile
     from agent.views.support import render_json, render_markdown
 
@@ -509,7 +510,8 @@ def cmd_support_bundle(args: argparse.Namespace) -> int:
     if not items:
         print(f"no evidence yet: no 5XX answers recorded in {path}", file=sys.stderr)
         return EXIT_FAILED
-    text = render_json(items) if args.format == "json" else render_markdown(items)
+    register_secrets(settings)  # the evidence is stored redacted; the bundle passes once more
+    text = REDACTOR(render_json(items) if args.format == "json" else render_markdown(items))
     if args.out is None:
         sys.stdout.write(text)
     else:

@@ -34,6 +34,7 @@ from agent.configfile import ConfigError as ConfigError  # re-exported: callers 
 from agent.configfile import read_mapping, validation_problems
 from agent.durations import format_duration, parse_duration
 from agent.families import Family, ProbeSpec, parse_specs, resolve, spec_as_config
+from agent.logs import REDACTOR
 from agent.sophos import is_data_region_url
 
 ENV_PREFIX = "SOPHOS_EXPORTER_"
@@ -136,11 +137,16 @@ class Credential(BaseModel):
         return self
 
     def secret(self) -> str:
-        """The client secret, read from the file each time so that rotated files are picked up."""
+        """The client secret, read from the file each time so that rotated files are picked up.
+
+        A secret read from the file is made known to the redactor here, before the caller can
+        send it: a rotated secret echoed back in an error body is masked from its first use."""
         if self.client_secret is not None:
             return self.client_secret.get_secret_value()
         assert self.client_secret_file is not None
-        return self.client_secret_file.read_text(encoding="utf-8").strip()
+        value = self.client_secret_file.read_text(encoding="utf-8").strip()
+        REDACTOR.add([value])
+        return value
 
 
 class Settings(BaseSettings):

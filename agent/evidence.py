@@ -247,14 +247,7 @@ class EvidenceRecorder:
 
     def _record_failure(self, key: tuple[str, str, str], record: CallRecord) -> None:
         now = record.started_at
-        # A server may echo what it was sent: every part of the answer passes the redactor.
-        headers = {
-            k: REDACTOR(v)
-            for k, v in record.response_headers.items()
-            if k.lower() not in _HIDDEN_RESPONSE_HEADERS
-        }
-        ids = {k: REDACTOR(v) for k, v in record.outcome.ids.items()}
-        body = record.raw_body.decode("utf-8", errors="replace")[:MAX_BODY_CHARS]
+        request, headers, body, ids = redacted(record)
         values = (
             self._owner,
             *key,
@@ -265,10 +258,10 @@ class EvidenceRecorder:
             1,
             0,
             None,
-            REDACTOR(curl_command(record)),
+            request,
             record.outcome.status_code,
             json.dumps(headers),
-            REDACTOR(body),
+            body,
             json.dumps(ids),
         )
         self._store.execute(_UPSERT_FAILURE, values)
@@ -295,6 +288,24 @@ class EvidenceRecorder:
             self._store.execute(_UPDATE_ANSWERED, (record.started_at, self._owner, *key))
         else:
             self._store.execute(_UPDATE_UNANSWERED, (self._owner, *key))
+
+
+def redacted(record: CallRecord) -> tuple[str, dict[str, str], str, dict[str, str]]:
+    """The request (as curl), response headers, body and ids of a call, as they may be stored.
+
+    A server may echo what it was sent, so every part passes the redactor, header names too.
+    The body is cut at ``MAX_BODY_CHARS`` by the redactor itself, so that no secret is kept in
+    part, and a body that was already cut (at ``max_response_bytes``) loses its last characters,
+    which may be the start of one."""
+    headers = {
+        REDACTOR(k): REDACTOR(v)
+        for k, v in record.response_headers.items()
+        if k.lower() not in _HIDDEN_RESPONSE_HEADERS
+    }
+    ids = {k: REDACTOR(v) for k, v in record.outcome.ids.items()}
+    text = record.raw_body[: 4 * (MAX_BODY_CHARS + REDACTOR.longest)].decode("utf-8", "replace")
+    body = REDACTOR.head(text, MAX_BODY_CHARS, complete=record.body_complete)
+    return REDACTOR(curl_command(record)), headers, body, ids
 
 
 def curl_command(record: CallRecord) -> str:

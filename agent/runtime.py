@@ -7,7 +7,6 @@ the state file and the scheduler.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 from collections.abc import Sequence
@@ -23,17 +22,17 @@ from agent.config import Settings
 from agent.durations import format_duration
 from agent.evidence import Evidence, EvidenceRecorder, load_evidence
 from agent.hosts import HostPolicy
-from agent.logs import REDACTOR
 from agent.metrics import AgentMetrics
 from agent.planner import Plan, pages_for, plan_probe_period
 from agent.probes import CredentialProber, ProbeResult, display_order
 from agent.ratebudget import RateBudget
 from agent.scheduler import CredentialSchedule, ProbeScheduler, tick_seconds
+from agent.secrets import register as register_secrets
 from agent.sharding import owns
 from agent.snapshot import CredentialSnapshot, Snapshot, credential_snapshot
 from agent.sophos import MAX_PAGES
 from agent.statefile import StateFile, StateFileError
-from agent.transport import build_http_client, proxy_secrets
+from agent.transport import build_http_client
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +111,7 @@ class Agent:
         self.settings = settings
         self.clock = clock or SystemClock()
         self._schedule_speed = schedule_speed
-        REDACTOR.add(_secrets(settings))
+        register_secrets(settings)  # before anything is sent or logged
         self.timeline = Timeline(self.clock)  # wall time shown and persisted, from start-up on
         self.state_file = StateFile(settings.state_file, self.clock)
         self.owner = _owner(settings)
@@ -422,12 +421,3 @@ def _owner(settings: Settings) -> str:
     if settings.total_shards == 1:
         return ""
     return f"shard-{settings.shard}-of-{settings.total_shards}"
-
-
-def _secrets(settings: Settings) -> list[str]:
-    values: list[str] = []
-    for credential in settings.credentials:
-        values.append(credential.client_id.get_secret_value())
-        with contextlib.suppress(OSError):
-            values.append(credential.secret())
-    return values + proxy_secrets(settings)

@@ -30,14 +30,11 @@ never approved), and TLS trusts the system CAs plus ``ca_bundle``.
 from __future__ import annotations
 
 import base64
-import contextlib
-import os
 import re
 import ssl
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import aiohttp
 import httpx
@@ -251,22 +248,3 @@ def _host_port(url: httpx.URL) -> str:
     """A proxy named by host and port only: its URL may carry credentials."""
     port = url.port or (443 if url.scheme == "https" else 80)
     return f"{url.host}:{port}"
-
-
-_PROXY_VARIABLES = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY")
-
-
-def proxy_secrets(settings: Settings, environ: Mapping[str, str] | None = None) -> list[str]:
-    """Proxy passwords the logs must mask: ``proxy_url``'s and, when the agent reads them, the
-    proxy variables' of the environment."""
-    urls = [settings.proxy_url.get_secret_value()] if settings.proxy_url is not None else []
-    if settings.proxy_from_environment:
-        env = os.environ if environ is None else environ
-        for name in _PROXY_VARIABLES:
-            urls += [v for v in (env.get(name), env.get(name.lower())) if v]
-    secrets = []
-    for url in urls:
-        with contextlib.suppress(ValueError):
-            parts = urlsplit(url if "://" in url else f"http://{url}")
-            secrets += [unquote(p) for p in (parts.password,) if p]
-    return secrets

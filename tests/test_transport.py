@@ -32,13 +32,13 @@ from agent.clock import SystemClock
 from agent.config import Settings
 from agent.hosts import HostPolicy
 from agent.ratebudget import RateBudget
+from agent.secrets import proxy_secrets
 from agent.sophos import Tenant, Token
 from agent.transport import (
     NO_RESPONSE,
     AgentTransport,
     ProxyFailure,
     build_http_client,
-    proxy_secrets,
 )
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
@@ -341,9 +341,12 @@ def test_the_environment_is_ignored_unless_asked_for(monkeypatch: pytest.MonkeyP
     assert build_http_client(settings()).trust_env is False
     assert build_http_client(settings(proxy_from_environment=True)).trust_env is True
     assert proxy_secrets(settings()) == []
-    assert proxy_secrets(settings(proxy_from_environment=True)) == ["envpassword"]
+    assert proxy_secrets(settings(proxy_from_environment=True)) == [
+        "envpassword",
+        "user:envpassword",
+    ]
     explicit = settings(proxy_url="http://u:p%40ss-word@proxy.example:3128")
-    assert proxy_secrets(explicit) == ["p@ss-word"]
+    assert proxy_secrets(explicit) == ["p@ss-word", "u:p@ss-word", "u:p%40ss-word"]
 
 
 # -- TLS ----------------------------------------------------------------------------------------

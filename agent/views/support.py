@@ -16,6 +16,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 
 from agent.evidence import PERSISTENT_AFTER, Evidence, current_first
+from agent.logs import REDACTOR
 from agent.snapshot import Snapshot
 
 SUBJECT = "New API 5xx error"
@@ -25,7 +26,8 @@ _ERROR_DETAILS = ("code", "docUrl")
 
 def render_support_page(snapshot: Snapshot) -> str:
     """``/support``: the same Markdown as ``support-bundle``, tenants named as listed now."""
-    return render_markdown(list(snapshot.evidence), snapshot.tenant_names())
+    # The evidence is stored redacted; the page passes the redactor once more all the same.
+    return REDACTOR(render_markdown(list(snapshot.evidence), snapshot.tenant_names()))
 
 
 def render_markdown(items: Sequence[Evidence], tenant_names: dict[str, str] | None = None) -> str:

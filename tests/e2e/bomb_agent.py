@@ -52,7 +52,9 @@ async def run(config: str) -> dict[str, Any]:
     finally:
         await agent.stop(grace=0)
     requests = [
-        line for line in metrics.splitlines() if line.startswith("sophos_central_api_requests_total")
+        line
+        for line in metrics.splitlines()
+        if line.startswith("sophos_central_api_requests_total")
     ]
     return {
         "cycles": cycles,
