@@ -61,7 +61,14 @@ class Tinyproxy:
 
 
 @contextlib.contextmanager
-def tinyproxy(tmp: Path, connect_ports: list[int], basic_auth: bool = False) -> Iterator[Tinyproxy]:
+def tinyproxy(
+    tmp: Path,
+    connect_ports: list[int],
+    basic_auth: bool = False,
+    password: str = PROXY_PASSWORD,
+    extra: tuple[str, ...] = (),
+) -> Iterator[Tinyproxy]:
+    """``extra``: more configuration lines (e.g. ``AddHeader``)."""
     binary = shutil.which("tinyproxy")
     if binary is None:
         pytest.fail("tinyproxy is not installed: run scripts/bootstrap --debian")
@@ -79,7 +86,8 @@ def tinyproxy(tmp: Path, connect_ports: list[int], basic_auth: bool = False) -> 
         *(f"ConnectPort {p}" for p in connect_ports),
     ]
     if basic_auth:
-        lines.append(f"BasicAuth {PROXY_USER} {PROXY_PASSWORD}")
+        lines.append(f"BasicAuth {PROXY_USER} {password}")
+    lines += extra
     config = tmp / "tinyproxy.conf"
     config.write_text("\n".join(lines) + "\n", encoding="utf-8")
     output = (tmp / "tinyproxy.out").open("wb")

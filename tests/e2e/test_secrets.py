@@ -10,6 +10,8 @@ file holding an inline secret is readable by other users.
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import io
 import json
 import logging
@@ -21,7 +23,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,9 +41,11 @@ from agent.logs import LogfmtFormatter, setup_logging
 from agent.runtime import Agent
 from agent.server import AgentService
 from agent.simulator import SCENARIO_NAMES, Simulator, build_scenario
+from agent.simulator.wire import ApiRequest, Reply
 from agent.statefile import StateFile
 from agent.views.support import render_json, render_markdown
 from tests.e2e.harness import wait_for
+from tests.e2e.test_proxy import PROXY_USER, clean_proxy_env, tinyproxy  # noqa: F401 - a fixture
 
 SCENARIOS = [name for name in SCENARIO_NAMES if not name.startswith("scale")]
 THIRD_PARTY_LOGGERS = (
@@ -299,6 +303,210 @@ async def test_a_sophos_that_echoes_secrets_and_tokens_still_leaks_nothing(
     # redactor); everything that leaves the process must be clean.
     texts.pop("results")
     assert_nothing_leaks(texts, [*secrets, ECHO_TOKEN])
+
+
+# -- echoes of the proxy's credentials and of a rotated secret ----------------------------------
+
+
+def echo_of(req: ApiRequest) -> str:
+    """What a gateway's error page shows of the request it got: request line and every header."""
+    lines = [f"{req.method} {req.path}", *(f"{k}: {v}" for k, v in req.headers.items())]
+    return "\n".join([*lines, "", req.body.decode("utf-8", "replace")])
+
+
+@dataclass
+class EchoingSimulator:
+    """The simulator, with some answers replaced by an echo of the request that got them."""
+
+    sim: Simulator
+    echoed: list[ApiRequest]
+
+
+@contextlib.asynccontextmanager
+async def echoing_simulator(
+    scenario_name: str, echo: Callable[[ApiRequest], Reply | None]
+) -> AsyncIterator[EchoingSimulator]:
+    """``echo(request)`` answers instead of the simulator whenever it returns a reply."""
+    scenario = build_scenario(scenario_name)
+    scenario.rate_limits.update(BIG_LIMITS)
+    for cred in scenario.credentials:
+        cred.client_id, cred.client_secret = canary("ID"), canary("SECRET")
+    sim = Simulator(scenario, host="127.0.0.1", port=0)
+    echoed: list[ApiRequest] = []
+    central = sim._central
+    handle = central.handle
+
+    def answer(req: ApiRequest) -> Reply:
+        reply = echo(req)
+        if reply is None:
+            return handle(req)
+        echoed.append(req)
+        return reply
+
+    central.handle = answer  # type: ignore[method-assign]
+    await sim.start()
+    try:
+        yield EchoingSimulator(sim, echoed)
+    finally:
+        await sim.stop()
+
+
+async def start_agent(tmp_path: Path, config: dict[str, Any]) -> tuple[AgentService, Path]:
+    path = tmp_path / "config.yml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    path.chmod(0o600)
+    service = AgentService(load_settings(path), "127.0.0.1:0", process_metrics=False)
+    await service.start()
+    return service, path
+
+
+async def what_users_see(
+    service: AgentService, config_path: Path, capsys: pytest.CaptureFixture[str]
+) -> dict[str, str]:
+    """Every page, then (agent stopped) ``check``, both support bundles and the state file."""
+    base = f"http://127.0.0.1:{service.port}"
+    async with httpx.AsyncClient(timeout=10) as client:
+        pages = {
+            f"page {path}": (await client.get(base + path)).text
+            for path in ("/metrics", "/status", "/support", "/")
+        }
+    await service.stop(grace=0.5)
+    settings = load_settings(config_path)
+    check_out = io.StringIO()
+    await run_check(settings, check_out)
+    capsys.readouterr()
+    main(["support-bundle", "--config", str(config_path), "--format", "json"])
+    bundle_json = capsys.readouterr().out
+    main(["support-bundle", "--config", str(config_path)])
+    bundle_md = capsys.readouterr().out
+    state = Path(settings.state_file)
+    files = [state, *state.parent.glob(state.name + "-*")]  # the SQLite file and its WAL
+    return {
+        **pages,
+        "check output": check_out.getvalue(),
+        "support-bundle json": bundle_json,
+        "support-bundle markdown": bundle_md,
+        "state file": "".join(f.read_bytes().decode("latin-1") for f in files if f.is_file()),
+    }
+
+
+@pytest.mark.usefixtures("clean_proxy_env")
+async def test_proxy_credentials_echoed_in_a_500_are_stored_and_shown_nowhere(
+    tmp_path: Path, debug_logs: Logs, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A real tinyproxy that wants credentials, set to pass them on to the next hop (as some
+    proxies are: Squid's ``login=PASSTHRU``), in front of the simulator; one tenant answers 500
+    with the request it got, ``Proxy-Authorization`` included, in its body and a header."""
+    password = canary("PROXY")
+    userinfo = f"{PROXY_USER}:{password}"
+    basic = base64.b64encode(userinfo.encode()).decode()
+    victim: list[str] = []
+
+    def echo(req: ApiRequest) -> Reply | None:
+        if req.headers.get("x-tenant-id") not in victim:
+            return None
+        body = {"error": "internalServerError", "message": f"gateway saw: {echo_of(req)}"}
+        headers = (("content-type", "application/json"),)
+        headers += (("x-echo-proxy-authorization", req.headers.get("proxy-authorization", "")),)
+        return Reply(500, json.dumps(body).encode(), headers)
+
+    pass_on = (f'AddHeader "Proxy-Authorization" "Basic {basic}"',)
+    async with echoing_simulator("healthy", echo) as echoing:
+        victim.append(echoing.sim.scenario.credentials[0].tenants[0].id)
+        with tinyproxy(tmp_path, [], basic_auth=True, password=password, extra=pass_on) as proxy:
+            config = {
+                **echoing.sim.agent_config(),
+                "state_file": str(tmp_path / "state.db"),
+                "probe_interval": "1s",
+                "confirm_interval": "1s",
+                "request_timeout": "2s",
+                "budget_share": 1.0,
+                "log_level": "debug",
+                "proxy_url": f"http://{userinfo}@{proxy.address}",
+            }
+            service, path = await start_agent(tmp_path, config)
+            try:
+
+                def persistent() -> bool:
+                    items = load_evidence(service.agent.state_file)
+                    return any(e.tenant_id == victim[0] and e.persistent for e in items)
+
+                await wait_for(persistent, 40, "persistent 5XX evidence of the echoing tenant")
+                texts = await what_users_see(service, path, capsys)
+            finally:
+                await service.stop(grace=0.5)
+        assert {r.split()[0] for r in proxy.requests()} >= {"GET", "POST"}, "forwarded"
+    seen = echo_of(echoing.echoed[0])
+    assert f"proxy-authorization: Basic {basic}" in seen, "the proxy passed the credentials on"
+    assert "proxy-authorization: Basic <redacted>" in texts["support-bundle markdown"]
+    assert "x-echo-proxy-authorization: Basic <redacted>" in texts["support-bundle markdown"]
+    assert_nothing_leaks(
+        {**texts, **debug_logs.texts()},
+        [password, userinfo, basic, basic.rstrip("="), *issued_tokens(echoing.sim)],
+    )
+
+
+async def test_a_secret_rotated_in_its_file_and_echoed_in_a_401_is_masked_from_its_first_use(
+    tmp_path: Path, debug_logs: Logs, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The secret file is rotated while the agent runs; the id host refuses the new secret
+    (not active yet) with a 401 that echoes it, and the agent logs at debug level."""
+    rotated = canary("ROTATED") + '+/="'  # JSON, URL and HTML escaping all change it
+
+    def echo(req: ApiRequest) -> Reply | None:
+        form = {k: v[0] for k, v in parse_qs(req.body.decode()).items()}
+        if form.get("client_secret") != rotated:
+            return None
+        body = {
+            "errorCode": "oauth.invalid_client_secret",
+            "message": f"client secret {rotated} is not active yet",
+            "trackingId": "echo-401",
+            "echo": echo_of(req),
+        }
+        echo_header = (("x-echo", req.body.decode()),)
+        return Reply(
+            401, json.dumps(body).encode(), (("content-type", "application/json"), *echo_header)
+        )
+
+    async with echoing_simulator("healthy", echo) as echoing:
+        config = {
+            **echoing.sim.agent_config(),
+            "state_file": str(tmp_path / "state.db"),
+            "probe_interval": "2s",
+            "token_probe_interval": "1s",
+            "request_timeout": "2s",
+            "budget_share": 1.0,
+            "log_level": "debug",
+        }
+        secret_file = tmp_path / "client-secret"
+        secret_file.write_text(config["credentials"][0].pop("client_secret"))
+        config["credentials"][0]["client_secret_file"] = str(secret_file)
+        old = secret_file.read_text()
+        service, path = await start_agent(tmp_path, config)
+        try:
+            base = f"http://127.0.0.1:{service.port}"
+            async with httpx.AsyncClient(timeout=10) as client:
+
+                async def ready() -> bool:
+                    return (await client.get(base + "/readyz")).status_code == 200
+
+                await wait_for(ready, 30, "/readyz after the first cycle")
+            secret_file.write_text(rotated + "\n")  # the rotation, while the agent runs
+
+            def refused() -> bool:
+                return "is not active yet" in debug_logs.json.getvalue()
+
+            await wait_for(refused, 20, "the echoing 401 for the rotated secret in the log")
+            texts = await what_users_see(service, path, capsys)
+        finally:
+            await service.stop(grace=0.5)
+    assert echoing.echoed, "the rotated secret reached the id host"
+    ids = [c.client_id for c in echoing.sim.scenario.credentials]
+    secrets = [c.client_secret for c in echoing.sim.scenario.credentials]
+    assert_nothing_leaks(
+        {**texts, **debug_logs.texts()},
+        [old, rotated, *ids, *secrets, *issued_tokens(echoing.sim)],
+    )
 
 
 # -- failures whose text could carry a secret ---------------------------------------------------
