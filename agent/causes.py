@@ -362,6 +362,15 @@ INVALID_RESPONSE = _entry(
         "a 2XX answer whose body does not have the documented shape",
         "Sophos answered 2XX with a body the agent cannot read. Usually a proxy or a Sophos-side "
         "defect; capture the response and contact Sophos support if it persists.",
+        variants={
+            "token": (
+                "The id host answered 2XX without a usable token (not JSON, no access_token, or "
+                "an expires_in of 0 or less: expired on arrival). Sophos's tokens last an hour, "
+                "so something else answered: check auth_url and any proxy or gateway in between. "
+                "The agent keeps such a token a minute at most and never fetches more than one "
+                "per call."
+            ),
+        },
     )
 )
 

@@ -77,6 +77,8 @@ def diagnose(probe: str, outcome: Outcome, context: Context | None = None) -> Di
     if outcome.status_code == 403 and context is not None and context.permitted:
         cause = FORBIDDEN.name
         remedy = FORBIDDEN.variants["family"].format(permitted=context.permitted, path=context.path)
+    if cause == INVALID_RESPONSE.name and (probe == "token" or outcome.from_token):
+        remedy = INVALID_RESPONSE.variants["token"]
     if cause == PROXY_ERROR.name and (named := _PROXY_NAMED.search(outcome.message)):
         remedy = f"{remedy} Proxy: {named[1]}."
     return Diagnosis(cause, remedy)

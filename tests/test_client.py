@@ -8,9 +8,11 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from agent.client import SophosClient
+from agent.causes import TABLE
+from agent.client import MIN_TOKEN_LIFETIME, SophosClient
 from agent.clock import FakeClock
 from agent.config import Settings
+from agent.diagnosis import diagnose
 from agent.hosts import HostPolicy
 from agent.ratebudget import RateBudget
 from agent.sophos import Tenant
@@ -348,3 +350,78 @@ async def test_a_call_that_waits_for_admission_longer_than_a_token_lives_gets_a_
     assert second.done()
     assert second.result().status_code == 200
     assert len(issued) == 2
+
+
+# -- token answers that say the token is already expired -----------------------------------------
+
+
+def expired_token_handler(expires_in: float, api_status: int = 200) -> Handler:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/oauth2/token"):
+            return httpx.Response(200, json={"access_token": "tok", "expires_in": expires_in})
+        return httpx.Response(api_status, json={"items": [], "pages": {}})
+
+    return handler
+
+
+@pytest.mark.parametrize("expires_in", [0, -60, 0.4])
+async def test_an_already_expired_token_serves_calls_for_a_minute_instead_of_one_each(
+    expires_in: float,
+) -> None:
+    """The adversary's case: 23 API calls in 12 s. Before, two tokens were minted per call
+    (46 token calls); now one token serves them all, and one more after a minute."""
+    clock = FakeClock()
+    rec = Recorder(expired_token_handler(expires_in))
+    client, _ = make_client(rec, clock)
+    tenant = Tenant(id="t1", name="T", api_host=REGION)
+    for _ in range(23):
+        assert (await client.probe_tenant(tenant)).ok
+        await clock.advance(12 / 23)
+    assert len(rec.to("id.sophos.com")) == 1
+    await clock.advance(MIN_TOKEN_LIFETIME)
+    assert (await client.probe_tenant(tenant)).ok
+    assert len(rec.to("id.sophos.com")) == 2
+
+
+async def test_token_calls_never_outrun_the_calls_they_serve() -> None:
+    """A token the API refuses at once (401): one new token per call, never two; with calls
+    every 2 s over ten minutes of expired-on-arrival tokens the API accepts: one a minute."""
+    clock = FakeClock()
+    rec = Recorder(expired_token_handler(0, api_status=401))
+    client, _ = make_client(rec, clock)
+    tenant = Tenant(id="t1", name="T", api_host=REGION)
+    for _ in range(23):
+        await client.probe_tenant(tenant)
+    assert len(rec.to("id.sophos.com")) == 23 == len(rec.to("api-eu01.central.sophos.com"))
+
+    clock = FakeClock()
+    rec = Recorder(expired_token_handler(-1))
+    client, _ = make_client(rec, clock)
+    for _ in range(300):
+        await client.probe_tenant(tenant)
+        await clock.advance(2)
+    assert len(rec.to("id.sophos.com")) <= 600 / (MIN_TOKEN_LIFETIME * 0.9) + 1
+
+
+@pytest.mark.parametrize("expires_in", [0, -3600])
+async def test_an_already_expired_token_answer_is_diagnosed_with_its_own_hint(
+    expires_in: int,
+) -> None:
+    rec = Recorder(expired_token_handler(expires_in))
+    client, _ = make_client(rec, FakeClock())
+    outcome, token = await client.issue_token()
+    assert token is not None, "usable for a while all the same"
+    assert (outcome.status_code, outcome.error_code) == (200, "invalid_response")
+    assert "expires_in of 0 or less" in outcome.message
+    diagnosis = diagnose("token", outcome)
+    invalid = TABLE["invalid_response"]
+    assert (diagnosis.cause, diagnosis.remedy) == ("invalid_response", invalid.variants["token"])
+    assert diagnose("tenant", outcome).remedy == invalid.remedy
+
+
+async def test_a_normal_token_answer_is_ok_and_keeps_its_own_lifetime() -> None:
+    clock = FakeClock()
+    client, _ = make_client(Recorder(default_handler), clock)
+    outcome, token = await client.issue_token()
+    assert outcome.ok and outcome.error_code == "" and token is not None
+    assert token.expires_at - token.issued_at == 3600
