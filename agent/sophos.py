@@ -13,6 +13,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_TOKEN_VALUE = re.compile(r"[\x21-\x7e]{1,16384}")
+"""Visible ASCII only: the token becomes an Authorization header value."""
 _URL_HOST = re.compile(r"[a-z0-9._:-]{1,253}")
 _REGION_HOST = re.compile(r"^api-([a-z0-9]{2,8})\.central\.sophos\.com$")
 _DATA_REGION_HOST = re.compile(r"^api-[a-z]{2}[0-9]{2}\.central\.sophos\.com\.?$")
@@ -93,6 +95,8 @@ def parse_token(body: Any, now: float) -> Token:
     value = body.get("access_token")
     if not isinstance(value, str) or not value or len(value) > 16384:
         raise InvalidResponse("token response has no access_token")
+    if not _TOKEN_VALUE.fullmatch(value):
+        raise InvalidResponse("token response has an access_token with characters no token has")
     expires_in = body.get("expires_in", 3600)
     if isinstance(expires_in, bool) or not isinstance(expires_in, int | float):
         raise InvalidResponse("token response has a non-numeric expires_in")

@@ -14,6 +14,7 @@ import math
 import re
 import ssl
 import threading
+from collections.abc import Callable
 from html.parser import HTMLParser
 from typing import Any
 
@@ -784,3 +785,157 @@ def test_a_5xx_body_stays_inside_its_code_block_in_the_support_bundle(
     assert f"x-echo: {header}" in inside
     outside = lines[:start] + lines[end + 1 :]
     assert [line for line in outside if line.startswith("# ")] == ["# Subject: New API 5xx error"]
+
+
+# -- hostile token answers, through the client ---------------------------------------------------
+
+
+def hostile_token_client(
+    reply: Callable[[], httpx.Response],
+) -> tuple[Any, list[httpx.Request]]:
+    """A client whose id host answers ``reply()``; every request that reaches the API is kept."""
+    from agent.client import SophosClient
+    from agent.clock import FakeClock
+    from agent.config import Settings
+    from agent.hosts import HostPolicy
+    from agent.ratebudget import RateBudget
+
+    api_requests: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/oauth2/token"):
+            return reply()
+        api_requests.append(request)
+        return httpx.Response(200, json={"items": [], "pages": {}})
+
+    cfg = Settings(
+        credentials=[{"name": "c1", "client_id": "client-id-1", "client_secret": "secret-1"}],
+        rate_limits={"1s": 1000, "1m": 100000, "1h": 1000000, "1d": 10000000},
+        budget_share=1.0,
+    )
+    clock = FakeClock()
+    budget = RateBudget(cfg.rate_limits, cfg.budget_share, clock)
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    policy = HostPolicy(cfg.allowed_api_hosts, fixed_urls=(cfg.auth_url, cfg.api_url))
+    return SophosClient(cfg, cfg.credentials[0], http, budget, [], clock, policy), api_requests
+
+
+def streamed(status: int, content: bytes) -> httpx.Response:
+    return httpx.Response(status, stream=httpx.ByteStream(content))
+
+
+HOSTILE_TOKEN_ANSWERS: dict[str, Callable[[], httpx.Response]] = {
+    "html": lambda: streamed(200, b"<html><title>Login</title></html>"),
+    "empty": lambda: streamed(200, b""),
+    "json_list": lambda: httpx.Response(200, json=[{"access_token": "tok"}]),
+    "token_number": lambda: httpx.Response(200, json={"access_token": 12345, "expires_in": 3600}),
+    "token_list": lambda: httpx.Response(200, json={"access_token": ["tok"], "expires_in": 3600}),
+    "token_empty": lambda: httpx.Response(200, json={"access_token": "", "expires_in": 3600}),
+    "expiry_text": lambda: httpx.Response(200, json={"access_token": "tok", "expires_in": "3600"}),
+    "expiry_bool": lambda: httpx.Response(200, json={"access_token": "tok", "expires_in": True}),
+    "expiry_null": lambda: httpx.Response(200, json={"access_token": "tok", "expires_in": None}),
+    "token_huge": lambda: httpx.Response(
+        200, json={"access_token": "t" * 20_000, "expires_in": 3600}
+    ),
+    "body_huge": lambda: streamed(200, b'{"access_token": "' + b"t" * 2_000_000 + b'"}'),
+    "token_crlf": lambda: httpx.Response(200, json={"access_token": "tok\r\nX-Injected: yes"}),
+    "token_nul": lambda: httpx.Response(200, json={"access_token": "tok\x00en"}),
+    "token_space": lambda: httpx.Response(200, json={"access_token": "tok en"}),
+    "token_unicode": lambda: httpx.Response(200, json={"access_token": "tök\u202een"}),
+    "token_escape": lambda: httpx.Response(200, json={"access_token": "\x1b[2Jtok"}),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE_TOKEN_ANSWERS))
+async def test_a_hostile_token_answer_is_an_invalid_response_and_no_call_carries_it(
+    name: str,
+) -> None:
+    client, api_requests = hostile_token_client(HOSTILE_TOKEN_ANSWERS[name])
+    outcome, token = await client.issue_token()
+    assert token is None
+    assert (outcome.status_code, diagnose("token", outcome).cause) == (200, "invalid_response")
+    assert outcome.message.isprintable() and len(outcome.message) <= 300
+    probed = await client.probe_tenant(Tenant(id="t1", name="T", api_host=REGION))
+    assert diagnose("tenant", probed).cause == "invalid_response"
+    assert probed.from_token, "the tenant probe says the token is what failed"
+    assert api_requests == [], "no API call without a usable token"
+
+
+# -- oversized URLs and headers in answers -------------------------------------------------------
+
+ONE_MB = 1_000_000
+
+
+def test_a_1mb_url_in_whoami_or_a_tenant_is_refused_not_called() -> None:
+    huge = "https://api-eu01.central.sophos.com/" + "a" * ONE_MB
+    with pytest.raises(InvalidResponse):
+        parse_whoami({"id": "p1", "idType": "partner", "apiHosts": {"global": huge}})
+    tenant = parse_tenant({"id": "t1", "name": "T", "apiHost": huge})
+    assert tenant is not None and tenant.api_host is None
+    page = parse_tenant_page({"items": [{"id": "t1", "apiHost": huge}], "pages": {"total": 1}})
+    assert [t.api_host for t in page.tenants] == [None]
+
+
+# -- departed tenants' series --------------------------------------------------------------------
+
+
+async def test_a_tenant_that_leaves_the_list_leaves_metrics() -> None:
+    """A running agent (scheduler, real clock, loopback-free in-process transport): once the
+    tenant list no longer has a tenant, no series of /metrics names it."""
+    import asyncio
+
+    from agent.config import Settings
+    from agent.runtime import Agent
+
+    api = "https://api.central.sophos.com"
+    listed = ["t-stays", "t-leaves"]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path.endswith("/oauth2/token"):
+            return httpx.Response(200, json={"access_token": "tok", "expires_in": 3600})
+        if path == "/whoami/v1":
+            hosts = {"global": api}
+            return httpx.Response(200, json={"id": "p1", "idType": "partner", "apiHosts": hosts})
+        if path == "/partner/v1/tenants":
+            items = [{"id": t, "name": t.upper(), "apiHost": REGION} for t in listed]
+            return httpx.Response(200, json={"items": items, "pages": {"total": 1}})
+        return httpx.Response(200, json={"items": [], "pages": {}})
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(
+            credentials=[{"name": "c1", "client_id": "client-id-1", "client_secret": "secret-1"}],
+            rate_limits={"1s": 1000, "1m": 100000, "1h": 1000000, "1d": 10000000},
+            budget_share=1.0,
+            probe_interval="1s",
+            tenant_refresh_interval="1s",
+            state_file=f"{tmp}/state.db",
+        )
+        http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+        agent = Agent(settings, http=http, process_metrics=False)
+        agent.start()
+
+        async def series_of(tenant: str) -> bool:
+            return f'tenant_id="{tenant}"' in agent.render_metrics().decode()
+
+        try:
+            for _ in range(100):
+                if (
+                    await series_of("t-leaves")
+                    and 'probe="tenant"' in agent.render_metrics().decode()
+                ):
+                    break
+                await asyncio.sleep(0.1)
+            assert await series_of("t-leaves")
+            listed.remove("t-leaves")
+            for _ in range(100):
+                if not await series_of("t-leaves"):
+                    break
+                await asyncio.sleep(0.1)
+            text = agent.render_metrics().decode()
+            assert "t-leaves" not in text and 'tenant_id="t-stays"' in text
+        finally:
+            await agent.stop(grace=0)
+            await http.aclose()

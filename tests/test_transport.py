@@ -16,6 +16,7 @@ import socket
 import ssl
 import struct
 import time
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -567,10 +568,128 @@ async def test_informational_responses_are_skipped_and_empty_statuses_have_no_bo
     assert server.connections == 1
 
 
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 70_000,
+        b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 1_000_000,
+        b"HTTP/1.1 302 Found\r\nLocation: https://evil.example/" + b"a" * 1_000_000,
+    ],
+    ids=["70KB-header", "1MB-header", "1MB-location"],
+)
 async def test_a_huge_response_head_is_refused(
-    serve: Callable[[Script], Awaitable[Server]],
+    serve: Callable[[Script], Awaitable[Server]], head: bytes
 ) -> None:
-    huge = b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n"
+    huge = head + b"\r\n\r\n"
     error = await failure(await serve_script(serve, one_reply(huge, then_wait=True)))
     assert isinstance(error, httpx.RemoteProtocolError), repr(error)
     assert classify_exception(error).error_code == "protocol_error"
+
+
+# -- content codings: decoded by the agent, under max_response_bytes -----------------------------
+
+ITEMS = b'{"items": [], "pages": {}}'
+
+
+def deflated(data: bytes, wrapped: bool = True) -> bytes:
+    packer = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS)
+    return packer.compress(data) + packer.flush()
+
+
+@pytest.mark.parametrize(
+    ("coding", "body"),
+    [
+        ("gzip", gzip.compress(ITEMS)),
+        ("x-gzip", gzip.compress(ITEMS)),
+        ("deflate", deflated(ITEMS)),
+        ("deflate", deflated(ITEMS, wrapped=False)),  # raw deflate, as some servers send it
+        ("gzip, gzip", gzip.compress(gzip.compress(ITEMS))),
+        ("deflate, identity, gzip", gzip.compress(deflated(ITEMS))),
+        ("GZIP", gzip.compress(ITEMS)),
+    ],
+    ids=["gzip", "x-gzip", "deflate", "raw-deflate", "gzip-gzip", "deflate-gzip", "upper"],
+)
+async def test_content_codings_the_agent_asked_for_are_decoded(
+    serve: Callable[[Script], Awaitable[Server]], coding: str, body: bytes
+) -> None:
+    reply = answer(body, f"Content-Encoding: {coding}", "Content-Type: application/json")
+    server = await serve_script(serve, keep_answering(reply))
+    sophos, _, calls, http = sophos_client(server.url)
+    async with http:
+        outcome = await sophos.probe_tenant(Tenant(id="t1", name="T", api_host=server.url))
+    assert outcome.ok and outcome.error_code == "", outcome
+    assert calls.records[0].raw_body == ITEMS
+    assert b"accept-encoding: gzip, deflate\r\n" in server.requests[0].lower()
+
+
+@pytest.mark.parametrize(
+    ("coding", "body", "why"),
+    [
+        ("br", b"\x1b\x00\x00garbage", "(it asks for gzip, deflate) (Content-Encoding: br)"),
+        ("zstd", b"(\xb5/\xfd garbage", "(Content-Encoding: zstd)"),
+        ("gzip, br", b"whatever", "did not ask for (it asks for gzip, deflate)"),
+        ("gzip, gzip, gzip, gzip", b"x", "stacks 4 content codings"),
+        ("compress\x1b[2J", b"x", "(Content-Encoding: compress [2J)"),
+    ],
+    ids=["br", "zstd", "gzip-br", "four-deep", "escape"],
+)
+async def test_content_codings_never_asked_for_are_refused_unread(
+    serve: Callable[[Script], Awaitable[Server]], coding: str, body: bytes, why: str
+) -> None:
+    reply = answer(body, f"Content-Encoding: {coding}")
+    server = await serve_script(serve, keep_answering(reply))
+    sophos, _, calls, http = sophos_client(server.url)
+    async with http:
+        outcome = await sophos.probe_tenant(Tenant(id="t1", name="T", api_host=server.url))
+    assert (outcome.status_code, outcome.error_code) == (200, "invalid_response")
+    assert why in outcome.message and outcome.message.isprintable()
+    assert calls.records[0].outcome.error_code == "invalid_response", "counted as such"
+    assert calls.records[0].raw_body == b""
+
+
+async def test_a_gzip_body_with_data_after_its_end_is_a_protocol_error(
+    serve: Callable[[Script], Awaitable[Server]],
+) -> None:
+    reply = answer(gzip.compress(ITEMS) + b"trailing", "Content-Encoding: gzip")
+    server = await serve_script(serve, keep_answering(reply))
+    sophos, _, _, http = sophos_client(server.url)
+    async with http:
+        outcome = await sophos.probe_tenant(Tenant(id="t1", name="T", api_host=server.url))
+    assert (outcome.status_code, outcome.error_code) == (0, "protocol_error")
+    assert "after the end of its gzip stream" in outcome.message
+
+
+@pytest.mark.parametrize("coding", ["", "gzip", "gzip, gzip"])
+async def test_max_response_bytes_is_the_decoded_size_to_the_byte(
+    serve: Callable[[Script], Awaitable[Server]], coding: str
+) -> None:
+    cap = 4096
+    exact = b'{"items": [], "pages": {}, "pad": "' + b"p" * (cap - 37) + b'"}'
+    assert len(exact) == cap
+    over = exact[:-2] + b'p"}'
+
+    def packed(data: bytes) -> bytes:
+        for _ in coding.split(", ") if coding else ():
+            data = gzip.compress(data)
+        return data
+
+    headers = [f"Content-Encoding: {coding}"] if coding else []
+
+    async def script(
+        server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int
+    ) -> None:
+        for body in (exact, over):
+            await server.read_request(reader)
+            writer.write(answer(packed(body), *headers))
+            await writer.drain()
+
+    server = await serve_script(serve, script)
+    sophos, _, calls, http = sophos_client(server.url, max_response_bytes=cap)
+    tenant = Tenant(id="t1", name="T", api_host=server.url)
+    async with http:
+        assert (await sophos.probe_tenant(tenant)).ok
+        outcome = await sophos.probe_tenant(tenant)
+    assert outcome.error_code == "invalid_response"
+    assert f"exceeds max_response_bytes ({cap} bytes" in outcome.message
+    assert [len(r.raw_body) for r in calls.records] == [cap, cap]
+    assert [r.body_complete for r in calls.records] == [True, False]
