@@ -325,3 +325,28 @@ async def test_evidence_of_a_departed_tenant_and_a_removed_credential_is_history
         await agent.stop(grace=0)
     assert "failing now" not in page
     assert "history (the credential is no longer in the config)" in _section(page, staying.id)
+
+
+@pytest.mark.parametrize("complete", [True, False])
+def test_a_secret_at_the_edge_of_what_is_kept_is_not_kept_in_part(
+    tmp_path: Path, complete: bool
+) -> None:
+    """The evidence keeps the first MAX_BODY_CHARS of a body: a secret straddling that cut, or
+    the end of a body already cut at max_response_bytes, must not be stored half."""
+    from dataclasses import replace
+
+    from agent.evidence import MAX_BODY_CHARS
+    from agent.logs import REDACTOR
+
+    secret = "edge-secret-0123456789abcdef"
+    REDACTOR.add([secret])
+    start = MAX_BODY_CHARS - 10 if complete else 500
+    body = (b"x" * start + secret.encode())[: None if complete else start + 12]
+    store = StateFile(tmp_path / "state.db")
+    recorder = EvidenceRecorder(store)
+    record = replace(call(500, 1.0, body=body + (b"tail" if complete else b"")))
+    recorder.observe_call(replace(record, body_complete=complete))
+    (item,) = load_evidence(store)
+    store.close()
+    assert secret[:8] not in item.response_body
+    assert item.response_body.startswith("x" * (start - 100))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import html
 import io
 import json
 import logging
@@ -747,3 +748,37 @@ def test_the_redactor_masks_encoded_forms_and_keeps_only_recent_tokens() -> None
         redactor.add_transient(token)
     assert redactor(" ".join(tokens)).count("<redacted>") == 3
     assert redactor(tokens[-1]) == "<redacted>" and redactor(tokens[0]) == tokens[0]
+
+
+def test_the_redactor_knows_base64_html_and_authorization_echoes() -> None:
+    from agent.logs import Redactor
+
+    redactor = Redactor()
+    secret = 'Pr0xy&pa"ss/31'
+    redactor.add([secret, f"exporter:{secret}"])
+    basic = base64.b64encode(f"exporter:{secret}".encode()).decode()
+    echoes = [
+        f"Proxy-Authorization: Basic {basic}",  # the header a proxy passed on
+        json.dumps({"proxy-authorization": f"Basic {basic}"}),
+        f"<pre>{html.escape(secret)}</pre>",  # an HTML error page
+        json.dumps(secret).replace("/", "\\/"),  # JSON with escaped slashes
+        base64.urlsafe_b64encode(secret.encode()).decode(),
+        "Authorization: Basic dW5rbm93bjpub3Qta25vd24=",  # credentials nobody registered
+    ]
+    for echo in echoes:
+        shown = redactor(echo)
+        assert "<redacted>" in shown and "31" not in shown and "dW5r" not in shown, shown
+
+
+def test_the_redactor_never_keeps_part_of_a_secret_at_a_cut() -> None:
+    from agent.logs import Redactor
+
+    redactor = Redactor()
+    secret = canary("SECRET")
+    redactor.add([secret])
+    text = "x" * 95 + secret + "y" * 50
+    for limit in range(90, 100 + len(secret)):
+        head = redactor.head(text, limit)
+        assert secret[:4] not in head and head.startswith("x" * min(limit, 95)), (limit, head)
+    cut_by_a_cap = "x" * 95 + secret[:20]  # a body that ended inside the secret
+    assert redactor.head(cut_by_a_cap, 1000, complete=False).strip("x") == ""
