@@ -3,8 +3,11 @@
 Why aiohttp: the agent makes one small GET per tenant, thousands of times, and httpx's default
 transport (httpcore) spends most of the CPU of such a call on itself; aiohttp's HTTP/1.1 client,
 with its parser in C, costs about a third of that (see bench/). httpx stays in front, through
-``httpx-aiohttp``'s transport, so requests, responses, content decoding and the exception types
-the rest of the agent sees are httpx's.
+``httpx-aiohttp``'s transport, so requests, responses and the exception types the rest of the
+agent sees are httpx's. Neither library decodes the agent's response bodies: aiohttp's
+decompression is off under httpx-aiohttp, and ``agent.client`` reads the raw body and decodes it
+under ``max_response_bytes`` with ``agent.decoding`` (httpx's own decoders inflate whole chunks).
+The ``Accept-Encoding`` sent is exactly what that module decodes.
 
 What this module adds to that transport, and why:
 
