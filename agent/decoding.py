@@ -40,14 +40,14 @@ _SHOWN = 60
 @dataclass(frozen=True)
 class Body:
     """A response body as far as it was read, decoded; ``problem`` says why it is not the whole
-    answer (too large, an encoding the agent does not decode, corrupt data), else None."""
+    answer (larger than the cap, or in a coding the agent does not decode), else None."""
 
     data: bytes
     problem: str | None = None
 
 
 class _Refused(Exception):
-    """Content codings the agent does not decode; the message says which, for the user."""
+    """Content codings the agent does not decode (the caller adds the header to the message)."""
 
 
 class _TooLarge(Exception):
