@@ -341,7 +341,8 @@ def test_a_secret_at_the_edge_of_what_is_kept_is_not_kept_in_part(
     secret = "edge-secret-0123456789abcdef"
     REDACTOR.add([secret])
     start = MAX_BODY_CHARS - 10 if complete else 500
-    body = (b"x" * start + secret.encode())[: None if complete else start + 12]
+    filler = b"."  # other tests register secrets in the process-wide redactor, such as "x" * 9
+    body = (filler * start + secret.encode())[: None if complete else start + 12]
     store = StateFile(tmp_path / "state.db")
     recorder = EvidenceRecorder(store)
     record = replace(call(500, 1.0, body=body + (b"tail" if complete else b"")))
@@ -349,4 +350,4 @@ def test_a_secret_at_the_edge_of_what_is_kept_is_not_kept_in_part(
     (item,) = load_evidence(store)
     store.close()
     assert secret[:8] not in item.response_body
-    assert item.response_body.startswith("x" * (start - 100))
+    assert item.response_body.startswith("." * (start - 100))
