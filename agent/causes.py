@@ -143,6 +143,18 @@ INVALID_CREDENTIALS = _entry(
     )
 )
 
+CREDENTIAL_EXPIRED = _entry(
+    Cause(
+        "credential_expired",
+        "failure",
+        "the token endpoint refused the credential on or after its expires_at date",
+        "The credential has expired (the date in its expires_at has passed) and Sophos refuses "
+        "it; an expired credential cannot be renewed. Create a new API credential in Sophos "
+        "Central (Global Settings > API Credentials Management), put its client id, secret and "
+        "expires_at in the config and in every other integration that used the old one.",
+    )
+)
+
 TOKEN_REJECTED = _entry(
     Cause(
         "token_rejected",

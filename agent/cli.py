@@ -13,6 +13,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -28,6 +29,7 @@ from agent.config import (
     has_inline_secret,
     load_settings,
 )
+from agent.expiry import config_note
 from agent.logs import REDACTOR, setup_logging
 from agent.statefile import StateFileInUse
 from agent.views.check import check_json, format_check
@@ -331,6 +333,9 @@ def _check_agent_config(args: argparse.Namespace) -> int:
     if warning is not None:
         print(f"warning: {warning}", file=sys.stderr)
     print(f"configuration OK{f' ({args.config})' if args.config else ''}")
+    now = time.time()
+    for credential in settings.credentials:  # as YAML comments: the output still loads
+        print(f"# {config_note(credential.name, credential.expiry, now)}")
     print(yaml.safe_dump(settings.masked(), sort_keys=False, allow_unicode=True), end="")
     return EXIT_OK
 

@@ -13,6 +13,7 @@ import os
 import re
 import ssl
 import stat
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -33,6 +34,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from agent.configfile import ConfigError as ConfigError  # re-exported: callers catch it here
 from agent.configfile import read_mapping, validation_problems
 from agent.durations import format_duration, parse_duration
+from agent.expiry import format_expires_at, parse_expires_at
 from agent.families import Family, ProbeSpec, parse_specs, resolve, spec_as_config
 from agent.logs import REDACTOR
 from agent.sophos import is_data_region_url
@@ -53,6 +55,12 @@ Duration = Annotated[
     BeforeValidator(parse_duration),
     PlainSerializer(format_duration, return_type=str, when_used="json"),
 ]
+ExpiresAt = Annotated[
+    datetime,
+    BeforeValidator(parse_expires_at),
+    PlainSerializer(format_expires_at, return_type=str, when_used="json"),
+]
+"""A credential's expiry date as Sophos Central shows it (``agent.expiry``)."""
 TenantProbes = Annotated[
     tuple[ProbeSpec, ...],
     BeforeValidator(parse_specs),
@@ -101,6 +109,31 @@ def check_proxy_url(url: str) -> None:
         raise ValueError(f"must be just {where} (no path, query or fragment)")
 
 
+EXTERNAL_URL_EXAMPLE = "https://exporter.example.com or http://exporter.example.com:9866/prefix"
+
+
+def check_external_url(url: str) -> str:
+    """The exporter's URL as users reach it, without a trailing slash (links append paths).
+
+    Any host and plain http are fine (it is only ever shown, never called), but not a query or
+    fragment (``/status?...`` is appended) and not ``user:password@``: every alert carries it.
+    """
+    try:
+        parts = urlsplit(url.strip())
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise ValueError(f"is not a URL; use e.g. {EXTERNAL_URL_EXAMPLE}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            f"must be an http:// or https:// URL with a host, e.g. {EXTERNAL_URL_EXAMPLE}"
+        )
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not carry user:password@: every alert shows this URL")
+    if parts.query or parts.fragment:
+        raise ValueError("must not have a query or fragment: links append /status?... to it")
+    return url.strip().rstrip("/")
+
+
 class Credential(BaseModel):
     """One Sophos Central API credential (partner, organization or tenant)."""
 
@@ -110,6 +143,8 @@ class Credential(BaseModel):
     client_id: SecretStr
     client_secret: SecretStr | None = None
     client_secret_file: Path | None = None
+    expires_at: ExpiresAt | None = None
+    """When Sophos Central stops accepting the credential (optional; no API reads it)."""
 
     @field_validator("name")
     @classmethod
@@ -148,6 +183,11 @@ class Credential(BaseModel):
         REDACTOR.add([value])
         return value
 
+    @property
+    def expiry(self) -> float | None:
+        """``expires_at`` as a Unix time, None when not configured."""
+        return None if self.expires_at is None else self.expires_at.timestamp()
+
 
 class Settings(BaseSettings):
     """The whole agent configuration. Environment variables override the file."""
@@ -183,6 +223,9 @@ class Settings(BaseSettings):
     rate_limit_scope: Literal["credential", "tenant"] = "credential"
     proxy_url: SecretStr | None = None
     proxy_from_environment: bool = False
+    external_url: str | None = None
+    """The exporter's URL as users reach it (like Prometheus's ``--web.external-url``): alerts
+    link to its ``/status`` page through ``sophos_central_exporter_external_url_info``."""
     credentials: list[Credential] = Field(min_length=1)
 
     @classmethod
@@ -212,6 +255,11 @@ class Settings(BaseSettings):
                     "'*.sophos.com', '127.0.0.1')"
                 )
         return [p.lower() for p in value]
+
+    @field_validator("external_url")
+    @classmethod
+    def _external_url(cls, value: str | None) -> str | None:
+        return None if value is None else check_external_url(value)
 
     @field_validator("ca_bundle")
     @classmethod

@@ -87,9 +87,24 @@ def read_mapping(path: str | os.PathLike[str], what: str = "config file") -> dic
     return data
 
 
+class _Loader(yaml.SafeLoader):
+    """The safe loader, but a date or timestamp stays the text it was written as.
+
+    YAML 1.1 turns an unquoted ``2027-03-01`` into a date object and ``2027-02-30`` into an
+    exception from deep inside the constructor; as text, the key's own validator reads it and a
+    mistake names the key (``credentials.0.expires_at: ...``).
+    """
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
 def load_yaml(text: str, where: str) -> Any:
     """Parse ``text`` with the safe loader, refusing duplicate keys; ``where`` names the file."""
-    loader = yaml.SafeLoader(text)
+    loader = _Loader(text)
     try:
         node = loader.get_single_node()
         if node is None:
@@ -98,6 +113,8 @@ def load_yaml(text: str, where: str) -> Any:
         return loader.construct_document(node)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{where} is not valid YAML{_position(exc)}") from None
+    except ValueError as exc:  # a value a constructor cannot build, e.g. !!timestamp 2027-02-30
+        raise ConfigError(f"{where} is not valid YAML: {exc}") from None
     finally:
         loader.dispose()
 

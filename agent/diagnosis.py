@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from agent.causes import (
     BAD_REQUEST,
     BY_STATUS,
+    CREDENTIAL_EXPIRED,
     FORBIDDEN,
     HOST_NOT_ALLOWED,
     INVALID_CREDENTIALS,
@@ -36,6 +37,8 @@ from agent.causes import (
     lookup,
 )
 from agent.classify import PROXY_CODES, Outcome
+from agent.config import Credential
+from agent.expiry import date_text
 from agent.sophos import Tenant, is_data_region_url
 
 FRESH_TOKEN_SECONDS = 120.0
@@ -51,8 +54,13 @@ class Diagnosis:
 
 @dataclass(frozen=True)
 class Context:
-    """What else is known when a probe ends: the tenant, how old the token was, and the
-    configured ``api_url`` (whoami goes there)."""
+    """What else is known when a probe ends: the tenant, how old the token was, the configured
+    ``api_url`` (whoami goes there), the credential as configured and the time.
+
+    The prober fills it whole for every result, so a rule that needs more of what the user
+    configured about the credential (its ``expires_at``, say) reads it here: a new cause needs
+    its entry in the table and its rule below, no new plumbing.
+    """
 
     tenant: Tenant | None = None
     token_age: float | None = None
@@ -60,6 +68,15 @@ class Context:
     path: str | None = None
     permitted: str | None = None
     """For a per-tenant probe: its path, and the path of another family this tenant answers."""
+    credential: Credential | None = None
+    now: float | None = None
+    """The agent's clock (wall time) when the probe ended."""
+
+    @property
+    def expired(self) -> bool:
+        """The credential's configured ``expires_at`` has come."""
+        expiry = self.credential.expiry if self.credential is not None else None
+        return expiry is not None and self.now is not None and self.now >= expiry
 
 
 _PROXY_NAMED = re.compile(r"\bproxy (\[?[A-Za-z0-9.:-]+\]?:[0-9]{1,5})\b")
@@ -81,6 +98,9 @@ def diagnose(probe: str, outcome: Outcome, context: Context | None = None) -> Di
         remedy = INVALID_RESPONSE.variants["token"]
     if cause == PROXY_ERROR.name and (named := _PROXY_NAMED.search(outcome.message)):
         remedy = f"{remedy} Proxy: {named[1]}."
+    expiry = context.credential.expiry if context and context.credential else None
+    if cause == CREDENTIAL_EXPIRED.name and expiry is not None:
+        remedy = f"{remedy} It expired on {date_text(expiry)}."
     return Diagnosis(cause, remedy)
 
 
@@ -114,7 +134,7 @@ def cause_of(probe: str, outcome: Outcome, context: Context) -> str:
     token_call = probe == "token" or outcome.from_token
     oauth_code = code.lower().startswith("oauth.") and status < 500  # a 5XX is Sophos's failure
     if (token_call and status in (400, 401, 403)) or oauth_code:
-        return INVALID_CREDENTIALS.name
+        return CREDENTIAL_EXPIRED.name if context.expired else INVALID_CREDENTIALS.name
     if status == 401:
         return TOKEN_REJECTED.name
     if status == 403:

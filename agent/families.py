@@ -48,13 +48,25 @@ def siem_items(body: dict[str, Any]) -> str | None:
     return None
 
 
+SIEM_LOOKBACK_SECONDS = 86400.0
+"""Sophos's SIEM endpoints refuse a ``from_date`` more than 24 hours back (400): a connector
+that cannot collect for longer loses the events in between for good."""
+
+
 @dataclass(frozen=True)
 class Family:
-    """One per-tenant probe: ``path`` (with its query) on the tenant's API host."""
+    """One per-tenant probe: ``path`` (with its query) on the tenant's API host.
+
+    ``lookback``: how far back the API lets a collector read, for an API that forgets (the SIEM
+    endpoints); None for one that does not. For such a family the agent exports when each
+    tenant's probe last succeeded and ``SophosCentralSiemCollectionAtRisk`` warns while the
+    collector can still catch up (``agent.collection``).
+    """
 
     name: str
     path: str
     check: ShapeCheck = any_object
+    lookback: float | None = None
 
     @property
     def endpoint(self) -> str:
@@ -69,8 +81,8 @@ BUILTINS: dict[str, Family] = {
     f.name: f
     for f in (
         Family(TENANT, "", any_object),
-        Family("siem_events", "/siem/v1/events?limit=1", siem_items),
-        Family("siem_alerts", "/siem/v1/alerts?limit=1", siem_items),
+        Family("siem_events", "/siem/v1/events?limit=1", siem_items, SIEM_LOOKBACK_SECONDS),
+        Family("siem_alerts", "/siem/v1/alerts?limit=1", siem_items, SIEM_LOOKBACK_SECONDS),
         Family("common_alerts", "/common/v1/alerts?pageSize=1", paged_items),
     )
 }

@@ -36,6 +36,9 @@ RATE_LIMIT_TENANT_MAX_UTILIZATION_RATIO = "sophos_central_rate_limit_tenant_max_
 RATE_LIMIT_PAUSED_TENANTS = "sophos_central_rate_limit_paused_tenants"
 STATE_FILE_RECREATED_TOTAL = "sophos_central_state_file_recreated_total"
 TENANT_LIST_UNREAD_PAGES = "sophos_central_tenant_list_unread_pages"
+CREDENTIAL_EXPIRY_TIMESTAMP_SECONDS = "sophos_central_credential_expiry_timestamp_seconds"
+PROBE_LAST_SUCCESS_TIMESTAMP_SECONDS = "sophos_central_probe_last_success_timestamp_seconds"
+EXPORTER_EXTERNAL_URL_INFO = "sophos_central_exporter_external_url_info"
 
 STABLE_METRICS = (
     API_REQUESTS_TOTAL,

@@ -60,7 +60,18 @@ HELP: dict[str, tuple[str, str]] = {
         f"re-probed after confirm_interval and twice that, so {CONFIRMED_AFTER} confirms a "
         "failure). " + _SOURCE,
     ),
+    m.PROBE_LAST_SUCCESS_TIMESTAMP_SECONDS: (
+        "gauge",
+        "When the probe last succeeded (Unix time; kept across restarts), for the per-tenant "
+        "probes whose API lets a collector read only so far back (siem_events, siem_alerts: "
+        "24 h); absent before the first success. " + _SOURCE,
+    ),
     m.TOKEN_EXPIRY_TIMESTAMP_SECONDS: ("gauge", "When the credential's cached token expires."),
+    m.CREDENTIAL_EXPIRY_TIMESTAMP_SECONDS: (
+        "gauge",
+        "When the credential itself expires (Unix time), as configured in its expires_at: "
+        "Sophos Central shows the date; no API reads it.",
+    ),
     m.RATE_LIMIT_CALLS: (
         "gauge",
         "Calls the agent made for the credential in the trailing window, token calls included.",
@@ -105,6 +116,11 @@ HELP: dict[str, tuple[str, str]] = {
     ),
     m.WHOAMI_INFO: ("gauge", "The identity whoami reported for the credential."),
     m.EXPORTER_BUILD_INFO: ("gauge", "The exporter's version and the Python version it runs on."),
+    m.EXPORTER_EXTERNAL_URL_INFO: (
+        "gauge",
+        "The exporter's URL as users reach it (external_url); alert annotations link to its "
+        "/status page. Absent when external_url is not set.",
+    ),
     m.PROBE_INTERVAL_SECONDS: (
         "gauge",
         "Effective period between two probes of one tenant (probe_interval, stretched to fit the "
@@ -181,15 +197,17 @@ _RESULT_FAMILIES = (
 
 
 class _ResultLines:
-    """The lines of one probe result, one per ``_RESULT_FAMILIES``, and the label set they
-    share (which outlives it)."""
+    """The lines of one probe result, one per ``_RESULT_FAMILIES``, its last-success line (for
+    the probes whose last success is exported, else empty), and the label set they share
+    (which outlives it)."""
 
-    __slots__ = ("labels", "lines", "result")
+    __slots__ = ("labels", "last_success", "lines", "result")
 
     def __init__(self, label_set: str) -> None:
         self.labels = label_set
         self.result: ProbeResult | None = None
         self.lines: tuple[bytes, ...] = ()
+        self.last_success = b""
 
 
 @dataclass
@@ -283,24 +301,34 @@ class AgentMetrics:
             self._render_histogram(out)
         self._render_credential_families(out, snapshot)
         self._render_static(out, snapshot)
+        if snapshot.external_url is not None:
+            lbl = labels(external_url=snapshot.external_url)
+            _family(out, m.EXPORTER_EXTERNAL_URL_INFO, [f"{m.EXPORTER_EXTERNAL_URL_INFO}{lbl} 1\n"])
         if self._process_registry is not None:
             out.append(prometheus_client.generate_latest(self._process_registry))
         return b"".join(out)
 
     def _render_probe_families(self, out: list[bytes], views: Iterable[CredentialSnapshot]) -> None:
-        """success, last run, duration, cause and failure streak of every probe, from cached
-        per-result lines."""
+        """success, last run, duration, cause and failure streak of every probe, and the last
+        success of the watched ones (``CredentialSnapshot.watched``), from cached per-result
+        lines."""
         blocks: list[list[bytes]] = [[] for _ in _RESULT_FAMILIES]
+        successes: list[bytes] = []
         for view in views:
+            watched = view.watched
             for result in view.results.values():
-                lines = self._result_lines(result)
-                for block, line in zip(blocks, lines, strict=True):
+                cached = self._result_lines(result, bool(watched) and result.probe in watched)
+                for block, line in zip(blocks, cached.lines, strict=True):
                     block.append(line)
+                if cached.last_success:
+                    successes.append(cached.last_success)
         for name, block in zip(_RESULT_FAMILIES, blocks, strict=True):
             _header(out, name)
             out.extend(block)
+        _header(out, m.PROBE_LAST_SUCCESS_TIMESTAMP_SECONDS)
+        out.extend(successes)
 
-    def _result_lines(self, result: ProbeResult) -> tuple[bytes, ...]:
+    def _result_lines(self, result: ProbeResult, watched: bool = False) -> _ResultLines:
         key = (result.credential, result.tenant_id, result.probe)
         cached = self._line_cache.get(key)
         if cached is None:
@@ -309,7 +337,7 @@ class AgentMetrics:
             )
             cached = self._line_cache[key] = _ResultLines(lbl)
         elif cached.result is result:
-            return cached.lines
+            return cached
         lbl = cached.labels
         cached.result = result
         cached.lines = (
@@ -320,7 +348,13 @@ class AgentMetrics:
             f'kind="{kind_of(result.cause)}"}} 1\n'.encode(),
             f"{m.PROBE_CONSECUTIVE_FAILURES}{lbl} {result.consecutive_failures}\n".encode(),
         )
-        return cached.lines
+        last = result.last_success
+        cached.last_success = (
+            f"{m.PROBE_LAST_SUCCESS_TIMESTAMP_SECONDS}{lbl} {fmt(last)}\n".encode()
+            if watched and last is not None
+            else b""
+        )
+        return cached
 
     def _render_requests(self, out: list[bytes]) -> None:
         _header(out, m.API_REQUESTS_TOTAL)
@@ -343,6 +377,16 @@ class AgentMetrics:
         views = snapshot.credentials
         self._render_tenants(out, views)
         _family(out, m.TOKEN_EXPIRY_TIMESTAMP_SECONDS, _token_lines(views))
+        _family(
+            out,
+            m.CREDENTIAL_EXPIRY_TIMESTAMP_SECONDS,
+            (
+                f"{m.CREDENTIAL_EXPIRY_TIMESTAMP_SECONDS}{labels(credential=v.name)} "
+                f"{fmt(v.expires_at)}\n"
+                for v in views
+                if v.expires_at is not None
+            ),
+        )
         _family(out, m.WHOAMI_INFO, _whoami_lines(views))
         _family(
             out,

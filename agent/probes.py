@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from agent.causes import INVALID_TENANT_ID, lookup
@@ -45,7 +45,13 @@ class ProbeResult:
     ids: dict[str, str] = field(default_factory=dict)
     consecutive_failures: int = 0
     """Failed runs in a row up to this one; 0 after a success and for tenants not probed."""
+    last_success: float | None = None
+    """When the probe last succeeded (this run's timestamp after a success); None: not since
+    the agent started, nor remembered from before (``CredentialProber``'s ``remembered``)."""
 
+
+SuccessHook = Callable[[ProbeResult], None]
+"""Told every success of a family with a ``lookback`` (to keep it across restarts)."""
 
 _PROBE_ORDER = {name: rank for rank, name in enumerate(CREDENTIAL_PROBES)}
 
@@ -90,7 +96,11 @@ class CredentialProber:
         owns_tenant: TenantFilter | None = None,
         families: tuple[Family, ...] | None = None,
         owns_refused: bool = True,
+        remembered: Mapping[tuple[str, str], float] | None = None,
+        on_success: SuccessHook | None = None,
     ) -> None:
+        """``remembered``: (tenant id, probe) -> last success from before a restart, for the
+        families with a ``lookback``; ``on_success`` is told each new success of those."""
         self.client = client
         self.state = CredentialState(name=client.name)
         self._clock = clock
@@ -98,6 +108,8 @@ class CredentialProber:
         self._owns_refused = owns_refused
         chosen = families if families is not None else client.settings.families
         self.families: dict[str, Family] = {f.name: f for f in chosen}
+        self._remembered = dict(remembered or {})
+        self._on_success = on_success
 
     @property
     def probe_names(self) -> tuple[str, ...]:
@@ -237,7 +249,13 @@ class CredentialProber:
         tenant that is not probed: it has no streak and no failure log line."""
         diagnosis = why
         if diagnosis is None:
-            context = Context(tenant, self._token_age(), self.client.settings.api_url)
+            context = Context(
+                tenant,
+                self._token_age(),
+                self.client.settings.api_url,
+                credential=self.client.credential,
+                now=self._clock.time(),
+            )
             if tenant is not None and not quiet:
                 context = self._family_context(context, tenant_id, probe)
             diagnosis = diagnose(probe, outcome, context)
@@ -246,6 +264,13 @@ class CredentialProber:
         streak = 0
         if not success and not quiet:
             streak = 1 + (previous.consecutive_failures if previous is not None else 0)
+        now = self._clock.time()
+        if success:
+            last_success: float | None = now
+        elif previous is not None:
+            last_success = previous.last_success
+        else:
+            last_success = self._remembered.get((tenant_id, probe))
         result = ProbeResult(
             credential=self.name,
             tenant_id=tenant_id,
@@ -256,12 +281,16 @@ class CredentialProber:
             cause=diagnosis.cause,
             remedy=diagnosis.remedy,
             message=outcome.message,
-            timestamp=self._clock.time(),
+            timestamp=now,
             duration=max(0.0, self._clock.monotonic() - started),
             ids=dict(outcome.ids),
             consecutive_failures=streak,
+            last_success=last_success,
         )
         self.state.results[(tenant_id, probe)] = result
+        family = self.families.get(probe) if tenant_id else None
+        if success and family is not None and family.lookback and self._on_success:
+            self._on_success(result)
         if not result.success and not quiet:
             _log_failure(result)
         return result

@@ -18,6 +18,7 @@ import prometheus_client
 from agent.classify import ErrorCodeGuard
 from agent.client import CallObserver, CallRecord, SophosClient
 from agent.clock import Clock, SystemClock, Timeline
+from agent.collection import CollectionCheck, LastSuccessStore, check_collection
 from agent.config import Settings
 from agent.durations import format_duration
 from agent.evidence import Evidence, EvidenceRecorder, load_evidence
@@ -25,7 +26,7 @@ from agent.hosts import HostPolicy
 from agent.metrics import AgentMetrics
 from agent.planner import Plan, pages_for, plan_probe_period
 from agent.probes import CredentialProber, ProbeResult, display_order
-from agent.ratebudget import RateBudget
+from agent.ratebudget import RateBudget, allowance_for
 from agent.scheduler import CredentialSchedule, ProbeScheduler, tick_seconds
 from agent.secrets import register as register_secrets
 from agent.sharding import owns
@@ -144,8 +145,10 @@ class Agent:
         self.policy = HostPolicy(
             settings.allowed_api_hosts, fixed_urls=(settings.auth_url, settings.api_url)
         )
+        self.last_success = LastSuccessStore(self.state_file)
         self.probers = [self._prober(c.name) for c in settings.credentials]
         self.plans: dict[str, Plan] = {}
+        self.collection: dict[str, CollectionCheck] = {}
         self._semaphore = asyncio.Semaphore(64)
         self.scheduler: ProbeScheduler | None = None
         self._unread_pages: dict[str, int] = {}
@@ -163,7 +166,12 @@ class Agent:
         )
         shard, total = self.settings.shard, self.settings.total_shards
         return CredentialProber(
-            client, self.clock, lambda tid: owns(tid, shard, total), owns_refused=shard == 0
+            client,
+            self.clock,
+            lambda tid: owns(tid, shard, total),
+            owns_refused=shard == 0,
+            remembered=self.last_success.load(name, self.clock.time()),
+            on_success=self.last_success.remember,
         )
 
     # -- scheduling --------------------------------------------------------------------------
@@ -285,21 +293,12 @@ class Agent:
 
     def _replan(self, prober: CredentialProber) -> Plan:
         """Recompute the credential's probe period and refresh interval; warn once each time
-        either becomes stretched (or changes while stretched)."""
-        plan = plan_probe_period(
-            tenants=len(prober.state.probed),
-            probe_interval=self.settings.probe_interval,
-            token_probe_interval=self.settings.token_probe_interval,
-            tenant_refresh_interval=self.settings.tenant_refresh_interval,
-            tenant_list_pages=self._pages(prober),
-            allowance=self.budget.allowance,
-            span={w: self.budget.hold_seconds(w)[1] for w in self.budget.limits},
-            families=len(prober.families),
-            per_tenant=self.tenant_scope,
-            tenant_allowance=self.budget.tenant_allowance,
-        )
+        either becomes stretched (or changes while stretched), and when the period is too long
+        for the SIEM collection alert (``agent.collection``)."""
+        plan = self._plan(prober, self.settings.budget_share, len(prober.families))
         previous = self.plans.get(prober.name)
         self.plans[prober.name] = plan
+        self._check_collection(prober, plan)
         degraded = plan.stretched or plan.refresh_stretched or not plan.overhead_fits
         changed = previous is None or (previous.period, previous.refresh_interval) != (
             plan.period,
@@ -313,6 +312,44 @@ class Agent:
         if degraded and changed:
             log.warning(plan.message, extra={"credential": prober.name})
         return plan
+
+    def _plan(self, prober: CredentialProber, budget_share: float, families: int) -> Plan:
+        """The credential's plan as it is, or with another ``budget_share`` and family count."""
+        shares = self.settings.total_shards
+        own = budget_share == self.settings.budget_share
+        return plan_probe_period(
+            tenants=len(prober.state.probed),
+            probe_interval=self.settings.probe_interval,
+            token_probe_interval=self.settings.token_probe_interval,
+            tenant_refresh_interval=self.settings.tenant_refresh_interval,
+            tenant_list_pages=self._pages(prober),
+            allowance=self.budget.allowance
+            if own
+            else allowance_for(self.budget.limits, budget_share / shares),
+            span={w: self.budget.hold_seconds(w)[1] for w in self.budget.limits},
+            families=families,
+            per_tenant=self.tenant_scope,
+            tenant_allowance=self.budget.tenant_allowance
+            if own
+            else allowance_for(self.budget.limits, budget_share),
+        )
+
+    def _check_collection(self, prober: CredentialProber, plan: Plan) -> None:
+        """Whether the SIEM collection alert holds at this plan; said in the log when that
+        changes (at start-up, once the first tenant list is planned for)."""
+        check = check_collection(
+            plan,
+            tuple(prober.families.values()),
+            self.settings.confirm_interval,
+            self.settings.budget_share,
+            lambda share, families: self._plan(prober, share, families),
+        )
+        previous = self.collection.pop(prober.name, None)
+        if check is None:
+            return
+        self.collection[prober.name] = check
+        if check.note() and (previous is None or previous.note() != check.note()):
+            log.warning(check.note(), extra={"credential": prober.name})
 
     def _pages(self, prober: CredentialProber) -> int:
         """Tenant-list pages per refresh: as counted, else estimated from the tenants kept."""
@@ -387,6 +424,7 @@ class Agent:
             total_shards=self.settings.total_shards,
             evidence=tuple(self._evidence()) if evidence else (),
             state_file_recreated=self.state_file.recreated,
+            external_url=self.settings.external_url,
         )
 
     def _credential_snapshot(self, prober: CredentialProber) -> CredentialSnapshot:
@@ -404,7 +442,14 @@ class Agent:
             tenant_budgets=budget.tenant_budgets,
             probes=prober.probe_names,
             tenant_list_unread_pages=self._unread_pages.get(prober.name, 0),
+            watched=tuple(f.name for f in prober.families.values() if f.lookback),
+            collection_note=self._collection_note(prober.name),
+            expires_at=prober.client.credential.expiry,
         )
+
+    def _collection_note(self, credential: str) -> str:
+        check = self.collection.get(credential)
+        return "" if check is None else check.note()
 
     def _evidence(self) -> list[Evidence]:
         configured = {p.name: p.probe_names for p in self.probers}

@@ -54,6 +54,14 @@ class CredentialSnapshot:
     """The per-tenant probes configured for every tenant (``tenant_probes``)."""
     tenant_list_unread_pages: int = 0
     """Tenant-list pages beyond the page cap that the last listing did not read (0: none)."""
+    watched: tuple[str, ...] = ()
+    """Those of them whose API forgets (a family's ``lookback``, the SIEM ones): their last
+    success is exported and alerted on (``agent.collection``)."""
+    collection_note: str = ""
+    """Why the SIEM collection alert cannot warn in time at this period, and what would let
+    it; empty when it can (or no such family is probed)."""
+    expires_at: float | None = None
+    """The credential's configured ``expires_at`` (Unix time), None when not configured."""
 
     @property
     def tenants_listed(self) -> int:
@@ -82,6 +90,8 @@ class Snapshot:
     """5XX support evidence, loaded only for the views that show it."""
     state_file_recreated: int = 0
     """Times the state file was found deleted or replaced while running, and recreated."""
+    external_url: str | None = None
+    """The exporter's URL as users reach it (``external_url``), None when not configured."""
 
     def credential(self, name: str) -> CredentialSnapshot | None:
         return next((c for c in self.credentials if c.name == name), None)
@@ -104,6 +114,9 @@ def credential_snapshot(
     tenant_budgets: TenantBudgets | None = None,
     probes: tuple[str, ...] = (),
     tenant_list_unread_pages: int = 0,
+    watched: tuple[str, ...] = (),
+    collection_note: str = "",
+    expires_at: float | None = None,
 ) -> CredentialSnapshot:
     """A credential's state copied for a snapshot, with what the wiring knows about it."""
     not_probed = Counter(state.skipped.values())
@@ -127,4 +140,7 @@ def credential_snapshot(
         tenant_budgets=tenant_budgets,
         probes=probes,
         tenant_list_unread_pages=tenant_list_unread_pages,
+        watched=watched,
+        collection_note=collection_note,
+        expires_at=expires_at,
     )

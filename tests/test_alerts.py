@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
+from agent import collection, expiry
+from agent.families import BUILTINS
 from tools.shorten_for import duration_ms, scale_for_file, shorten_for_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,6 +29,7 @@ ALERTS = ROOT / "alerts"
 RULE_FILES = sorted(ALERTS.glob("*.rules.yml"))
 TEST_FILES = sorted((ALERTS / "tests").glob("*.yml"))
 AM_CONFIG = ALERTS / "alertmanager.example.yml"
+AM_TEMPLATES = ALERTS / "sophos-central.tmpl"
 RUNBOOK = ROOT / "docs" / "runbook.md"
 RUNBOOK_URL = (
     "https://github.com/sophos-central-exporter/sophos-central-exporter/blob/main/docs/runbook.md#"
@@ -43,6 +46,8 @@ CONTRACT_ALERTS = (
     "SophosCentralRateBudgetHigh",
     "SophosCentralProbesStale",
     "SophosCentralExporterDown",
+    "SophosCentralCredentialExpiringSoon",
+    "SophosCentralSiemCollectionAtRisk",
 )
 SEVERITIES = {"critical", "warning", "info"}
 INSTALL_HINT = "install it with: apt-get install -y prometheus prometheus-alertmanager"
@@ -131,6 +136,59 @@ def test_alert_has_severity_summary_description_and_runbook(rule: dict[str, Any]
     assert annotations["runbook_url"] == RUNBOOK_URL + rule["alert"].lower()
 
 
+STATUS_LINK = (
+    "/status?credential={{ $labels.credential | urlquery }} "
+    "{{- with $labels.tenant_id }}&tenant={{ . | urlquery }}{{ end }}"
+)
+
+
+def test_every_alert_about_a_credential_links_to_its_status_page() -> None:
+    """One link template for every alert (a YAML anchor), ending in the /status query the page
+    reads; ExporterDown, about a process that does not answer, has none."""
+    links = {rule["alert"]: rule["annotations"].get("status_url") for rule in alerting_rules()}
+    assert links.pop("SophosCentralExporterDown") is None
+    assert len(set(links.values())) == 1, "every alert shares the one status_url template"
+    template = next(iter(links.values()))
+    assert template is not None and template.endswith(STATUS_LINK)
+    assert "sophos_central_exporter_external_url_info" in template
+    assert "http://{{ $labels.instance }}" in template  # no external_url: the scraped address
+
+
+def rules_named(name: str) -> dict[str, dict[str, Any]]:
+    """The rules of one alert by severity."""
+    return {r["labels"]["severity"]: r for r in alerting_rules() if r["alert"] == name}
+
+
+def test_credential_expiry_thresholds_are_the_agents() -> None:
+    """The alert warns and pages at the whole days left /status and `check` flag."""
+    rules = rules_named("SophosCentralCredentialExpiringSoon")
+    assert set(rules) == {"warning", "critical"}
+    for severity, days in (("warning", expiry.WARNING_DAYS), ("critical", expiry.CRITICAL_DAYS)):
+        expr = re.sub(r"\s+", " ", rules[severity]["expr"]).strip()
+        assert expr.endswith(f"/ 86400 ) < {days}"), expr
+        assert "sophos_central_credential_expiry_timestamp_seconds" in expr
+
+
+def test_siem_collection_thresholds_families_and_confirmation_are_the_agents() -> None:
+    """What the rule hard-codes is what the agent plans with (agent.collection) and the families
+    whose API forgets (agent.families' lookback)."""
+    rules = rules_named("SophosCentralSiemCollectionAtRisk")
+    assert set(rules) == {"warning", "critical"}
+    forgetting = {f.name: f.lookback for f in BUILTINS.values() if f.lookback}
+    (lookback,) = set(forgetting.values())
+    for severity, after in (
+        ("warning", collection.WARNING_AFTER),
+        ("critical", collection.CRITICAL_AFTER),
+    ):
+        expr = re.sub(r"\s+", " ", rules[severity]["expr"])
+        assert expr.startswith(f"{lookback / 3600:g} - ( time() - max by"), expr
+        assert f"/ 3600 <= {(lookback - after) / 3600:g} " in expr, expr
+        assert re.findall(r'probe=~"([^"]*)"', expr) == ["|".join(forgetting)] * 3
+        assert "sophos_central_probe_consecutive_failures" in expr
+        assert duration_ms(rules[severity]["for"]) == collection.ALERT_FOR * 1000
+        assert 'kind="failure"' in expr
+
+
 def test_every_runbook_url_points_at_a_runbook_section() -> None:
     anchors = runbook_anchors()
     for rule in alerting_rules():
@@ -214,6 +272,8 @@ def test_alertmanager_example_passes_amtool_check_config() -> None:
 
 ROUTES = [
     (["severity=critical", "alertname=SophosCentralApiOutage", "credential=msp-main"], "pager"),
+    (["severity=critical", "alertname=SophosCentralSiemCollectionAtRisk", "tenant_id=t1"], "pager"),
+    (["severity=warning", "alertname=SophosCentralCredentialExpiringSoon"], "chat"),
     (["severity=critical", "alertname=SophosCentralExporterDown"], "pager"),
     (["severity=warning", "alertname=SophosCentralPersistent5xx", "credential=msp-main"], "chat"),
     (["severity=warning", "alertname=SophosCentralForbiddenSpike", "scope=tenant"], "chat"),
@@ -236,6 +296,61 @@ def test_alertmanager_routes_by_severity(labels: list[str], receiver: str) -> No
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == expected
+
+
+def test_the_example_loads_its_templates_from_beside_it() -> None:
+    config = yaml.safe_load(AM_CONFIG.read_text(encoding="utf-8"))
+    assert [AM_CONFIG.parent / t for t in config["templates"]] == [AM_TEMPLATES]
+
+
+def test_the_chat_text_shows_each_alerts_link_to_the_exporters_status_page(
+    tmp_path: Path,
+) -> None:
+    """amtool renders the example's templates as Alertmanager would for the chat receiver:
+    each alert's summary, description and its status_url and runbook links."""
+    config = yaml.safe_load(AM_CONFIG.read_text(encoding="utf-8"))
+    [chat] = [r for r in config["receivers"] if r["name"] == "sophos-central-chat"]
+    [slack] = chat["slack_configs"]
+    link = "https://sce.example.com/status?credential=msp-main&tenant=t1"
+    alert = {
+        "status": "firing",
+        "labels": {
+            "alertname": "SophosCentralSiemCollectionAtRisk", "severity": "warning",
+            "credential": "msp-main", "tenant_id": "t1", "probe": "siem_events",
+        },
+        "annotations": {
+            "summary": "A tenant's SIEM collection is failing and about to lose events.",
+            "description": "The siem_events probe of tenant t1 ...",
+            "status_url": link,
+            "runbook_url": RUNBOOK_URL + "sophoscentralsiemcollectionatrisk",
+        },
+    }  # fmt: skip
+    data = {
+        "receiver": "sophos-central-chat",
+        "status": "firing",
+        "alerts": [alert],
+        "groupLabels": {"alertname": "SophosCentralSiemCollectionAtRisk", "credential": "msp-main"},
+        "commonLabels": alert["labels"],
+        "commonAnnotations": {},
+        "externalURL": "http://alertmanager:9093",
+    }
+    (tmp_path / "data.json").write_text(json.dumps(data), encoding="utf-8")
+    result = run(
+        binary("amtool"),
+        "template",
+        "render",
+        f"--template.glob={AM_TEMPLATES}",
+        f"--template.data={tmp_path / 'data.json'}",
+        f"--template.text={slack['title']}\n{slack['text']}",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[:5] == [
+        "[FIRING:1] SophosCentralSiemCollectionAtRisk (msp-main)",
+        "WARNING: A tenant's SIEM collection is failing and about to lose events.",
+        "The siem_events probe of tenant t1 ...",
+        f"Status: {link}",
+        f"Runbook: {RUNBOOK_URL}sophoscentralsiemcollectionatrisk",
+    ]
 
 
 def _free_port() -> int:
@@ -335,6 +450,53 @@ def test_api_outage_inhibits_the_per_tenant_alerts_of_its_credential(alertmanage
     while True:
         states = {
             (a["labels"]["alertname"], a["labels"]["credential"]): a["status"]["state"]
+            for a in _http(f"{alertmanager}/api/v2/alerts")
+        }
+        if states == expected or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert states == expected
+
+
+def test_a_tenants_critical_silences_its_own_warning_not_another_tenants(
+    alertmanager: str,
+) -> None:
+    """SiemCollectionAtRisk fires per tenant, warning and critical: the critical of one tenant
+    inhibits that tenant's warning only. Credential-wide alerts still pair by credential."""
+
+    def siem(severity: str, tenant: str) -> dict[str, Any]:
+        return _alert(
+            alertname="SophosCentralSiemCollectionAtRisk", severity=severity,
+            job="sophos-central-exporter", credential="msp-main", tenant_id=tenant,
+            probe="siem_events",
+        )  # fmt: skip
+
+    def expiring(severity: str) -> dict[str, Any]:
+        return _alert(
+            alertname="SophosCentralCredentialExpiringSoon", severity=severity,
+            job="sophos-central-exporter", credential="msp-main",
+        )  # fmt: skip
+
+    _http(
+        f"{alertmanager}/api/v2/alerts",
+        [siem("critical", "t1"), siem("warning", "t1"), siem("warning", "t2"),
+         expiring("critical"), expiring("warning")],
+    )  # fmt: skip
+    expected = {
+        ("SophosCentralSiemCollectionAtRisk", "critical", "t1"): "active",
+        ("SophosCentralSiemCollectionAtRisk", "warning", "t1"): "suppressed",
+        ("SophosCentralSiemCollectionAtRisk", "warning", "t2"): "active",
+        ("SophosCentralCredentialExpiringSoon", "critical", ""): "active",
+        ("SophosCentralCredentialExpiringSoon", "warning", ""): "suppressed",
+    }
+    deadline = time.monotonic() + 15
+    while True:
+        states = {
+            (
+                a["labels"]["alertname"],
+                a["labels"]["severity"],
+                a["labels"].get("tenant_id", ""),
+            ): a["status"]["state"]
             for a in _http(f"{alertmanager}/api/v2/alerts")
         }
         if states == expected or time.monotonic() > deadline:

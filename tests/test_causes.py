@@ -192,15 +192,20 @@ def test_rules_select_on_kind_and_list_causes_only_as_the_table_says(rule: dict[
 def test_every_confirmation_threshold_in_the_rules_is_the_agents() -> None:
     """Per-tenant alerts call a failure confirmed where the scheduler stops re-probing it."""
     seen = 0
+    confirmed = (
+        "SophosCentralPersistent5xx",
+        "SophosCentralForbiddenSpike",
+        "SophosCentralSiemCollectionAtRisk",
+    )
     for rule in rules():
-        if rule.get("alert") not in ("SophosCentralPersistent5xx", "SophosCentralForbiddenSpike"):
+        if rule.get("alert") not in confirmed:
             continue
         for threshold in re.findall(
             r"probe_consecutive_failures\{[^}]*\}\s*\)\s*>=\s*(\d+)", rule["expr"]
         ):
             assert int(threshold) == CONFIRMED_AFTER, rule_name(rule)
             seen += 1
-    assert seen == 2
+    assert seen == 4
 
 
 def test_the_tenant_counts_of_the_recording_rules_follow_the_kinds(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from agent.classify import (
     classify_exception,
     classify_response,
 )
+from agent.config import Credential
 from agent.diagnosis import Context, diagnose
 from agent.sophos import Tenant
 from agent.transport import ProxyFailure
@@ -305,3 +306,45 @@ def test_a_proxy_error_remedy_names_the_proxy_by_host_and_port_only() -> None:
     assert diagnosis.cause == "proxy_error"
     assert diagnosis.remedy.endswith(" Proxy: proxy.example:3128.")
     assert diagnose("token", Outcome(0, "proxy_refused")).remedy == TABLE["proxy_error"].remedy
+
+
+def _configured(expires_at: str | None) -> Credential:
+    return Credential(name="c", client_id="x", client_secret="y", expires_at=expires_at)
+
+
+EXPIRES = "2027-03-01"
+AT_EXPIRY = 1803859200.0  # 2027-03-01T00:00:00Z
+REFUSED = Outcome(401, "oauth.invalid_client_secret")
+NO_TOKEN = Outcome(401, "Unauthorized", from_token=True)
+
+
+@pytest.mark.parametrize(
+    ("probe", "outcome", "expires_at", "now", "cause"),
+    [
+        # The token endpoint refuses on or after the configured date: the credential expired.
+        ("token", REFUSED, EXPIRES, AT_EXPIRY, "credential_expired"),
+        ("token", REFUSED, EXPIRES, AT_EXPIRY + 86400 * 9, "credential_expired"),
+        # whoami (or a tenant) that could not get a token reports the token endpoint's refusal.
+        ("whoami", NO_TOKEN, EXPIRES, AT_EXPIRY, "credential_expired"),
+        # The same refusal a second before the date, or without a date: check both values.
+        ("token", REFUSED, EXPIRES, AT_EXPIRY - 1, "invalid_credentials"),
+        ("token", REFUSED, None, AT_EXPIRY, "invalid_credentials"),
+        # After the date, what is not a refusal of the credential keeps its own cause.
+        ("token", Outcome(503), EXPIRES, AT_EXPIRY, "sophos_unavailable"),
+        ("token", Outcome(0, "timeout"), EXPIRES, AT_EXPIRY, "network_error"),
+        ("tenant", Outcome(401, "Unauthorized"), EXPIRES, AT_EXPIRY, "token_rejected"),
+    ],
+)  # fmt: skip
+def test_a_refusal_on_or_after_expires_at_is_the_credential_expiring(
+    probe: str, outcome: Outcome, expires_at: str | None, now: float, cause: str
+) -> None:
+    context = Context(credential=_configured(expires_at), now=now)
+    assert diagnose(probe, outcome, context).cause == cause
+
+
+def test_an_expired_credentials_remedy_says_the_date_and_to_create_a_new_one() -> None:
+    context = Context(credential=_configured(EXPIRES), now=AT_EXPIRY + 3600)
+    remedy = diagnose("token", REFUSED, context).remedy
+    assert remedy == TABLE["credential_expired"].remedy + " It expired on 2027-03-01."
+    assert "Create a new API credential" in remedy
+    assert "Check both values" not in remedy

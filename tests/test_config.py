@@ -77,6 +77,31 @@ INVALID = [
         "proxy_url: must start with http:// or https:// (the proxy's own scheme; socks is not "
         "supported)",
     ),
+    (
+        "invalid-expires-at.yml",
+        "credentials.0.expires_at: must be a date (YYYY-MM-DD) or an RFC 3339 timestamp "
+        "(YYYY-MM-DDTHH:MM:SSZ)",
+    ),
+    # Unquoted, YAML would make this a date that does not exist: still the key's own message.
+    (
+        "invalid-expires-at-day.yml",
+        "credentials.0.expires_at: must be a date (YYYY-MM-DD) or an RFC 3339 timestamp "
+        "(YYYY-MM-DDTHH:MM:SSZ); 2027-02-30 is not a day of the calendar",
+    ),
+    (
+        "invalid-expires-at-offset.yml",
+        "credentials.0.expires_at: must be a date (YYYY-MM-DD) or an RFC 3339 timestamp "
+        "(YYYY-MM-DDTHH:MM:SSZ); a timestamp needs its offset (Z or +01:00)",
+    ),
+    (
+        "invalid-external-url.yml",
+        "external_url: must be an http:// or https:// URL with a host, e.g. "
+        "https://exporter.example.com or http://exporter.example.com:9866/prefix",
+    ),
+    (
+        "invalid-external-url-password.yml",
+        "external_url: must not carry user:password@: every alert shows this URL",
+    ),
 ]
 
 

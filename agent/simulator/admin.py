@@ -21,6 +21,7 @@ from agent.simulator.wire import ApiRequest, Reply, json_reply
 ADMIN_PREFIX = "/_simulator/"
 _ROTATE = re.compile(r"^/_simulator/credentials/([^/]+)/rotate$")
 _EXPIRE = re.compile(r"^/_simulator/credentials/([^/]+)/expire-tokens$")
+_EXPIRE_CREDENTIAL = re.compile(r"^/_simulator/credentials/([^/]+)/expire$")
 _FAULT = re.compile(r"^/_simulator/tenants/([^/]+)/fault$")
 
 
@@ -68,6 +69,12 @@ class AdminApi:
             return json_reply(
                 200, {"name": match[1], "expired": self._central.expire_tokens(match[1])}
             )
+        if match := _EXPIRE_CREDENTIAL.match(path):
+            at = _body(req).get("at")
+            if at is not None and (isinstance(at, bool) or not isinstance(at, int | float)):
+                raise ValueError("at must be a Unix time or null (now)")
+            self._central.expire_credential(match[1], None if at is None else float(at))
+            return json_reply(200, {"name": match[1], "expires_at": at})
         if match := _FAULT.match(path):
             fault = _body(req).get("fault")
             if fault is not None and not isinstance(fault, str):

@@ -177,6 +177,12 @@ class Central:
         self._secrets[cred.client_id] = new_secret
         return new_secret
 
+    def expire_credential(self, credential_name: str, at: float | None = None) -> None:
+        """The credential expires at wall time ``at`` (now by default): from then on the id host
+        refuses it, as Sophos Central refuses an expired credential; issued tokens stay valid
+        until they expire (what Sophos does with them is not documented)."""
+        self._credential(credential_name).expires_at = self._now() if at is None else at
+
     def expire_tokens(self, credential_name: str) -> int:
         """Expire every token issued to a credential now; returns how many there were."""
         cred = self._credential(credential_name)
@@ -273,6 +279,10 @@ class Central:
         if cred is None:
             return oauth_error(401, "oauth.client_app_does_not_exist", "Unauthorized")
         if not hmac.compare_digest(secret.encode(), self._secrets[cred.client_id].encode()):
+            return oauth_error(401, "oauth.invalid_client_secret", "Unauthorized")
+        if cred.expires_at is not None and self._now() >= cred.expires_at:
+            # Sophos does not document the answer for an expired credential: the id host
+            # refuses it as it refuses a wrong secret, and only the date tells them apart.
             return oauth_error(401, "oauth.invalid_client_secret", "Unauthorized")
         if form.get("scope", "token") != "token":
             return oauth_error(400, "oauth.invalid_scope", "Bad Request")

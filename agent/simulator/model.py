@@ -60,7 +60,9 @@ class Credential:
 
     ``id`` is what whoami returns: the partner or organization id, or for a tenant credential the
     id of its single tenant. ``agent_secret`` is the secret handed to the agent when it differs
-    from the one the id host accepts (a revoked key).
+    from the one the id host accepts (a revoked key). ``expires_at`` (wall time) is when the id
+    host starts refusing the credential, as Sophos Central does with an expired one; the
+    generated agent config carries it as the credential's ``expires_at``.
     """
 
     name: str
@@ -70,6 +72,7 @@ class Credential:
     id: str
     tenants: list[Tenant] = field(default_factory=list)
     agent_secret: str | None = None
+    expires_at: float | None = None
 
     @property
     def configured_secret(self) -> str:

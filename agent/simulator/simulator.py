@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import socket
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -74,6 +76,12 @@ def _bind(host: str, port: int) -> socket.socket:
         ) from exc
     sock.setblocking(False)
     return sock
+
+
+def _rfc3339(at: float) -> str:
+    """A wall time as the agent config's ``expires_at`` takes it, to the second before: the
+    agent's date must come no later than the refusal."""
+    return datetime.fromtimestamp(math.floor(at), UTC).isoformat().replace("+00:00", "Z")
 
 
 def _port_of(sock: socket.socket) -> int:
@@ -255,7 +263,12 @@ class Simulator:
             **self.scenario.agent_overrides,
         }
         config["credentials"] = [
-            {"name": c.name, "client_id": c.client_id, "client_secret": c.configured_secret}
+            {
+                "name": c.name,
+                "client_id": c.client_id,
+                "client_secret": c.configured_secret,
+                **({} if c.expires_at is None else {"expires_at": _rfc3339(c.expires_at)}),
+            }
             for c in self.scenario.credentials
         ]
         return config
@@ -295,6 +308,10 @@ class Simulator:
 
     def expire_tokens(self, credential_name: str) -> int:
         return self._central.expire_tokens(credential_name)
+
+    def expire_credential(self, credential_name: str, at: float | None = None) -> None:
+        """From wall time ``at`` (default: now) the id host refuses the credential."""
+        self._central.expire_credential(credential_name, at)
 
     def active_faults(self) -> dict[str, Any]:
         """What is broken now (tenant faults, outage, throttles, drill entries) and the drill."""

@@ -61,7 +61,9 @@ def _check_row(row: Row) -> tuple[str, ...]:
 
 
 def summary_lines(report: Report) -> list[str]:
-    """The report's first lines: what failed, by cause, and how often each credential probes."""
+    """The report's first lines: what failed, by cause, how often each credential probes and
+    when it expires, then what needs attention about a credential itself (its expiry within
+    30 days, a period too long for the SIEM collection alert)."""
     s = report.summary
     parts = [f"{s.probes} probes: {s.failing} failing{_by_cause(s.failing_by_cause)}"]
     parts.append(f"{s.business} business state{_by_cause(s.business_by_cause)}")
@@ -71,8 +73,15 @@ def summary_lines(report: Report) -> list[str]:
     if s.not_probed_by_cause:
         tenants = sum(s.not_probed_by_cause.values())
         parts.append(f"{tenants} tenants not probed{_by_cause(s.not_probed_by_cause)}")
-    periods = [f"{c.name}: tenants probed {c.period_text}" for c in report.credentials]
-    return ["; ".join(parts), *periods]
+    periods = [
+        f"{c.name}: tenants probed {c.period_text}"
+        + (f"; the credential {c.expiry.text}" if c.expiry is not None else "")
+        for c in report.credentials
+    ]
+    notes = [
+        f"{a.level}: {a.credential}: {plain_remedy(a.what)}" for a in report.attention if a.topic
+    ]
+    return ["; ".join(parts), *periods, *notes]
 
 
 def _by_cause(counts: dict[str, int]) -> str:

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from agent import __version__
+from agent import expiry as credential_expiry
 from agent.causes import INVALID_TENANT_ID, RATE_LIMITED, Kind, lookup
 from agent.durations import format_duration
 from agent.metricnames import WINDOWS
@@ -129,6 +130,21 @@ class Pause:
 
 
 @dataclass(frozen=True)
+class Expiry:
+    """The credential's configured expiry: how close, in words, and what to do about it."""
+
+    at: float
+    text: str
+    """``expires in 12 days (2027-03-01)``, ``expired 3 days ago (2027-03-01)``."""
+    level: credential_expiry.Level
+    remedy: str
+
+    @property
+    def needs_attention(self) -> bool:
+        return self.level != "ok"
+
+
+@dataclass(frozen=True)
 class CredentialReport:
     name: str
     identity: str
@@ -145,6 +161,10 @@ class CredentialReport:
     scope_note: str = ""
     not_probed: dict[str, int] = field(default_factory=dict)
     """Listed tenants that are not probed, by cause (those without a row included)."""
+    expiry: Expiry | None = None
+    """The credential's ``expires_at``, when configured."""
+    collection_note: str = ""
+    """Why the SIEM collection alert cannot warn in time, and what would let it (or empty)."""
 
     def all_rows(self) -> list[Row]:
         """Every probe of the credential: the failing token (shown on its own), groups, healthy."""
@@ -178,9 +198,14 @@ class Example:
         return who if self.probe == "tenant" else f"{who} {self.probe}"
 
 
+AttentionLevel = Literal["warning", "failure"]
+
+
 @dataclass(frozen=True)
 class Attention:
-    """One line of "needs attention": a credential's failure group, with a few of its tenants."""
+    """One line of "needs attention": a credential's failure group, with a few of its tenants,
+    or something about the credential itself (``topic`` instead of a cause: its expiry, a probe
+    period too long for the SIEM collection alert), at ``level`` warning or failure."""
 
     credential: str
     cause: str
@@ -188,6 +213,12 @@ class Attention:
     what: str
     examples: list[Example]
     anchor: str
+    topic: str = ""
+    level: AttentionLevel = "failure"
+
+    @property
+    def title(self) -> str:
+        return self.cause or self.topic
 
 
 @dataclass(frozen=True)
@@ -268,6 +299,31 @@ def _attention(creds: list[CredentialReport]) -> list[Attention]:
             what = f"{len(group.rows)} {'probe' if len(group.rows) == 1 else 'probes'}"
             count = len(group.rows)
             lines.append(Attention(cred.name, group.cause, count, what, examples, group.anchor))
+        lines.extend(_credential_attention(cred))
+    return lines
+
+
+EXPIRY_TOPIC = "credential expiry"
+COLLECTION_TOPIC = "SIEM collection alert"
+
+
+def _credential_attention(cred: CredentialReport) -> list[Attention]:
+    """What needs someone about the credential itself: an expiry within ``WARNING_DAYS``
+    (a failure within ``CRITICAL_DAYS`` or past), a period too long for the SIEM alert."""
+    lines: list[Attention] = []
+    expiry = cred.expiry
+    if expiry is not None and expiry.needs_attention:
+        level: AttentionLevel = "warning" if expiry.level == "warning" else "failure"
+        what = f"the credential {expiry.text}: {expiry.remedy}"
+        anchor = expiry_anchor(cred.name)
+        lines.append(Attention(cred.name, "", 1, what, [], anchor, EXPIRY_TOPIC, level))
+    if cred.collection_note:
+        anchor = collection_anchor(cred.name)
+        lines.append(
+            Attention(
+                cred.name, "", 1, cred.collection_note, [], anchor, COLLECTION_TOPIC, "warning"
+            )
+        )
     return lines
 
 
@@ -281,6 +337,14 @@ def pause_anchor(credential: str) -> str:
 
 def not_probed_anchor(credential: str) -> str:
     return f"{credential}--not-probed"
+
+
+def expiry_anchor(credential: str) -> str:
+    return f"{credential}--expiry"
+
+
+def collection_anchor(credential: str) -> str:
+    return f"{credential}--collection"
 
 
 def _credential(snapshot: Snapshot, cred: CredentialSnapshot, now: float) -> CredentialReport:
@@ -310,6 +374,20 @@ def _credential(snapshot: Snapshot, cred: CredentialSnapshot, now: float) -> Cre
         pause=_pause(cred, now),
         scope_note=_scope_note(cred),
         not_probed={cause: n for cause, n in cred.not_probed.items() if n},
+        expiry=_expiry(cred, now),
+        collection_note=cred.collection_note,
+    )
+
+
+def _expiry(cred: CredentialSnapshot, now: float) -> Expiry | None:
+    at = cred.expires_at
+    if at is None:
+        return None
+    return Expiry(
+        at,
+        credential_expiry.describe(at, now),
+        credential_expiry.level(at, now),
+        credential_expiry.remedy(at, now),
     )
 
 

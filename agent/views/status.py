@@ -4,6 +4,8 @@ The page renders the report (``agent.views.report``) of one snapshot through a J
 with autoescaping on: tenant names come from the API, and a template that escapes by default
 cannot forget to. No external assets (the exporter may run where nothing else is reachable); a
 meta refresh keeps a wall screen current, and the filter box keeps its text across refreshes.
+``/status?credential=NAME&tenant=ID``, the link alerts carry, shows that credential only with the
+filter set to the tenant.
 The kinds' colours and legend words come from the cause table (``agent.causes.KINDS``), the same
 as the dashboards'.
 """
@@ -19,6 +21,8 @@ from agent.causes import KINDS
 from agent.snapshot import Snapshot
 from agent.views.report import (
     build_report,
+    collection_anchor,
+    expiry_anchor,
     not_probed_anchor,
     pause_anchor,
     remedy_parts,
@@ -45,6 +49,8 @@ _TEMPLATES.globals.update(
     token_anchor=token_anchor,
     pause_anchor=pause_anchor,
     not_probed_anchor=not_probed_anchor,
+    expiry_anchor=expiry_anchor,
+    collection_anchor=collection_anchor,
     remedy=remedy_html,
     kinds=list(KINDS.values()),
 )

@@ -107,10 +107,12 @@ def alertmanager_config_for_test(
     group_interval: str = "2s",
     repeat_interval: str = "1h",
 ) -> dict[str, Any]:
-    """The example config with every webhook URL sent to ``{webhook_url}/{receiver name}`` and
-    every route's ``group_wait``/``group_interval`` shortened (``repeat_interval`` set, so a
-    repeat never passes for a new notification). Routes, matchers, grouping and inhibition
-    rules are left exactly as they are: they are what the test checks."""
+    """The example config with every webhook URL sent to ``{webhook_url}/{receiver name}`` (a
+    Slack-format chat text to ``{webhook_url}/{receiver name}/text``), its templates found from
+    wherever the copy is written, and every route's ``group_wait``/``group_interval`` shortened
+    (``repeat_interval`` set, so a repeat never passes for a new notification). Routes,
+    matchers, grouping, inhibition rules and the templates are left exactly as they are: they
+    are what the test checks."""
     config: dict[str, Any] = yaml.safe_load(source.read_text(encoding="utf-8"))
 
     def shorten(route: dict[str, Any]) -> None:
@@ -126,8 +128,12 @@ def alertmanager_config_for_test(
 
     shorten(config["route"])
     for receiver in config["receivers"]:
+        name = urllib.parse.quote(receiver["name"])
         for hook in receiver.get("webhook_configs", []):
-            hook["url"] = f"{webhook_url}/{urllib.parse.quote(receiver['name'])}"
+            hook["url"] = f"{webhook_url}/{name}"
+        for chat in receiver.get("slack_configs", []):
+            chat["api_url"] = f"{webhook_url}/{name}/text"
+    config["templates"] = [str(source.parent / t) for t in config.get("templates", [])]
     return config
 
 
@@ -144,6 +150,8 @@ class Notification:
     path: str
     status: str
     alerts: list[dict[str, Any]]
+    text: str = ""
+    """A chat text (Slack's format, rendered from the example's templates): title and text."""
 
 
 class Webhook:
@@ -185,6 +193,10 @@ class Webhook:
                     path=path,
                     status=str(payload.get("status", "")),
                     alerts=list(payload.get("alerts", [])),
+                    text="\n".join(
+                        f"{a.get('title', '')}\n{a.get('text', '')}"
+                        for a in payload.get("attachments", [])
+                    ),
                 )
             )
 
@@ -203,6 +215,10 @@ class Webhook:
     def received(self) -> list[Notification]:
         with self._lock:
             return list(self._received)
+
+    def texts(self, since_seq: int = 0) -> list[str]:
+        """The chat texts posted from notification ``since_seq`` on."""
+        return [n.text for n in self.received[since_seq:] if n.text]
 
     def firing(self, since_seq: int = 0) -> list[tuple[str, dict[str, str]]]:
         """(receiver, labels) of every firing alert posted from notification ``since_seq`` on."""

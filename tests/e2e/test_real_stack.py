@@ -74,6 +74,7 @@ AGENT_OVERRIDES: dict[str, Any] = {
     "request_timeout": "3s",
     "confirm_interval": "1s",  # a failed tenant probe is confirmed after 1 s and 2 s more
     "budget_share": 0.25,  # keeps msp-main at a few calls a second on a 2-core CI machine
+    "external_url": "https://sce.example.test/exporter",  # what the alerts' links start with
 }
 
 RATE_LIMITED_OVERRIDES: dict[str, Any] = {
@@ -320,6 +321,17 @@ def test_tenant_answering_500_raises_persistent_5xx_in_the_team_chat(stack: Real
         assert {a["labels"].get("tenant_id") for a in firing} == {FAILING_TENANT}
         description = firing[0]["annotations"]["description"]
         assert "HTTP 500" in description and "sophos_server_error" in description
+        # The alert links to the exporter's /status page for that tenant, under external_url,
+        # and the chat text the example's templates render carries the link.
+        link = (
+            f"{AGENT_OVERRIDES['external_url']}/status?credential=org-main&tenant={FAILING_TENANT}"
+        )
+        assert firing[0]["annotations"]["status_url"] == link
+        wait_until(
+            lambda: any(f"Status: {link}" in text for text in stack.webhook.texts(since)),
+            30,
+            "the chat text with the link to the tenant's /status",
+        )
         assert not firing_at(stack, PAGER, since, alertname="SophosCentralPersistent5xx")
         check_dashboard_data(stack, "tenant_5xx", started)
 

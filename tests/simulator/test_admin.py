@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import time
+from datetime import datetime
+
 import httpx
 
 from agent.simulator import Simulator
@@ -74,6 +78,35 @@ async def test_rotate_secret_in_process(start_sim: StartSim, client: httpx.Async
     old = await request_token(client, sim, cred.client_id, cred.client_secret)
     assert old.json()["errorCode"] == "oauth.invalid_client_secret"
     assert (await request_token(client, sim, cred.client_id, new_secret)).status_code == 200
+
+
+async def test_an_expired_credential_is_refused_from_its_date_on_and_the_config_says_when(
+    start_sim: StartSim, client: httpx.AsyncClient
+) -> None:
+    """Sophos refuses an expired credential at the token endpoint. The simulator does so from
+    the credential's date on, with the answer a wrong secret gets (the real one is not
+    documented), and the generated agent config carries the date as expires_at."""
+    sim = await start_sim("healthy")
+    cred = sim.scenario.credential("org-healthy")
+    issued = await get_token(client, sim, cred)
+    later = time.time() + 3600.25
+
+    scheduled = await client.post(_admin(sim, "credentials/org-healthy/expire"), json={"at": later})
+    before = await request_token(client, sim, cred.client_id, cred.client_secret)
+    configured = next(c for c in sim.agent_config()["credentials"] if c["name"] == "org-healthy")
+    now = await client.post(_admin(sim, "credentials/org-healthy/expire"))
+    after = await request_token(client, sim, cred.client_id, cred.client_secret)
+    still = await client.get(f"{sim.api_url}/whoami/v1", headers=bearer(issued))
+    bad = await client.post(_admin(sim, "credentials/org-healthy/expire"), json={"at": "soon"})
+
+    assert scheduled.status_code == 200
+    assert before.status_code == 200
+    assert datetime.fromisoformat(configured["expires_at"]).timestamp() == math.floor(later)
+    assert now.status_code == 200
+    assert after.status_code == 401
+    assert after.json()["errorCode"] == "oauth.invalid_client_secret"
+    assert still.status_code == 200  # tokens issued before stay valid until they expire
+    assert bad.status_code == 400
 
 
 async def test_fault_set_and_cleared_through_the_admin_api(
