@@ -503,3 +503,16 @@ def test_a_tenants_critical_silences_its_own_warning_not_another_tenants(
             break
         time.sleep(0.3)
     assert states == expected
+
+
+def test_the_readme_lists_every_alert_with_its_severities() -> None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = text.split("<!-- alerts:begin", 1)[1].split("<!-- alerts:end -->", 1)[0]
+    listed = re.findall(r"^- `(\w+)` \(([^)]*)\)", block, flags=re.MULTILINE)
+    rules: dict[str, set[str]] = {}
+    for rule in alerting_rules():
+        rules.setdefault(rule["alert"], set()).add(rule["labels"]["severity"])
+    assert [name for name, _ in listed] == list(rules)
+    for name, severities in listed:
+        said = set(re.findall(r"critical|warning|info", severities))
+        assert said == rules[name], name

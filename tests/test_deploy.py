@@ -202,8 +202,11 @@ def test_prometheus_scrapes_the_exporter_and_loads_every_rule_file() -> None:
     host, port = target.rsplit(":", 1)
     alertmanager = services[host]
     assert int(port) in {p["target"] for p in alertmanager["ports"]}
-    am_config = mounts(alertmanager)[flag(alertmanager["command"], "--config.file")]
-    assert Path(am_config["source"]).is_file()
+    directory, name = flag(alertmanager["command"], "--config.file").rsplit("/", 1)
+    am_config = Path(mounts(alertmanager)[directory]["source"]) / name
+    assert am_config == ROOT / "alerts" / "alertmanager.example.yml"
+    templates = load_yaml(am_config)["templates"]  # resolved beside the config, as it is mounted
+    assert templates and all((am_config.parent / t).is_file() for t in templates)
 
 
 def test_grafana_provisions_the_dashboards_and_the_stacks_prometheus() -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from agent.cli import main
 from agent.config import Settings, load_settings
 from agent.expiry import (
     CRITICAL_DAYS,
@@ -114,3 +115,33 @@ def test_how_every_surface_says_it(now: float, words: str) -> None:
 def test_a_time_of_day_is_said_when_it_is_not_midnight() -> None:
     at = EXPIRY + 14.5 * 3600
     assert describe(at, at - 10 * DAY) == "expires in 10 days (2027-03-01 14:30 UTC)"
+
+
+def test_config_check_says_when_each_credential_expires_and_where_to_read_a_missing_date(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    soon = (datetime.now(UTC) + timedelta(days=20, hours=12)).date().isoformat()
+    path = tmp_path / "c.yml"
+    path.write_text(
+        "credentials:\n"
+        f"  - {{name: soon, client_id: x, client_secret: y, expires_at: {soon}}}\n"
+        "  - {name: far, client_id: x, client_secret: y, expires_at: 2099-01-01}\n"
+        "  - {name: undated, client_id: x, client_secret: y}\n"
+    )
+    assert main(["config", "check", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[1] == (
+        f"# soon: the credential expires in 20 days ({soon}): Before {soon}, create a new API "
+        "credential in Sophos Central (Global Settings > API Credentials Management), put its "
+        "client id and secret and its expires_at in the config (and in every other integration "
+        "that uses this credential), then delete the old one."
+    )
+    assert lines[2].startswith("# far: the credential expires in ") and "(2099-01-01)" in lines[2]
+    assert lines[3] == (
+        "# undated: no expires_at; Sophos Central shows the credential's expiry date under "
+        "Global Settings > API Credentials Management: set it to be warned 30 days before the "
+        "credential stops working"
+    )
+    shown = yaml.safe_load(out.split("\n", 1)[1])  # the notes are comments: still a config
+    assert [c.get("expires_at") for c in shown["credentials"]] == [soon, "2099-01-01", None]

@@ -239,3 +239,76 @@ async def test_status_page_references_no_external_assets(page: Page) -> None:
 async def test_status_page_refreshes_itself(page: Page) -> None:
     refresh = await page.get_attribute("meta[http-equiv=refresh]", "content")
     assert refresh is not None and int(refresh) > 0
+
+
+async def new_tab(page: Page) -> Page:
+    """A page of its own (its own session storage), in the module's browser."""
+    browser = page.context.browser
+    assert browser is not None
+    return await browser.new_page(viewport=SCREEN)
+
+
+async def test_a_link_from_an_alert_shows_its_credential_and_tenant(
+    page: Page, stack: Stack
+) -> None:
+    """``/status?credential=NAME&tenant=ID`` (an alert's status_url) shows that credential only,
+    the filter set to the tenant; typing keeps the address in step (the page's refresh reloads
+    it), and "Show every credential" brings the rest back."""
+    (tenant,) = tagged(stack.sim.scenario, "html_502")
+    credential = next(
+        c.name for c in stack.sim.scenario.credentials if any(t.id == tenant.id for t in c.tenants)
+    )
+    tab = await new_tab(page)
+    try:
+        await tab.goto(
+            f"{stack.base_url}/status?credential={credential}&tenant={tenant.id}", wait_until="load"
+        )
+        assert await tab.input_value("#filter") == tenant.id
+        sections = await tab.eval_on_selector_all(
+            "section.credential",
+            "els => els.filter(e => e.offsetParent !== null).map(e => e.dataset.credential)",
+        )
+        assert sections == [credential]
+        rows = await tab.eval_on_selector_all(
+            "tr.probe",
+            "els => els.filter(e => e.offsetParent !== null).map(e => e.dataset.tenant)",
+        )
+        assert rows == [tenant.id]
+        attention = await tab.eval_on_selector_all(
+            "#attention li",
+            "els => els.filter(e => e.offsetParent !== null).map(e => e.dataset.credential)",
+        )
+        assert attention and set(attention) == {credential}
+        assert await tab.is_visible("#scope")
+        assert await tab.inner_text("#scope b") == credential
+        # The row is on the first screen, where the person who clicked the link looks.
+        found = await box(tab, f"tr.probe[data-tenant='{tenant.id}']")
+        assert found["y"] + found["height"] <= SCREEN["height"]
+
+        await tab.fill("#filter", "no-such-tenant")
+        query = await tab.evaluate("() => location.search")
+        assert query == f"?credential={credential}&tenant=no-such-tenant"
+
+        await tab.click("#show-all")
+        assert await tab.evaluate("() => location.search") == ""
+        shown = await tab.eval_on_selector_all(
+            "section.credential", "els => els.filter(e => e.offsetParent !== null).length"
+        )
+        assert shown == 4 and not await tab.is_visible("#scope")
+        assert await tab.input_value("#filter") == ""
+    finally:
+        await tab.close()
+
+
+async def test_a_link_to_a_credential_this_exporter_does_not_have_says_so(
+    page: Page, stack: Stack
+) -> None:
+    tab = await new_tab(page)
+    try:
+        await tab.goto(f"{stack.base_url}/status?credential=elsewhere", wait_until="load")
+        assert await tab.is_visible("#scope .absent")
+        assert "Showing credential elsewhere only (not on this exporter)." in await tab.inner_text(
+            "#scope"
+        )
+    finally:
+        await tab.close()
