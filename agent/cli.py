@@ -422,7 +422,12 @@ async def run_demo(
     sim = Simulator(build_scenario(scenario), host="127.0.0.1", port=0, tls=files)
     try:
         await sim.start()
-        config = {**sim.agent_config(), "state_file": str(workdir / "state.db")}
+        host, _, port = listen.rpartition(":")
+        config = {
+            **sim.agent_config(),
+            "state_file": str(workdir / "state.db"),
+            "external_url": f"http://{host or '127.0.0.1'}:{port}",  # the alerts' links
+        }
         config_path = workdir / "config.yml"
         config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         config_path.chmod(0o600)

@@ -35,6 +35,9 @@ from grafana_foundation_sdk.models import prometheus as pm
 
 from agent import metricnames as m
 from agent.causes import CONFIRMED_AFTER, KINDS, NOT_PROBED, TABLE, TENANT_STATES, Kind, names
+from agent.collection import CRITICAL_AFTER, WARNING_AFTER
+from agent.expiry import CRITICAL_DAYS, WARNING_DAYS
+from agent.families import BUILTINS
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARDS_DIR = ROOT / "dashboards"
@@ -859,8 +862,75 @@ def overview() -> dm.Dashboard:
             ("Answers", answers),
             ("Rate budget", budget),
             ("Freshness", freshness),
+            ("Credentials and SIEM collection", credentials_and_collection()),
         ],
     )
+
+
+SIEM_FAMILIES = "|".join(f.name for f in BUILTINS.values() if f.lookback)
+"""The families whose API forgets (``lookback``): the SIEM ones."""
+
+
+def credentials_and_collection() -> list[PanelBuilder]:
+    """What runs out by date: the credentials' own expiry, and the time the SIEM families that
+    are failing have left before their events pass the SIEM API's 24-hour limit."""
+    siem = sel(f'probe=~"{SIEM_FAMILIES}"', tenant=True)
+    by = "credential, tenant_id, probe"
+    failing = (
+        f"{latest(by, m.PROBE_LAST_SUCCESS_TIMESTAMP_SECONDS, siem)}"
+        f" and on ({by}) {latest(by, m.PROBE_CONSECUTIVE_FAILURES, siem)} > 0"
+    )
+    expiry = m.CREDENTIAL_EXPIRY_TIMESTAMP_SECONDS
+    names = (
+        "* on (credential, tenant_id) group_left (tenant_name) "
+        f"{latest('credential, tenant_id, tenant_name', m.TENANT_INFO, sel(tenant=True))}"
+    )
+    return [
+        bargauge_panel(
+            "Credential expires in",
+            "Time left until each credential itself expires: its expires_at, the date Sophos "
+            "Central shows under Global Settings > API Credentials Management (no API reads "
+            f"it). Orange within {WARNING_DAYS} days, red within {CRITICAL_DAYS} days, where "
+            "SophosCentralCredentialExpiringSoon warns and pages; 0 once past. Credentials "
+            "without an expires_at are not shown.",
+            [
+                target(
+                    f"min by (credential) ({expiry}{sel()}) - time()",
+                    "{{credential}}",
+                    instant=True,
+                )
+            ],
+            "s",
+            (12, 8),
+            steps=thresholds(
+                (None, colour("failure")),
+                (CRITICAL_DAYS * 86400, "orange"),
+                (WARNING_DAYS * 86400, colour("ok")),
+            ),
+        ),
+        bargauge_panel(
+            "Failing SIEM families: time since last success",
+            "Tenants whose SIEM family (siem_events, siem_alerts) is failing now, by the time "
+            "since it last succeeded (up to ten, longest first). Sophos's SIEM API reads only "
+            "24 hours back: past that, a connector loses events for good. Orange from "
+            f"{WARNING_AFTER / 3600:g} h, red from {CRITICAL_AFTER / 3600:g} h, where "
+            "SophosCentralSiemCollectionAtRisk warns and pages once the failure is confirmed.",
+            [
+                target(
+                    f"topk(10, (time() - ({failing})) {names})",
+                    "{{tenant_name}} {{probe}}",
+                    instant=True,
+                )
+            ],
+            "s",
+            (12, 8),
+            steps=thresholds(
+                (None, colour("ok")),
+                (WARNING_AFTER, "orange"),
+                (CRITICAL_AFTER, colour("failure")),
+            ),
+        ),
+    ]
 
 
 # --- the tenants dashboard ---------------------------------------------------------------------
@@ -1029,6 +1099,7 @@ def tenant_detail() -> dm.Dashboard:
         "state, or not probed (nothing sent). Consecutive failures: "
         + CONFIRMATION_WORDS
         + ". Age / period: how many planned periods ago the family last ran (stale beyond 3). "
+        "Since last success: for the SIEM families, whose API reads only 24 hours back. "
         + colour_legend(),
         table_queries(
             result_expr(fam, 'tenant_id!=""'),
@@ -1036,6 +1107,7 @@ def tenant_detail() -> dm.Dashboard:
             latest(fam, m.PROBE_CONSECUTIVE_FAILURES, of_tenant),
             age,
             f"{age} / on (credential) group_left () {period}",
+            f"max by ({fam}) (time() - {m.PROBE_LAST_SUCCESS_TIMESTAMP_SECONDS}{of_tenant})",
         ),
         "none",
         (24, 8),
@@ -1063,6 +1135,7 @@ def tenant_detail() -> dm.Dashboard:
                     ),
                 ],
             ),
+            (value_of("F"), "Since last success (SIEM)", unit_of("s")),
         ],
         sort_by="Probe family",
     )

@@ -131,6 +131,9 @@ class Central:
         self._urls = urls
         self._started = self._clock.monotonic()
         self.started_at = self._clock.time()
+        for cred in self.scenario.credentials:
+            if cred.expires_after is not None and cred.expires_at is None:
+                cred.expires_at = self.started_at + cred.expires_after
 
     @property
     def urls(self) -> HostUrls:

@@ -62,7 +62,9 @@ class Credential:
     id of its single tenant. ``agent_secret`` is the secret handed to the agent when it differs
     from the one the id host accepts (a revoked key). ``expires_at`` (wall time) is when the id
     host starts refusing the credential, as Sophos Central does with an expired one; the
-    generated agent config carries it as the credential's ``expires_at``.
+    generated agent config carries it as the credential's ``expires_at``. A scenario gives
+    ``expires_after`` instead (seconds after the simulator starts), so that building it twice
+    gives equal scenarios.
     """
 
     name: str
@@ -73,6 +75,7 @@ class Credential:
     tenants: list[Tenant] = field(default_factory=list)
     agent_secret: str | None = None
     expires_at: float | None = None
+    expires_after: float | None = None
 
     @property
     def configured_secret(self) -> str:

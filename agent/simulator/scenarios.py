@@ -157,10 +157,12 @@ def _demo() -> Scenario:
     direct = [b.tenant(1)]
     revoked = b.credential("revoked-key", "partner", b.healthy(3, 2))
     revoked.agent_secret = b.secret()
+    main = b.credential("msp-main", "partner", msp)
+    main.expires_after = 400 * 86400.0  # /status and check say when; no alert for 370 days
     return Scenario(
         name="demo",
         credentials=[
-            b.credential("msp-main", "partner", msp),
+            main,
             b.credential("org-main", "organization", org),
             b.credential("tenant-direct", "tenant", direct),
             revoked,

@@ -75,6 +75,9 @@ AGENT_OVERRIDES: dict[str, Any] = {
     "confirm_interval": "1s",  # a failed tenant probe is confirmed after 1 s and 2 s more
     "budget_share": 0.25,  # keeps msp-main at a few calls a second on a 2-core CI machine
     "external_url": "https://sce.example.test/exporter",  # what the alerts' links start with
+    # A SIEM family too, for the dashboards' SIEM panels (msp-main's budget is what it is: the
+    # second family stretches its period, not its calls).
+    "tenant_probes": ["tenant", "siem_events"],
 }
 
 RATE_LIMITED_OVERRIDES: dict[str, Any] = {
@@ -105,6 +108,12 @@ DATA_PHASE: dict[tuple[str, str, str], str] = {
     ("sophos-central-overview", "Top error codes", "A"): "tenant_5xx",
     # 429s exist only once the agent overspends the simulator's limits (phase 6).
     ("sophos-central-overview", "429 answers and pauses", "A"): "rate_limited",
+    # A failing SIEM family: the tenant answering 500 fails its siem_events too (phase 3).
+    (
+        "sophos-central-overview",
+        "Failing SIEM families: time since last success",
+        "A",
+    ): "tenant_5xx",
 }
 PHASES = ("baseline", "tenant_5xx", "rate_limited")
 
@@ -362,7 +371,10 @@ def test_tenant_newly_answering_403_tells_the_team_once(stack: RealStack) -> Non
                 f"SophosCentralForbiddenSpike for org-main tenant {REFUSING_TENANT} in the chat",
             )
             (alert,) = stack.firing_in_prometheus(
-                alertname="SophosCentralForbiddenSpike", scope="tenant", credential="org-main"
+                alertname="SophosCentralForbiddenSpike",
+                scope="tenant",
+                credential="org-main",
+                probe="tenant",
             )
             description = alert["annotations"]["description"]
             assert "answered 403 Forbidden" in description, description
@@ -373,8 +385,9 @@ def test_tenant_newly_answering_403_tells_the_team_once(stack: RealStack) -> Non
                 lambda: (
                     len(
                         stack.query(
-                            'sophos_central_probe_consecutive_failures{credential="msp-main"} >= 3 '
-                            "and on (tenant_id) "
+                            "sophos_central_probe_consecutive_failures"
+                            '{credential="msp-main", probe="tenant"} >= 3 '
+                            "and on (tenant_id, probe) "
                             'sophos_central_probe_cause_info{kind="business"}'
                         )
                     )
