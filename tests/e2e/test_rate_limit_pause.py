@@ -51,7 +51,7 @@ async def test_throttled_credential_pauses_and_shows_the_assumed_window(tmp_path
             "1st 429 in a row without Retry-After, assuming the 1m window is exhausted."
         )
         # ... and the summary at the top of the page lists it among what needs attention.
-        assert re.search(r'<li data-credential="msp-throttled" data-cause="rate_limited">', page)
+        assert re.search(r'<li data-credential="msp-throttled" data-cause="rate_limited"[ >]', page)
         logged = [line for line in stack.logs.getvalue().splitlines() if "rate limited" in line]
         assert len(logged) == 1, "one warning per pause"
         assert '"window": "1m"' in logged[0] and '"retry_after_sent": false' in logged[0]
