@@ -3,7 +3,9 @@
 A credential's API role is granted per product, so one tenant can answer 200 on
 ``/endpoint/v1/endpoints`` and 403 on ``/common/v1/alerts``; a SIEM connector lives on
 ``/siem/v1/events`` and ``/siem/v1/alerts``. ``tenant_probes`` picks which of these calls the agent
-makes per tenant. Each built-in is one entry in ``BUILTINS``: its name (the ``probe`` label), its
+makes per tenant; Sophos's own multi-tenant samples call the Account Health Check
+(``/account-health-check/v1/health-check``) per tenant, and it is the one per-tenant call whose 429
+Sophos documents. Each built-in is one entry in ``BUILTINS``: its name (the ``probe`` label), its
 path (the cheapest form of the call) and the check of its answer. Like blackbox_exporter's map of
 probers, adding a family is adding an entry; nothing else branches on family names.
 """
@@ -53,6 +55,14 @@ SIEM_LOOKBACK_SECONDS = 86400.0
 that cannot collect for longer loses the events in between for good."""
 
 
+def health_scores(body: dict[str, Any]) -> str | None:
+    """Account Health Check: the scores per area under ``{"endpoint": {...}}``. Only the shape is
+    checked: the scores are the account's configuration hygiene, not the API's health."""
+    if not isinstance(body.get("endpoint"), dict):
+        return "response has no 'endpoint' object"
+    return None
+
+
 @dataclass(frozen=True)
 class Family:
     """One per-tenant probe: ``path`` (with its query) on the tenant's API host.
@@ -84,6 +94,7 @@ BUILTINS: dict[str, Family] = {
         Family("siem_events", "/siem/v1/events?limit=1", siem_items, SIEM_LOOKBACK_SECONDS),
         Family("siem_alerts", "/siem/v1/alerts?limit=1", siem_items, SIEM_LOOKBACK_SECONDS),
         Family("common_alerts", "/common/v1/alerts?pageSize=1", paged_items),
+        Family("account_health", "/account-health-check/v1/health-check", health_scores),
     )
 }
 

@@ -45,6 +45,7 @@ def test_builtins_and_custom_entries_resolve_in_order() -> None:
             "siem_events",
             "siem_alerts",
             "common_alerts",
+            "account_health",
             {"name": "xdr_queries", "path": "/xdr-query/v1/queries/runs?pageSize=1"},
         ],
         confirm_interval="30s",
@@ -54,6 +55,7 @@ def test_builtins_and_custom_entries_resolve_in_order() -> None:
         ("siem_events", "/siem/v1/events?limit=1"),
         ("siem_alerts", "/siem/v1/alerts?limit=1"),
         ("common_alerts", "/common/v1/alerts?pageSize=1"),
+        ("account_health", "/account-health-check/v1/health-check"),
         ("xdr_queries", "/xdr-query/v1/queries/runs?pageSize=1"),
     ]
     assert settings.confirm_interval == 30.0
@@ -71,7 +73,8 @@ def test_tenant_probes_come_from_the_environment(monkeypatch: pytest.MonkeyPatch
         (
             ["tenant", "siem", "common_alerts"],
             "tenant_probes[1]: unknown probe 'siem'; built-ins are tenant, siem_events, "
-            "siem_alerts, common_alerts, or give {name, path} for another GET call",
+            "siem_alerts, common_alerts, account_health, or give {name, path} for another GET "
+            "call",
         ),
         (
             ["tenant", "siem_events", {"name": "alerts2", "path": "common/v1/alerts"}],
@@ -107,7 +110,7 @@ def test_tenant_probes_come_from_the_environment(monkeypatch: pytest.MonkeyPatch
         (
             [],
             "tenant_probes: must be a non-empty list of probe names (tenant, siem_events, "
-            "siem_alerts, common_alerts) or {name, path} entries",
+            "siem_alerts, common_alerts, account_health) or {name, path} entries",
         ),
         ("tenant", "tenant_probes: must be a non-empty list of probe names"),
         ([3], "tenant_probes[0]: must be a probe name or a mapping with name and path"),
@@ -151,6 +154,16 @@ def _client(
 
 SIEM_OK = {"has_more": False, "items": [{"id": "e1"}], "next_cursor": "VjJf"}
 PAGED_OK = {"items": [], "pages": {"size": 1, "maxSize": 100}}
+SCORE = {"score": 87, "total": 100, "snoozed": False}
+HEALTH_OK = {
+    "tenant": {"id": "t1"},
+    "endpoint": {
+        "protection": {"computer": {**SCORE, "notFullyProtected": 1}},
+        "policy": {"computer": {"threat-protection": {**SCORE, "notOnRecommended": 0}}},
+        "exclusions": {"global": {**SCORE, "numberOfSecurityRisks": 0}},
+        "tamperProtection": {"computer": {**SCORE, "disabled": False}, "global": True},
+    },
+}
 
 
 @pytest.mark.parametrize(
@@ -164,6 +177,11 @@ PAGED_OK = {"items": [], "pages": {"size": 1, "maxSize": 100}}
         ("common_alerts", {"items": []}, "response has no 'pages' object"),
         ("common_alerts", SIEM_OK, "response has no 'pages' object"),
         ("siem_events", ["not", "an", "object"], "response body is not a JSON object"),
+        ("account_health", HEALTH_OK, ""),
+        ("account_health", {"tenant": {"id": "t1"}, "endpoint": {}}, ""),
+        ("account_health", PAGED_OK, "response has no 'endpoint' object"),
+        ("account_health", {"endpoint": [SCORE]}, "response has no 'endpoint' object"),
+        ("account_health", {"status": "ok"}, "response has no 'endpoint' object"),
     ],
 )
 async def test_each_family_checks_its_documented_answer(
@@ -194,6 +212,7 @@ async def test_each_family_calls_its_own_path_with_the_tenant_header() -> None:
         ("/siem/v1/events", "limit=1", "t1"),
         ("/siem/v1/alerts", "limit=1", "t1"),
         ("/common/v1/alerts", "pageSize=1", "t1"),
+        ("/account-health-check/v1/health-check", "", "t1"),
     ]
 
 

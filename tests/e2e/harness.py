@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent.config import Settings, load_settings
 from agent.logs import setup_logging
 from agent.server import AgentService
-from agent.simulator import Scenario, Simulator, TlsFiles, tagged
+from agent.simulator import Drill, Scenario, Simulator, TlsFiles, tagged
 
 
 @dataclass
@@ -51,10 +51,15 @@ def parse_metrics(text: str) -> dict[str, list[tuple[str, dict[str, str], float]
 
 
 async def start_stack(
-    scenario: Scenario, tmp: Path, tls: TlsFiles | None = None, **overrides: Any
+    scenario: Scenario,
+    tmp: Path,
+    tls: TlsFiles | None = None,
+    drill: Drill | None = None,
+    **overrides: Any,
 ) -> Stack:
-    """The simulator (serving HTTPS with ``tls``) and an agent configured for it."""
-    sim = Simulator(scenario, host="127.0.0.1", port=0, tls=tls)
+    """The simulator (serving HTTPS with ``tls``, running ``drill``) and an agent configured
+    for it."""
+    sim = Simulator(scenario, host="127.0.0.1", port=0, tls=tls, drill=drill)
     await sim.start()
     config = {
         **sim.agent_config(),
@@ -77,11 +82,16 @@ GENEROUS_LIMITS = {"1s": 1000, "1m": 60_000, "1h": 10_000_000, "1d": 100_000_000
 
 
 async def start_ready_stack(
-    scenario: Scenario, tmp: Path, within: float, tls: TlsFiles | None = None, **overrides: Any
+    scenario: Scenario,
+    tmp: Path,
+    within: float,
+    tls: TlsFiles | None = None,
+    drill: Drill | None = None,
+    **overrides: Any,
 ) -> Stack:
     """A stack under ``GENEROUS_LIMITS`` whose first probe cycle is complete (/readyz 200)."""
     scenario.rate_limits.update(GENEROUS_LIMITS)
-    stack = await start_stack(scenario, tmp, tls, budget_share=1.0, **overrides)
+    stack = await start_stack(scenario, tmp, tls, drill, budget_share=1.0, **overrides)
 
     async def ready() -> bool:
         return (await stack.get("/readyz")).status_code == 200

@@ -16,7 +16,7 @@ import httpx
 
 from agent import metricnames as m
 from agent.cli import run_check
-from agent.simulator import build_scenario
+from agent.simulator import build_scenario, parse_drill
 from tests.e2e.harness import Stack, start_ready_stack, stop_stack, tenant_tagged, wait_for
 
 PERIOD = 6.0
@@ -172,5 +172,54 @@ async def test_families_disagreeing_on_a_tenant_show_which_api_the_role_lacks(
         }
         assert sorted(rows) == ["common_alerts", "siem_events", "tenant"]
         assert remedy in rows["common_alerts"]
+    finally:
+        await stop_stack(stack)
+
+
+async def test_account_health_is_probed_per_tenant_and_a_wrong_answer_fails_it(
+    tmp_path: Path,
+) -> None:
+    scenario = build_scenario("healthy")
+    tenants = scenario.credential("msp-healthy").tenants
+    broken = tenants[2].id
+    drill = parse_drill(
+        {
+            "faults": [
+                {
+                    "start": 0,
+                    "target": {"tenant": broken, "family": "account_health"},
+                    "fault": "wrong_shape_200",
+                }
+            ]
+        },
+        scenario,
+    )
+    stack = await start_ready_stack(
+        scenario,
+        tmp_path,
+        within=30,
+        drill=drill,
+        probe_interval="3s",
+        request_timeout="3s",
+        tenant_probes=["tenant", "account_health"],
+    )
+    try:
+        families = await stack.metrics()
+
+        def success(tenant_id: str, probe: str) -> float | None:
+            return sample(families, m.PROBE_SUCCESS, tenant_id=tenant_id, probe=probe)
+
+        for tenant in tenants:
+            assert success(tenant.id, "tenant") == 1
+            if tenant.id != broken:
+                assert success(tenant.id, "account_health") == 1, tenant.id
+        # a 200 whose body is not the health check's (a status page, a proxy's JSON) is no success
+        assert success(broken, "account_health") == 0
+        kinds = {
+            (lbl["tenant_id"], lbl["probe"]): lbl.get("kind")
+            for _, lbl, _ in families[m.PROBE_CAUSE_INFO]
+        }
+        assert kinds[(broken, "account_health")] == "failure"
+        assert kinds[(broken, "tenant")] == "ok"
     finally:
         await stop_stack(stack)
