@@ -90,6 +90,10 @@ class Plan:
     allowance: dict[str, int] = field(default_factory=dict)
     families: int = 1
     per_tenant: bool = False
+    spare: float = 0.0
+    """Calls per second the plan leaves unused in its tightest window (with ``per_tenant``,
+    summed over the tenants' own windows): 0 when the period is stretched to fit. Confirmation
+    re-probes may take this much without slowing routine probing down."""
 
     def explain(self) -> str:
         """The period and why it is what it is, in one line for users (status page, ``check``,
@@ -213,6 +217,7 @@ def plan_probe_period(
             period = max(period, tenants / (left - per_refresh / refresh))
 
     rate = fixed + per_refresh / refresh
+    spare = max(0.0, cap - rate - tenants / period) if overhead_fits else 0.0
     contended = period > probe_interval or refresh > tenant_refresh_interval
     binding = tightest if (tenants or contended or not overhead_fits) else None
     plan = Plan(
@@ -231,6 +236,7 @@ def plan_probe_period(
         tenants=probed,
         allowance=dict(allowance),
         families=families,
+        spare=spare,
     )
     message = _message(plan, probed, allowance, headroom, tenant_list_pages, fixed, families)
     return dataclasses.replace(plan, message=message)
@@ -309,6 +315,7 @@ def _plan_per_tenant(
         allowance=dict(tenant_allowance if stretched else allowance),
         families=calls_per_probe,
         per_tenant=True,
+        spare=tenants * max(0.0, tenant_capacity[own_tightest] - calls_per_probe / period),
     )
 
 

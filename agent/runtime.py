@@ -191,6 +191,8 @@ class Agent:
                 on_refresh=self._after_refresh,
                 semaphore=PausedAwareSlots(self._semaphore, prober.client),
                 confirm_interval=self.settings.confirm_interval,
+                spare=functools.partial(self.spare, prober.name),
+                queued=functools.partial(self.budget.queued, prober.name),
             )
             for prober in self.probers
         ]
@@ -230,6 +232,11 @@ class Agent:
     def period(self, credential: str) -> float:
         plan = self.plans.get(credential)
         return plan.period if plan is not None else self.settings.probe_interval
+
+    def spare(self, credential: str) -> float:
+        """Calls per second the credential's plan leaves unused (0 before the first plan)."""
+        plan = self.plans.get(credential)
+        return plan.spare if plan is not None else 0.0
 
     def tenant_name(self, credential: str, tenant_id: str) -> str:
         """The name a tenant was listed under, or "" (it left the list, or none was read yet)."""

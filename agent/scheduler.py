@@ -15,10 +15,49 @@ twice that after the next one, until ``CONFIRMATIONS`` failures in a row confirm
 clears it; then it is back on its routine slot only (a tenant that stays broken costs nothing
 extra). Confirmations are served by the tick before routine slots and go ahead of routine probes
 at admission (``PRIORITY_CONFIRMATION``), through the same rate budget, so they never push a window
-past its allowance. Their rate is capped at ``CONFIRM_SHARE`` of the routine pair rate
-(``pairs / period``), with a burst of ``CONFIRM_BURST``: when many tenants fail at once (an outage)
-routine probing keeps at least half its pace even when the budget is saturated, instead of
-starving behind the confirmations.
+past its allowance.
+
+How many re-probes may go out is the one real design question, because the planner gives routine
+probing the whole budget: with the default budget the binding hour window runs at about 95 % of
+its allowance, so every re-probe beyond that slack is a routine probe that goes later. Three
+situations pull in different directions:
+
+- *One tenant breaks* (the common case): its two re-probes must go now. Two calls displace two
+  routine probes by a few minutes; nobody notices.
+- *A handful break together* (one customer's region, a role change on a few tenants): each of them
+  pages on its own, so each must be confirmed within minutes too, not one after another. Ten
+  tenants are twenty re-probes; a full hour window still admits them within minutes, because
+  calls keep leaving it at the routine pace and confirmations are admitted first.
+- *Everything breaks* (an API outage): confirming every tenant would take two calls per routine
+  probe and stop routine probing, while one alert (``SophosCentralApiOutage``, judged on the
+  tenant probes of the last five minutes) already says what is wrong and holds back the
+  per-tenant pages. Here routine probing must keep its pace.
+
+So the cap is a token bucket sized for the second case and refilled for the third: a burst of
+``CONFIRM_BURST``, every re-probe of ``CONFIRM_TENANTS`` failing pairs at once (with several
+``tenant_probes``, a tenant that fails on all of them is that many pairs), and a sustained rate of
+``CONFIRM_SHARE`` of the routine pair rate (``pairs / period``), or, when the plan leaves part of
+the budget unused (a period not stretched, ``Plan.spare``), that unused rate if it is more: what
+the budget really has free costs routine probing nothing. A cap that followed the routine rate
+alone would not do: stretched to hours, half of it is one re-probe every two minutes at the default
+budget, and ten tenants would page one after another over half an hour. Reserving room for
+re-probes in the plan would not do either: twenty calls an hour kept free for failures that rarely
+come would stretch every tenant's period by a fifth. Over any stretch of time ``t``, confirmations
+take at most ``CONFIRM_BURST + CONFIRM_SHARE x pairs / period x t`` calls beyond the spare, so in
+an outage routine probing keeps at least half its pace once the burst is spent, and the burst
+refills within ``CONFIRM_BURST / rate`` (about forty minutes at the default budget). More than
+``CONFIRM_TENANTS`` failing at once is "many": their confirmations go on at the sustained rate,
+and the credential-wide alerts (``SophosCentralApiOutage`` for 5xx and no answer,
+``SophosCentralForbiddenSpike`` with scope credential for 403s) speak for the whole.
+
+Routine probes the budget cannot admit yet are not stacked up as waiting tasks. When
+``MAX_QUEUED`` calls of the credential already wait for admission (re-probes ahead of them, a long
+tenant list, a 429 pause), the rotation lends its slots instead of starting more: they stay due
+(at most one round of them) and start, still in rotation order, as the queue drains, so routine
+probing takes the time back once the budget has room again. Without this, an outage stacks up
+every displaced routine probe in admission, each holding one of the concurrent probe slots that
+every credential shares; after two hours at the default budget the slots are full and re-probes,
+which come later, wait behind routine probes for a slot.
 
 The tenants one tick finds due do not start at once either: each waits for its own slot (one slot
 length after the one before), so probes leave at the planned pace instead of in bursts of a tick's
@@ -56,10 +95,14 @@ log = logging.getLogger(__name__)
 MIN_TICK = 0.2
 MAX_TICK = 5.0
 MAX_CONCURRENT_TENANT_PROBES = 64
+MAX_QUEUED = 4
+"""Calls of a credential waiting for admission beyond which the rotation holds its slots."""
 CONFIRM_SHARE = 0.5
-"""Confirmations may use at most this share of the routine per-tenant call rate."""
-CONFIRM_BURST = 2.0
-"""The cap's bucket: one tenant's two re-probes always fit, and an outage cannot bank more."""
+"""Sustained, confirmations may use at most this share of the routine per-tenant call rate."""
+CONFIRM_TENANTS = 10
+"""How many tenants breaking at once the cap's burst confirms without waiting for it."""
+CONFIRM_BURST = float((CONFIRMATIONS - 1) * CONFIRM_TENANTS)
+"""The cap's bucket: every re-probe of ``CONFIRM_TENANTS`` tenants, and no more."""
 
 K = TypeVar("K", str, tuple[str, str])
 Pair = tuple[str, str]
@@ -92,13 +135,18 @@ class TenantRotation(Generic[K]):
         else:
             self.pending_first &= current
 
-    def due(self, elapsed: float, period: float) -> list[K]:
-        """The tenants whose slots fall within the last ``elapsed`` seconds."""
+    def due(self, elapsed: float, period: float, limit: int | None = None) -> list[K]:
+        """The tenants whose slots fall within the last ``elapsed`` seconds, at most ``limit``
+        of them: slots held back stay due (at most one round of them) and come first next time.
+        """
         if not self.order or period <= 0:
             return []
-        self.position += len(self.order) * elapsed / period
-        count = min(int(self.position + 1e-9), len(self.order))  # float sums fall just short
-        self.position -= count
+        size = len(self.order)
+        self.position = min(self.position + size * elapsed / period, float(size))
+        count = min(int(self.position + 1e-9), size)  # float sums fall just short
+        if limit is not None:
+            count = min(count, max(0, limit))
+        self.position = max(0.0, self.position - count)
         due = self.order[:count]
         self.order = self.order[count:] + due
         return due
@@ -110,8 +158,8 @@ class ConfirmationQueue:
 
     ``after`` is told every finished per-tenant probe; ``take`` hands out the re-probes that are
     due, oldest first, as far as the cap allows (``rate`` re-probes a second, at most
-    ``CONFIRM_BURST`` at once). A pair whose re-probe waits for the cap stays due and goes out
-    as soon as it fits.
+    ``CONFIRM_BURST`` at once: see the module docstring). A pair whose re-probe waits for the cap
+    stays due and goes out as soon as it fits.
     """
 
     interval: float
@@ -162,10 +210,16 @@ class CredentialSchedule:
         on_refresh: RefreshHook,
         semaphore: asyncio.Semaphore,
         confirm_interval: float = 60.0,
+        spare: Callable[[], float] = lambda: 0.0,
+        queued: Callable[[], int] = lambda: 0,
     ) -> None:
+        """``spare`` is the calls per second the plan leaves unused (``Plan.spare``), ``queued``
+        how many calls of the credential wait for admission now."""
         self.prober = prober
         self._clock = clock
         self._period = period
+        self._spare = spare
+        self._queued = queued
         self._on_refresh = on_refresh
         self._semaphore = semaphore
         self.rotation: TenantRotation[Pair] = TenantRotation()
@@ -215,8 +269,10 @@ class CredentialSchedule:
         return lambda pair: (pair[0], rank.get(pair[1], len(rank)))
 
     def confirm_rate(self, period: float) -> float:
-        """The cap on re-probes per second: ``CONFIRM_SHARE`` of the routine pair rate."""
-        return CONFIRM_SHARE * len(self.rotation.order) / period if period > 0 else 0.0
+        """The sustained cap on re-probes per second: ``CONFIRM_SHARE`` of the routine pair
+        rate, or what the plan leaves unused if that is more."""
+        routine = CONFIRM_SHARE * len(self.rotation.order) / period if period > 0 else 0.0
+        return max(routine, self._spare())
 
     async def run_tick(self) -> None:
         now = self._clock.monotonic()
@@ -227,9 +283,19 @@ class CredentialSchedule:
         for pair in self.confirmations.take(now, self.confirm_rate(period), busy):
             self._start(pair, 0.0, PRIORITY_CONFIRMATION)
         slot = period / max(1, len(self.rotation.order))
-        for k, pair in enumerate(self.rotation.due(elapsed, period)):
+        limit = self._routine_limit(elapsed, period)
+        for k, pair in enumerate(self.rotation.due(elapsed, period, limit)):
             if pair not in self.rotation.in_flight:
                 self._start(pair, k * slot)
+
+    def _routine_limit(self, elapsed: float, period: float) -> int:
+        """How many routine pairs this tick may start: none while ``MAX_QUEUED`` calls already
+        wait for admission; else this tick's own slots and a few held back from before."""
+        waiting = self._queued()
+        if waiting >= MAX_QUEUED or period <= 0:
+            return 0
+        fresh = math.ceil(len(self.rotation.order) * elapsed / period)
+        return fresh + MAX_QUEUED - waiting
 
     def _start(self, pair: Pair, delay: float = 0.0, priority: int = PRIORITY_TENANT) -> None:
         self.rotation.in_flight.add(pair)

@@ -327,3 +327,25 @@ def test_tenant_scope_period_is_bounded_by_one_tenants_own_windows() -> None:
     assert tenant_scope_plan(1, 5.0, calls_per_probe=3).period == pytest.approx(
         3 * 3637 / 95, rel=1e-3
     )
+
+
+# -- what the plan leaves unused: room confirmation re-probes may take without slowing routine --
+
+
+def test_a_stretched_plan_leaves_nothing_spare() -> None:
+    for tenants in (250, 10_000):
+        assert plan(tenants, 0.1).spare == 0.0
+
+
+def test_a_period_as_configured_leaves_the_rest_of_the_budget_spare() -> None:
+    result = plan(10, share=0.1, probe_interval=3600.0)  # 10 calls an hour of 95 usable
+    assert not result.stretched
+    assert result.spare * 3600 == pytest.approx(95 - 10 - hourly_overhead(1))
+    assert result.expected["1h"] + result.spare * 3600 == pytest.approx(result.usable["1h"])
+
+
+def test_tenant_scope_spares_what_each_tenants_own_windows_leave() -> None:
+    # Each tenant's own hour allows 95 usable calls after headroom; a probe every 60 s takes 60.
+    result = tenant_scope_plan(100, 60.0)
+    own_capacity = 95 / 3637  # calls a second per tenant, as the admission control holds them
+    assert result.spare == pytest.approx(100 * (own_capacity - 1 / 60), rel=1e-3)

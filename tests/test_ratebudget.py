@@ -257,6 +257,22 @@ async def test_a_cancelled_waiter_gives_up_its_place_without_spending_a_call() -
     assert budget.calls("msp")["1m"] == 1, "only the waiter that stayed was recorded"
 
 
+async def test_queued_counts_the_calls_waiting_for_admission_of_one_key() -> None:
+    clock = FakeClock()
+    budget = make_budget(clock, share=0.1, limits={"1m": 100})
+    for _ in range(10):
+        await budget.acquire("msp")
+    assert budget.queued("msp") == 0
+    waiting = [asyncio.create_task(budget.acquire("msp")) for _ in range(3)]
+    await settle()
+    assert (budget.queued("msp"), budget.queued("other")) == (3, 0)
+    waiting[0].cancel()
+    await settle()
+    assert budget.queued("msp") == 2, "a cancelled waiter no longer waits"
+    await run_until(clock, lambda: all(t.done() for t in waiting), step=1.0, limit=120)
+    assert budget.queued("msp") == 0
+
+
 # -- 429 pauses --------------------------------------------------------------------------------
 
 

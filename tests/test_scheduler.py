@@ -43,6 +43,17 @@ def test_tenant_list_changes_keep_the_rotation_and_drop_departed() -> None:
     assert due == ["c", "d", "b", "e"]  # newcomers queue behind those already waiting
 
 
+def test_slots_held_back_stay_due_come_first_and_add_up_to_one_round_at_most() -> None:
+    rotation = TenantRotation()
+    rotation.replace(["a", "b", "c", "d"])
+    assert rotation.due(2.0, 4.0, limit=0) == []  # the budget has no room: a and b wait
+    assert rotation.due(1.0, 4.0, limit=1) == ["a"]  # the held slots go first, in order
+    assert rotation.due(0.0, 4.0) == ["b", "c"]  # and the rest as soon as there is room
+    rotation.due(40.0, 4.0, limit=0)  # ten periods held: nobody is owed more than one probe
+    assert rotation.due(0.0, 4.0) == ["d", "a", "b", "c"]
+    assert rotation.due(0.5, 4.0) == []
+
+
 def test_first_cycle_counts_only_tenants_still_listed() -> None:
     rotation = TenantRotation()
     rotation.replace(["a", "b"])

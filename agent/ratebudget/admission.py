@@ -62,6 +62,11 @@ class AdmissionQueue:
         await fut
 
     @property
+    def waiting(self) -> int:
+        """Calls waiting for admission (a cancelled waiter leaves at once)."""
+        return sum(1 for _, _, fut in self.waiters if not fut.done())
+
+    @property
     def busy(self) -> bool:
         """Someone waits: the key's ledger must be kept."""
         return bool(self.waiters)

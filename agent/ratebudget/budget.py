@@ -161,6 +161,11 @@ class RateBudget:
         if self._store is not None:
             self._store.save_pause(key, state.last, 0)
 
+    def queued(self, key: BudgetKey) -> int:
+        """Calls of ``key`` waiting for admission now."""
+        queue = self._queues.get(key)
+        return 0 if queue is None else queue.waiting
+
     def pause_remaining(self, key: BudgetKey) -> float:
         """Seconds until ``key``'s 429 pause ends (0.0: not paused)."""
         state = self._pauses.get(key)
