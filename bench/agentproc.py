@@ -8,8 +8,15 @@ It runs the same ``AgentService`` as ``sophos-central-exporter run`` (scheduler,
 state file, HTTP server), optionally on the ``WarpClock`` shared with the simulator. It prints one
 JSON line with its port once it serves.
 
-On SIGUSR1 it prints a snapshot line ``{"tenant_probes", "cpu_seconds", "ready"}``: a parent
-can measure windows of its choosing without scraping (a scrape would cost the agent CPU).
+On SIGUSR1 it prints a snapshot line ``{"tenant_probes", "tenant_calls", "confirmations",
+"cpu_seconds", "ready"}``: a parent can measure windows of its choosing without scraping (a scrape
+would cost the agent CPU). ``tenant_calls`` counts the answered calls of every per-tenant probe,
+``confirmations`` the confirmation re-probes the scheduler started: the routine probes of a
+window are the difference.
+
+``--events`` writes one JSON line per answered call, credential-level ones included: its clock
+time ``t``, when it was sent (``sent``: the clock just after the rate budget admitted it), the
+tenant (empty for credential-level calls), the probe and the status.
 """
 
 from __future__ import annotations
@@ -35,19 +42,23 @@ from bench.common import WarpClock, watch_switch
 
 class TenantProbeCounter:
     """Counts answered tenant probes (an extra observer of every call); with ``events``, also
-    writes one JSON line per answered per-tenant call: clock time, tenant, probe, status."""
+    writes one JSON line per answered call: clock time, sent, tenant, probe, status."""
 
     def __init__(self, clock: Clock, events: str | None = None) -> None:
         self.count = 0
+        self.tenant_calls = 0
         self._clock = clock
         self._events = None if events is None else open(events, "a", buffering=1)  # noqa: SIM115
 
     def observe_call(self, record: CallRecord) -> None:
         if record.probe == "tenant":
             self.count += 1
-        if self._events is not None and record.tenant_id:
+        if record.tenant_id:
+            self.tenant_calls += 1
+        if self._events is not None:
             line = {
                 "t": self._clock.time(),
+                "sent": record.started_at,
                 "tenant": record.tenant_id,
                 "probe": record.probe,
                 "status": record.outcome.status_code,
@@ -90,8 +101,12 @@ async def run(args: argparse.Namespace) -> None:
 
     def snapshot() -> None:
         usage = resource.getrusage(resource.RUSAGE_SELF)
+        scheduler = service.agent.scheduler
+        schedules = [] if scheduler is None else scheduler.schedules
         line = {
             "tenant_probes": counter.count,
+            "tenant_calls": counter.tenant_calls,
+            "confirmations": sum(s.confirmations.started for s in schedules),
             "cpu_seconds": usage.ru_utime + usage.ru_stime,
             "system_seconds": usage.ru_stime,
             "ready": service.agent.ready,

@@ -292,6 +292,19 @@ def start_simulator(
     return spawn(name, argv, workdir, announce=True)
 
 
+async def agent_snapshot(agent: Child) -> dict[str, Any]:
+    """``bench.agentproc``'s own counters and CPU time, asked for with SIGUSR1."""
+    agent.check()
+    stdout = agent.process.stdout
+    assert stdout is not None
+    agent.process.send_signal(signal.SIGUSR1)
+    line = await asyncio.wait_for(asyncio.to_thread(stdout.readline), timeout=30)
+    if not line:
+        agent.check()
+    snapshot: dict[str, Any] = json.loads(line)
+    return snapshot
+
+
 async def simulator_state(sim: Child) -> dict[str, Any]:
     async with httpx.AsyncClient(timeout=30, trust_env=False) as client:
         response = await client.get(sim.announcement["admin_url"] + "/state")

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import shutil
 import signal
 import subprocess
@@ -44,6 +43,7 @@ import yaml
 from agent.simulator import build_scenario
 from bench.common import (
     Child,
+    agent_snapshot,
     children,
     cpu_split,
     free_port,
@@ -124,19 +124,6 @@ def _start_agent(
         workdir,
         announce=True,
     )
-
-
-async def _snapshot(agent: Child) -> dict[str, Any]:
-    """The agent's own probe count and CPU time, asked for with SIGUSR1."""
-    agent.check()
-    stdout = agent.process.stdout
-    assert stdout is not None
-    agent.process.send_signal(signal.SIGUSR1)
-    line = await asyncio.wait_for(asyncio.to_thread(stdout.readline), timeout=30)
-    if not line:
-        agent.check()
-    snapshot: dict[str, Any] = json.loads(line)
-    return snapshot
 
 
 async def _proxy_cost(workdir: Path, window: float) -> dict[str, Any]:
@@ -230,7 +217,7 @@ async def _turns(agents: dict[str, Child], window: float) -> list[dict[str, Any]
     for agent in agents.values():
 
         async def ready(agent: Child = agent) -> bool:
-            return bool((await _snapshot(agent))["ready"])
+            return bool((await agent_snapshot(agent))["ready"])
 
         await wait_until(ready, 120, f"{agent.name}'s first probe cycle", every=0.5)
         agent.process.send_signal(signal.SIGSTOP)
@@ -240,9 +227,9 @@ async def _turns(agents: dict[str, Child], window: float) -> list[dict[str, Any]
         for name, agent in agents.items():
             agent.process.send_signal(signal.SIGCONT)
             await asyncio.sleep(SETTLE_SECONDS)
-            first = await _snapshot(agent)
+            first = await agent_snapshot(agent)
             await asyncio.sleep(window)
-            last = await _snapshot(agent)
+            last = await agent_snapshot(agent)
             agent.process.send_signal(signal.SIGSTOP)
             measured[name] = {
                 "probes": last["tenant_probes"] - first["tenant_probes"],
@@ -256,7 +243,7 @@ async def _turns(agents: dict[str, Child], window: float) -> list[dict[str, Any]
 
 async def _rounds(agent: Child, blackbox: Child, url: str, window: float) -> list[dict[str, Any]]:
     async def ready() -> bool:
-        return bool((await _snapshot(agent))["ready"])
+        return bool((await agent_snapshot(agent))["ready"])
 
     await wait_until(ready, 120, "the agent's first probe cycle", every=0.5)
     rounds = []
@@ -265,9 +252,9 @@ async def _rounds(agent: Child, blackbox: Child, url: str, window: float) -> lis
         for _ in range(ROUNDS):
             agent.process.send_signal(signal.SIGCONT)
             await asyncio.sleep(SETTLE_SECONDS)  # catch up on the slots missed while stopped
-            first = await _snapshot(agent)
+            first = await agent_snapshot(agent)
             await asyncio.sleep(window)
-            last = await _snapshot(agent)
+            last = await agent_snapshot(agent)
             agent.process.send_signal(signal.SIGSTOP)
             probes = last["tenant_probes"] - first["tenant_probes"]
             cpu0, sys0, wall0 = *cpu_split(blackbox.pid), time.monotonic()

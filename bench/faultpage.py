@@ -11,12 +11,21 @@ Every figure is in clock seconds: the time the agent and the simulator live in.
 Two phases per size, on one continuous clock:
 
 1. **Fast** (480x at 250 tenants, 2,880x at 10,000): the agent lists the tenants and probes
-   them on its routine schedule. At random moments, single tenants get a persistent 500
-   (``server_error_500``) or a newly-403 (``no_partner_assistance_403``, only on a tenant whose
-   last probe succeeded), each through the simulator's admin API. Figure (a) is the time from
-   the fault to the first failed probe of that tenant (the agent writes every per-tenant call
-   with its clock time, ``--events``), against the routine period it exports as
-   ``sophos_central_probe_interval_seconds``: the wait is up to one period, half on average.
+   them on its routine schedule. At random moments of the first period after the list, random
+   tenants get a persistent 500 (``server_error_500``) or a 403 (``no_partner_assistance_403``),
+   each through the simulator's admin API; the tenant is drawn from every tenant not used yet,
+   whatever its place in the rotation (drawing 403 tenants only among those already probed would
+   pick tenants whose next probe is late in the period, and did: 0.72 of the period on average).
+   Figure (a) is the time from the fault to the first failed probe of that tenant (the agent
+   writes every call with its clock time, ``--events``), against the routine period it exports
+   as ``sophos_central_probe_interval_seconds``: the wait is up to one period, half on average.
+   The same figure is also read off the schedule itself for thousands of (moment, healthy
+   tenant) pairs: a fault at that moment would be seen at the tenant's next call, since routine
+   slots do not depend on faults. Ten faults are too few for a median to within 0.05 (its
+   spread is about 0.09), thousands are not; and more injected faults would move the figure
+   themselves: their re-probes displace routine probes in a full budget, and the planner's 5 %
+   headroom takes back about twenty a period at 250 tenants. Last, how far apart each healthy
+   tenant's calls are, against the period: slots that drift late show there.
 2. **Slow** (60x): the clock slows down (``WarpClock.switch``: both processes switch at the same
    real moment, the agent reschedules its jobs) and a real Prometheus (the Debian
    ``prometheus`` binary) scrapes the agent. The project's own rule files are loaded with every
@@ -28,14 +37,20 @@ Two phases per size, on one continuous clock:
    the time from that first failed probe to the moment ``SophosCentralPersistent5xx`` or
    ``SophosCentralForbiddenSpike{scope="tenant"}`` for that tenant is firing (the first
    evaluation with ``ALERTS{alertstate="firing"}``, read back from Prometheus). The faults come
-   one at a time (the next once the last one paged: a single tenant breaking), then all of
-   them at once (tenants breaking together share the confirmations' cap, which shows). Then
-   every call answers 503 (the simulator's outage switch), and (b) for the outage is from the
-   first failed probe to ``SophosCentralApiOutage{scope="tenants"}`` firing.
+   one at a time (the next once the last one paged: a single tenant breaking), then ten at
+   once. Then every call answers 503 (the simulator's outage switch), and (b) for the outage is
+   from its start (and from the first failed probe) to ``SophosCentralApiOutage{scope="tenants"}``
+   firing; the outage goes on for 30 more clock minutes, and the routine probes that ran during
+   it (the per-tenant calls the agent answered less the confirmation re-probes it started, from
+   its own counters) say whether routine coverage kept going.
 
 Budget: the simulator's busiest window of each length over the whole run (both phases, the
 confirmations and the outage included) divided by the agent's allowance (0.1 x the limit), and
-the 429s it answered.
+the 429s it answered. Beside it, the busiest window of the calls as the agent sent them (its
+clock, just after admission), per phase: on the fast clock a millisecond of loopback between
+sending and arriving is several clock seconds, more than the budget's one-second safety margin,
+so the simulator can count a call in the next window that the agent counted in the last one; the
+agent's own figure shows whether the agent kept its allowance.
 
 Why two speeds: (a) needs whole probe periods (3.8 hours at 250 tenants, about 4 days at 10,000),
 (b) needs Prometheus to scrape and evaluate often enough in clock time, and Prometheus runs on
@@ -45,6 +60,7 @@ real time: at 2,880x a one-second scrape interval would be 48 clock minutes.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import random
 import re
@@ -60,10 +76,12 @@ from typing import Any
 import httpx
 import yaml
 
+from agent.simulator import busiest_window
 from bench.common import (
     ROOT,
     Child,
     WarpClock,
+    agent_snapshot,
     children,
     free_port,
     parse_page,
@@ -91,6 +109,10 @@ STATUS = {"5xx": 500, "403": 403}
 ALERTS = {"5xx": "SophosCentralPersistent5xx", "403": "SophosCentralForbiddenSpike"}
 JOB = "sophos-central-exporter"
 SLOW_SPEED = 60.0
+SCHEDULE_SAMPLES = 5_000
+"""(moment, tenant) pairs read off the schedule for figure (a)."""
+OUTAGE_AFTER_PAGE = 30 * 60.0
+"""Clock seconds the outage goes on after SophosCentralApiOutage fired."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +122,7 @@ class Size:
     scrape_real: str
     eval_real: str
     faults: int = 5
+    fast_faults: int = 5
     seed: int = 4
 
 
@@ -129,10 +152,12 @@ class Fault:
 
 @dataclass
 class Calls:
-    """The agent's per-tenant calls (``--events``), read as the file grows."""
+    """The agent's calls (``--events``), read as the file grows: per tenant (clock time answered,
+    status), and when every call was sent."""
 
     path: Path
     by_tenant: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
+    sent: list[float] = field(default_factory=list)
     offset: int = 0
     first: float | None = None
 
@@ -146,6 +171,9 @@ class Calls:
         self.offset += end
         for line in data[:end].splitlines():
             event = json.loads(line)
+            self.sent.append(event["sent"])
+            if not event["tenant"]:
+                continue
             self.by_tenant.setdefault(event["tenant"], []).append((event["t"], event["status"]))
             if self.first is None:
                 self.first = event["t"]
@@ -169,6 +197,9 @@ class Calls:
             if at >= since and answered == status
         ]
         return min(times) if times else None
+
+    def next_call(self, tenant: str, moment: float) -> float | None:
+        return next((at for at, _ in self.by_tenant.get(tenant, []) if at >= moment), None)
 
     def statuses(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -213,7 +244,8 @@ async def _run_size(workdir: Path, size: Size) -> dict[str, Any]:
         watched = (agent, sim)
         period, tenants = await _plan(base, calls, size, watched)
         fast = await _fast_phase(clock, sim, calls, size, period, tenants, watched)
-        prom, mapping = await _switch_and_start_prometheus(
+        schedule = _schedule_figures(calls, size, period, {f.tenant for f in fast})
+        prom, mapping, switched = await _switch_and_start_prometheus(
             workdir, clock, origin, wall_origin, size, agent, sim, running
         )
         prometheus = f"http://127.0.0.1:{prom.announcement['port']}"
@@ -221,10 +253,16 @@ async def _run_size(workdir: Path, size: Size) -> dict[str, Any]:
         slow, together = await _slow_phase(
             clock, sim, calls, size, used, prometheus, mapping, watched
         )
-        outage = await _outage(clock, sim, calls, prometheus, mapping, watched, slow)
+        outage = await _outage(clock, sim, agent, calls, prometheus, mapping, watched, slow)
+        outage["planned_routine_probes"] = size.tenants / period * outage["lasted_seconds"]
         state = await simulator_state(sim)
         page = parse_page((await scrape(base)).text)
     result = _figures(size, period, fast, slow, together, outage, state, page)
+    result["fault_to_first_failed_probe"]["schedule"] = schedule
+    result["agent_sent_max_in_window_over_allowance"] = {
+        "fast": _busiest([t for t in calls.sent if t < switched]),
+        "slow": _busiest([t for t in calls.sent if t >= switched]),
+    }
     result["per_tenant_call_statuses"] = calls.statuses()
     return result
 
@@ -295,27 +333,26 @@ async def _fast_phase(
     tenants: list[str],
     watched: tuple[Child, ...],
 ) -> list[Fault]:
-    """(a): faults at random moments of the first period after the list, on random tenants."""
+    """(a): faults at random moments of the first period after the list, on random tenants;
+    the phase lasts two periods and a little, so that every moment of the first has its next
+    call (``_schedule_figures``)."""
     rng = random.Random(size.seed)
     assert calls.first is not None
-    kinds = ["5xx", "403"] * size.faults
+    first = calls.first
+    kinds = ["5xx", "403"] * size.fast_faults
     rng.shuffle(kinds)
-    moments = sorted(rng.uniform(calls.first + 0.2 * period, calls.first + period) for _ in kinds)
+    moments = sorted(rng.uniform(first + 0.2 * period, first + period) for _ in kinds)
     faults: list[Fault] = []
     used: set[str] = set()
     for moment, kind in zip(moments, kinds, strict=True):
         await _until_clock(clock, moment, watched)
-        calls.read()
-        now = clock.time()
-        if kind == "403":
-            pool = [t for t in tenants if t not in used and calls.last_ok(t, now) is not None]
-        else:
-            pool = [t for t in tenants if t not in used]
-        tenant = rng.choice(pool)
+        tenant = rng.choice([t for t in tenants if t not in used])
         used.add(tenant)
+        calls.read()
         fault = Fault(kind, tenant, await _inject(sim, clock, kind, tenant))
         fault.last_ok_before = calls.last_ok(tenant, fault.injected)
         faults.append(fault)
+    await _until_clock(clock, first + 2.1 * period, watched)
 
     def all_probed() -> bool:
         for child in watched:
@@ -327,8 +364,40 @@ async def _fast_phase(
             )
         return all(f.first_failed is not None for f in faults)
 
-    await wait_until(all_probed, 1.5 * period / size.fast_speed + 60, "(a) first failed probes")
+    await wait_until(all_probed, 0.5 * period / size.fast_speed + 60, "(a) first failed probes")
     return faults
+
+
+def _schedule_figures(calls: Calls, size: Size, period: float, faulted: set[str]) -> dict[str, Any]:
+    """(a) read off the schedule: for random moments of the first period and random healthy
+    tenants, the wait until the tenant's next call; and the gaps between a tenant's calls."""
+    assert calls.first is not None
+    rng = random.Random(size.seed + 1)
+    healthy = sorted(t for t in calls.by_tenant if t not in faulted)
+    waits: list[float] = []
+    for _ in range(SCHEDULE_SAMPLES):
+        tenant = rng.choice(healthy)
+        moment = rng.uniform(calls.first + 0.2 * period, calls.first + period)
+        following = calls.next_call(tenant, moment)
+        if following is None:
+            raise RuntimeError(f"tenant {tenant} had no call within a period of {moment}")
+        waits.append((following - moment) / period)
+    end = calls.first + 2.1 * period
+    gaps = [
+        (b[0] - a[0]) / period
+        for t in healthy
+        for a, b in itertools.pairwise([c for c in calls.by_tenant[t] if c[0] < end])
+    ]
+    waits.sort()
+    return {
+        "samples": len(waits),
+        "over_period_median": statistics.median(waits),
+        "over_period_p90": waits[int(0.9 * len(waits))],
+        "over_period_max": waits[-1],
+        "gap_over_period_median": statistics.median(gaps) if gaps else None,
+        "gap_over_period_max": max(gaps) if gaps else None,
+        "gaps": len(gaps),
+    }
 
 
 @dataclass(frozen=True)
@@ -369,6 +438,16 @@ def warp_rules(text: str, speed: float, mapping: Mapping, interval: str) -> str:
     return dumped
 
 
+def _busiest(times: list[float]) -> dict[str, float]:
+    """The busiest window of each length over the allowance, for calls at ``times``."""
+    ordered = sorted(times)
+    return {
+        window: busiest_window(ordered, float(seconds))
+        / max(1, int(BUDGET_SHARE * SEED_LIMITS[window]))
+        for window, seconds in WINDOWS.items()
+    }
+
+
 async def _switch_and_start_prometheus(
     workdir: Path,
     clock: WarpClock,
@@ -378,8 +457,9 @@ async def _switch_and_start_prometheus(
     agent: Child,
     sim: Child,
     running: list[Child],
-) -> tuple[Child, Mapping]:
-    """Slow the shared clock down a few seconds from now and start Prometheus on it."""
+) -> tuple[Child, Mapping, float]:
+    """Slow the shared clock down a few seconds from now and start Prometheus on it; returns
+    Prometheus, its time on the agent's clock, and the clock time of the switch."""
     at = time.monotonic() + 8.0
     switch_real = at - origin
     mapping = Mapping(
@@ -435,7 +515,7 @@ async def _switch_and_start_prometheus(
     if time.monotonic() >= at:
         raise RuntimeError("Prometheus started after the clock switch; give it more time")
     await asyncio.sleep(at - time.monotonic() + 3 * duration_ms(size.scrape_real) / 1000 + 1)
-    return prom, mapping
+    return prom, mapping, wall_origin + clock.elapsed_at(at)
 
 
 async def _prom_get(prometheus: str, path: str, **params: str) -> Any:
@@ -557,16 +637,20 @@ async def _until_paged(
 async def _outage(
     clock: WarpClock,
     sim: Child,
+    agent: Child,
     calls: Calls,
     prometheus: str,
     mapping: Mapping,
     watched: tuple[Child, ...],
     slow: list[Fault],
 ) -> dict[str, Any]:
-    """Every call answers 503: first failed probe to SophosCentralApiOutage (tenants) firing."""
+    """Every call answers 503: outage (and first failed probe) to SophosCentralApiOutage
+    (tenants) firing; the outage goes on for ``OUTAGE_AFTER_PAGE`` more, and the routine probes
+    that ran meanwhile are counted."""
     selector = 'alertname="SophosCentralApiOutage",scope="tenants"'
     phase_start = min((f.injected for f in slow), default=clock.time())
     before = await _first_firing(prometheus, selector, time.time() - 600, mapping, 0.5)
+    counted = await agent_snapshot(agent)
     await _admin(sim, "/outage", {"on": True})
     started_clock, started_real = clock.time(), time.time()
     result: dict[str, Any] = {"started": started_clock}
@@ -585,7 +669,14 @@ async def _outage(
         await wait_until(paged, 30 * 60 / SLOW_SPEED + 30, "(b) the outage alert", every=2.0)
     except TimeoutError as exc:
         print(f"  e. {exc}", file=sys.stderr, flush=True)
+    await _until_clock(clock, result.get("fired", clock.time()) + OUTAGE_AFTER_PAGE, watched)
+    after = await agent_snapshot(agent)
     await _admin(sim, "/outage", {"on": False})
+    ended = clock.time()
+    result["lasted_seconds"] = ended - started_clock
+    result["tenant_calls"] = after["tenant_calls"] - counted["tenant_calls"]
+    result["confirmations"] = after["confirmations"] - counted["confirmations"]
+    result["routine_probes"] = result["tenant_calls"] - result["confirmations"]
     result["fired_before_outage"] = [t for t in before.values() if t >= phase_start]
     if "fired" in result and result.get("first_failed") is not None:
         result["to_page_seconds"] = result["fired"] - result["first_failed"]
@@ -601,6 +692,13 @@ def _summary(values: list[float | None]) -> dict[str, float | int | None]:
         "median": statistics.median(known) if known else None,
         "max": max(known) if known else None,
     }
+
+
+def _by_kind(faults: list[Fault]) -> dict[str, dict[str, float | int | None]]:
+    """First failed probe to page per kind of fault, and over all of them."""
+    summary = {k: _summary([f.to_page() for f in faults if f.kind == k]) for k in ALERTS}
+    summary["all"] = _summary([f.to_page() for f in faults])
+    return summary
 
 
 def _figures(
@@ -640,12 +738,8 @@ def _figures(
             "over_period_median": statistics.median(ratios) if ratios else None,
             "over_period_max": max(ratios) if ratios else None,
         },
-        "first_failed_probe_to_page": {
-            k: _summary([f.to_page() for f in slow if f.kind == k]) for k in ALERTS
-        },
-        "first_failed_probe_to_page_all_at_once": {
-            k: _summary([f.to_page() for f in together if f.kind == k]) for k in ALERTS
-        },
+        "first_failed_probe_to_page": _by_kind(slow),
+        "first_failed_probe_to_page_all_at_once": _by_kind(together),
         "outage": outage,
         "budget_max_in_window_over_allowance": worst,
         "rate_limited": limited,
