@@ -298,10 +298,11 @@ def _faultpage_size(size: dict[str, Any], checks: Checks) -> list[str]:
         10,
     )
     checks.at_most(f"{tag} (a)/period median (schedule)", sched["over_period_median"], 0.55)
-    for phase, ratios in sent.items():
-        for window, ratio in ratios.items():
-            if window != "1s":  # a clock second is milliseconds of real time: see README
-                checks.at_most(f"{tag} busiest {window} window / allowance, {phase}", ratio, 1.0)
+    # Judged where the agent's 1 s safety margin outlasts the delay between admitting a call and
+    # the simulator counting it: at 60x (17 ms of real time), not on the fast clock (see README).
+    for window, ratio in sent["slow"].items():
+        if window != "1s":
+            checks.at_most(f"{tag} busiest {window} window / allowance, slow phase", ratio, 1.0)
     checks.equal(f"{tag} 429s", size["rate_limited"], 0)
     return lines
 
