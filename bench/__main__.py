@@ -8,7 +8,7 @@ b. /metrics render time at 10,000 tenants against a plain prometheus_client regi
 c. CPU per probe against prometheus-blackbox-exporter (cpu.py)
 d. peak RSS at 10,000 tenants (rss.py)
 e. fault to page at 250 and 10,000 tenants with the default budget and real Prometheus
-   (faultpage.py; not in the default run: ``--only e``, about 13 minutes)
+   (faultpage.py; not in the default run: ``--only e``, about 16 minutes)
 
 The results also go to bench/results/latest.json. Each benchmark's module docstring says exactly
 what is measured and how.
