@@ -51,8 +51,8 @@ and the credential-wide alerts (``SophosCentralApiOutage`` for 5xx and no answer
 ``SophosCentralForbiddenSpike`` with scope credential for 403s) speak for the whole.
 
 Routine probes the budget cannot admit yet are not stacked up as waiting tasks. When
-``MAX_QUEUED`` calls of the credential already wait for admission (re-probes ahead of them, a long
-tenant list, a 429 pause), the rotation lends its slots instead of starting more: they stay due
+``MAX_QUEUED`` calls of the credential already wait for admission (re-probes ahead of them, the
+pages of a long tenant list), the rotation lends its slots instead of starting more: they stay due
 (at most one round of them) and start, still in rotation order, as the queue drains, so routine
 probing takes the time back once the budget has room again. Without this, an outage stacks up
 every displaced routine probe in admission, each holding one of the concurrent probe slots that
@@ -100,9 +100,9 @@ MAX_QUEUED = 4
 CONFIRM_SHARE = 0.5
 """Sustained, confirmations may use at most this share of the routine per-tenant call rate."""
 CONFIRM_TENANTS = 10
-"""How many tenants breaking at once the cap's burst confirms without waiting for it."""
+"""How many failing (tenant, probe) pairs at once the cap's burst confirms without waiting."""
 CONFIRM_BURST = float((CONFIRMATIONS - 1) * CONFIRM_TENANTS)
-"""The cap's bucket: every re-probe of ``CONFIRM_TENANTS`` tenants, and no more."""
+"""The cap's bucket: every re-probe of ``CONFIRM_TENANTS`` pairs, and no more."""
 
 K = TypeVar("K", str, tuple[str, str])
 Pair = tuple[str, str]
