@@ -305,10 +305,80 @@ NETWORK_ERROR = _entry(
     Cause(
         "network_error",
         "failure",
-        "no answer: timeout, refused connection, TLS or protocol error",
-        "No answer: timeout, refused connection, TLS or protocol failure. Check DNS, proxies, "
-        "firewalls and ca_bundle between the agent and the Sophos host.",
+        "no answer: timeout, refused connection or protocol error",
+        "No answer: timeout, refused connection or protocol failure. Check DNS, proxies and "
+        "firewalls between the agent and the Sophos host.",
         unavailable=True,
+    )
+)
+
+_TLS_LET_THROUGH = "have *.sophos.com and id.sophos.com exempted from inspection"
+
+TLS_ERROR = _entry(
+    Cause(
+        "tls_error",
+        "failure",
+        "no answer: the TLS handshake failed (a certificate the agent does not trust or that "
+        "does not fit, or TLS itself); the reason picks the remedy",
+        "The TLS handshake with the host failed, so no answer was read. Check what sits between "
+        "the agent and Sophos (a proxy or firewall that inspects TLS), ca_bundle, and that "
+        "auth_url and api_url name Sophos's HTTPS hosts; the log line gives the reason.",
+        unavailable=True,
+        why="Decided: failure, and the API unavailable from here, as when it was part of "
+        "network_error: no answer was read, so the outage rules count it; no 5XX support "
+        "evidence. The error_code label stays tls_error; the handshake's reason (one of "
+        "tls_unknown_issuer, tls_hostname_mismatch, tls_expired, tls_not_yet_valid, "
+        "tls_self_signed, tls_ca_rejected, tls_handshake) picks the remedy and is in the log "
+        "line.",
+        variants={
+            "tls_unknown_issuer": (
+                "TLS: the host's certificate was issued by a CA the agent does not trust. "
+                "Sophos's certificates chain to public CAs every system trusts, so this is "
+                "almost always a TLS-inspecting proxy or firewall re-signing the traffic: set "
+                "ca_bundle to a PEM file with that proxy's CA certificate (whoever runs the "
+                f"proxy has it), or {_TLS_LET_THROUGH}."
+            ),
+            "tls_hostname_mismatch": (
+                "TLS: the certificate presented is not valid for the host the agent called, so "
+                "something else answers for that name: an inspecting proxy that re-signs under "
+                "another name, a captive portal, or DNS that points elsewhere. Check DNS for "
+                "the host and the URLs in auth_url and api_url; a CA in ca_bundle does not "
+                "help."
+            ),
+            "tls_expired": (
+                "TLS: a certificate in the chain has expired. Check the exporter host's clock "
+                "first (NTP); if it is right, the expired certificate is an inspecting proxy's "
+                "(its CA or the certificate it issued: have it renewed) or, when nothing "
+                "inspects the traffic, Sophos's own (check the Sophos Central status page)."
+            ),
+            "tls_not_yet_valid": (
+                "TLS: a certificate in the chain is not valid yet. The exporter host's clock is "
+                "most likely behind: check NTP. Otherwise an inspecting proxy issued a "
+                "certificate dated in the future."
+            ),
+            "tls_self_signed": (
+                "TLS: the host presented a self-signed certificate, which Sophos never does: "
+                "something else answers (a proxy, an appliance, a test server). If it is an "
+                "inspecting proxy you trust, put its certificate in ca_bundle; otherwise find "
+                "out what answers for this host."
+            ),
+            "tls_ca_rejected": (
+                "TLS: the agent refuses a certificate of the chain ({why}). The agent checks "
+                "X.509 strictly, as every Python 3.13 client does, and this is usually a "
+                "TLS-inspecting proxy's own CA, made without a critical Basic Constraints "
+                "extension or without Key Usage. Have that CA re-issued to RFC 5280 (Basic "
+                "Constraints critical with CA:TRUE, Key Usage keyCertSign, key identifiers) and "
+                "put it in ca_bundle. Until then tls_x509_strict: false accepts what only the "
+                "strict rules refuse, as Python 3.12 did; your integrations on Python 3.13 "
+                "fail the same way."
+            ),
+            "tls_handshake": (
+                "TLS: the handshake failed before any certificate was judged ({why}): no "
+                "protocol version or cipher in common, a renegotiation refused, or something "
+                "that does not speak TLS on that port. Check the proxy or firewall between the "
+                "agent and Sophos, and that auth_url and api_url name Sophos's HTTPS hosts."
+            ),
+        },
     )
 )
 
@@ -371,9 +441,13 @@ INVALID_RESPONSE = _entry(
     Cause(
         "invalid_response",
         "failure",
-        "a 2XX answer whose body does not have the documented shape",
+        "a 2XX answer in Sophos's shape that the agent cannot read (a field missing or of the "
+        "wrong type, too large, a coding it did not ask for)",
         "Sophos answered 2XX with a body the agent cannot read. Usually a proxy or a Sophos-side "
         "defect; capture the response and contact Sophos support if it persists.",
+        why="Sophos's answer, broken or cut on the way: the call reached the API. A body that is "
+        "clearly not Sophos's (an HTML page, JSON with none of the call's fields) is "
+        "not_sophos_answer.",
         variants={
             "token": (
                 "The id host answered 2XX without a usable token (not JSON, no access_token, or "
@@ -382,6 +456,44 @@ INVALID_RESPONSE = _entry(
                 "The agent keeps such a token a minute at most and never fetches more than one "
                 "per call."
             ),
+        },
+    )
+)
+
+_LET_THROUGH = (
+    "Have *.sophos.com and id.sophos.com let through unchanged, and check auth_url, api_url and "
+    "the proxy settings."
+)
+_A_PAGE = (
+    "came where Sophos answers JSON: a captive portal, a web filter's or WAF's block page, an "
+    "inspecting proxy's error or maintenance page. "
+    + _LET_THROUGH
+    + " If the title names Sophos (a maintenance notice), check the Sophos Central status page."
+)
+
+NOT_SOPHOS_ANSWER = _entry(
+    Cause(
+        "not_sophos_answer",
+        "failure",
+        "an answer that is not Sophos's: an HTML page (other than a gateway's stock 5XX page) or "
+        "2XX JSON with none of the call's fields, from a portal, WAF, proxy or maintenance page",
+        "Not Sophos's answer: a 2XX whose JSON has none of the fields this call answers with (a "
+        "health or status document, another service's API), so something else answers in "
+        "Sophos's place. " + _LET_THROUGH,
+        unavailable=True,
+        why="Decided: failure; the API unavailable from here, never a refusal, and no 5XX "
+        "support evidence. Whoever answered, Sophos's answer never arrived, so the outage rules "
+        "count it (a portal or a block page in front of every call pages like an outage); the "
+        "page is not Sophos's, so a 403 page is no refused credential and a 5XX page is nothing "
+        'for a Sophos support case. A 5XX page that names only its status ("502 Bad '
+        "Gateway\") or has no title is a gateway's stock page, as Sophos's own gateways send: "
+        "sophos_unavailable or sophos_server_error, with evidence. A 2XX in Sophos's shape that "
+        "cannot be read is invalid_response.",
+        variants={
+            "page": 'Not Sophos\'s answer: a proxy or WAF page? An HTML page titled "{title}" '
+            + _A_PAGE,
+            "untitled": "Not Sophos's answer: a proxy or WAF page? An HTML page without a title "
+            + _A_PAGE,
         },
     )
 )

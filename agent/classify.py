@@ -25,7 +25,9 @@ from typing import Any
 
 import httpx
 
+from agent.htmlpage import MAX_TITLE, described, page_title
 from agent.logs import REDACTOR
+from agent.tlsclient import HANDSHAKE, TlsFailure, tls_failure
 
 ERROR_CODE_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]{0,63}$")
 MAX_DISTINCT_ERROR_CODES = 100
@@ -51,6 +53,9 @@ class Outcome:
     ``ids`` holds tracking/correlation/request ids and, when the body has them, Sophos's error
     ``code`` and ``docUrl``: for logs and support evidence, never labels. ``from_token`` marks
     the answer of the token endpoint standing in for an API call that could not get a token.
+    ``tls`` says why a handshake failed (``error_code`` stays ``tls_error``); ``page_title`` is
+    the title of an HTML page that came in place of JSON. Both feed the diagnosis and the
+    remedy, never a label.
     """
 
     status_code: int
@@ -60,6 +65,10 @@ class Outcome:
     retry_after: str | None = None
     body: Any = None
     from_token: bool = False
+    tls: TlsFailure | None = None
+    page_title: str | None = None
+    """The answer was an HTML page: its title ('' when it has none), redacted and at most
+    ``agent.htmlpage.MAX_TITLE`` printable characters. None when the body was no HTML page."""
 
     @property
     def ok(self) -> bool:
@@ -104,25 +113,36 @@ def classify_response(
     """Classify a response that arrived: parse the body if it is JSON, take the error code and ids.
 
     A success body may carry ``errorCode: "success"`` (the id host does): that is not an error, so
-    2XX responses always get an empty error code.
+    2XX responses always get an empty error code. A body that is an HTML page, not JSON, keeps
+    its title (``Outcome.page_title``), whatever the status.
     """
     parsed = parse_json(body)
+    title = _title(body, headers) if parsed is None else None
     retry_after = _header(headers, "retry-after")
     if 200 <= status_code < 300:
-        return Outcome(status_code=status_code, body=parsed, ids=_ids(parsed, error=False))
+        return Outcome(
+            status_code=status_code, body=parsed, ids=_ids(parsed, error=False), page_title=title
+        )
     return Outcome(
         status_code=status_code,
         error_code=error_code_of(parsed),
-        message=_message_of(parsed, body),
+        message=_message_of(parsed, body, title),
         ids=_ids(parsed),
         retry_after=retry_after,
         body=parsed,
+        page_title=title,
     )
 
 
 def classify_exception(exc: BaseException) -> Outcome:
-    """Classify a call that got no response: status 0 and one of the four transport codes."""
-    return Outcome(status_code=0, error_code=transport_code(exc), message=_exc_message(exc))
+    """Classify a call that got no response: status 0 and one of the transport codes; a TLS
+    failure says why in ``Outcome.tls`` and in its message."""
+    code = transport_code(exc)
+    if code != "tls_error":
+        return Outcome(status_code=0, error_code=code, message=_exc_message(exc))
+    failure = tls_failure(exc) or TlsFailure(HANDSHAKE, _exc_message(exc))
+    message = _printable(f"TLS handshake failed ({failure.reason}): {failure.why}", _MAX_MESSAGE)
+    return Outcome(status_code=0, error_code=code, message=message, tls=failure)
 
 
 def transport_code(exc: BaseException) -> str:
@@ -178,16 +198,24 @@ def error_code_of(parsed: Any) -> str:
     return ""
 
 
-def _message_of(parsed: Any, body: bytes) -> str:
+def _message_of(parsed: Any, body: bytes, title: str | None = None) -> str:
     if isinstance(parsed, dict):
         value = parsed.get("message")
         if isinstance(value, str):
             return _printable(value, _MAX_MESSAGE)
     if not body:
         return "empty body"
+    if title is not None:
+        return described(title)
     if parsed is None:
         return "body is not JSON"
     return ""
+
+
+def _title(body: bytes, headers: httpx.Headers | dict[str, str] | None) -> str | None:
+    """The shown title of an HTML page (redacted, then cut), or None for any other body."""
+    title = page_title(body, _header(headers, "content-type") or "")
+    return None if title is None else _printable(title, MAX_TITLE).strip()
 
 
 def _ids(parsed: Any, error: bool = True) -> dict[str, str]:

@@ -20,8 +20,9 @@ from agent.classify import Outcome, classify_exception, classify_response
 from agent.clock import Clock
 from agent.config import Credential, Settings
 from agent.decoding import Body, read_body
-from agent.families import TENANT, Family, ProbeSpec, resolve
+from agent.families import TENANT, Family, ForeignShape, ProbeSpec, resolve
 from agent.hosts import HostNotAllowed, HostPolicy
+from agent.htmlpage import described
 from agent.logs import REDACTOR
 from agent.ratebudget import (
     PRIORITY_CREDENTIAL,
@@ -33,6 +34,7 @@ from agent.sophos import (
     MAX_PAGES,
     TENANT_PAGE_SIZE,
     InvalidResponse,
+    NotSophosAnswer,
     Tenant,
     Token,
     WhoAmI,
@@ -172,7 +174,7 @@ class SophosClient:
         try:
             token = parse_token(outcome.body, self._clock.time())
         except InvalidResponse as exc:
-            self.last_token_outcome = _invalid(outcome, str(exc))
+            self.last_token_outcome = _unreadable(outcome, exc)
             return self.last_token_outcome, None
         REDACTOR.add_transient(token.value)  # should an answer ever echo it, logs mask it
         if token.expires_at <= token.issued_at:
@@ -217,7 +219,7 @@ class SophosClient:
         try:
             return outcome, parse_whoami(outcome.body)
         except InvalidResponse as exc:
-            return _invalid(outcome, str(exc)), None
+            return _unreadable(outcome, exc), None
 
     async def list_tenants(self, whoami: WhoAmI) -> tuple[Outcome, list[Tenant] | None]:
         """Every page of the partner or organization tenant list; None unless all pages came.
@@ -251,7 +253,7 @@ class SophosClient:
                 parsed = parse_tenant_page(outcome.body)
             except InvalidResponse as exc:
                 self.last_listing = TenantListing(page, claimed, complete=False)
-                return _invalid(outcome, str(exc)), None
+                return _unreadable(outcome, exc), None
             if page == 1:
                 total, claimed = parsed.total_pages, parsed.claimed_pages
             elif not parsed.skipped and all(t.id in tenants for t in parsed.tenants):
@@ -282,9 +284,12 @@ class SophosClient:
             return outcome
         if isinstance(outcome.body, dict):
             why = family.check(outcome.body)
-            return outcome if why is None else _invalid(outcome, why)
-        # Every Central read answers a JSON object; an HTML maintenance page or JSON nested past
-        # the parser's limit means something else answered.
+            if why is None:
+                return outcome
+            foreign = isinstance(why, ForeignShape)
+            return _not_sophos(outcome, why) if foreign else _invalid(outcome, why)
+        # Every Central read answers a JSON object; JSON nested past the parser's limit, or not
+        # an object, cannot be read (an HTML page was marked as not Sophos's in ``_call``).
         return _invalid(outcome, "response body is not a JSON object")
 
     async def _api_call(
@@ -339,6 +344,9 @@ class SophosClient:
             outcome, body, _ = await self._attempt(
                 probe, tenant_id, method, url, headers, form, priority, authorize
             )
+        if outcome.ok and outcome.page_title is not None and not outcome.error_code:
+            # Every call answers JSON: an HTML page in its place came from someone else.
+            outcome = _not_sophos(outcome, described(outcome.page_title))
         return outcome, body
 
     async def _attempt(
@@ -452,15 +460,33 @@ def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
 
 
 def _usable(outcome: Outcome) -> bool:
-    """A 2XX whose body was read whole (not already an ``invalid_response``)."""
-    return outcome.ok and outcome.error_code != "invalid_response"
+    """A 2XX whose body was read whole and is JSON (not already marked unusable)."""
+    return outcome.ok and not outcome.error_code
 
 
 def _invalid(outcome: Outcome, why: str) -> Outcome:
     """A 2XX whose body is unusable: keep the status, mark the error code for the diagnosis."""
+    return _marked(outcome, "invalid_response", why)
+
+
+def _not_sophos(outcome: Outcome, why: str) -> Outcome:
+    """A 2XX that is clearly not Sophos's answer (an HTML page, JSON with none of the call's
+    fields): marked for the diagnosis (cause ``not_sophos_answer``)."""
+    return _marked(outcome, "not_sophos_answer", why)
+
+
+def _unreadable(outcome: Outcome, problem: InvalidResponse) -> Outcome:
+    """A 2XX a parser refused: not Sophos's answer at all, or Sophos's and unreadable."""
+    if isinstance(problem, NotSophosAnswer):
+        return _not_sophos(outcome, str(problem))
+    return _invalid(outcome, str(problem))
+
+
+def _marked(outcome: Outcome, code: str, why: str) -> Outcome:
     return Outcome(
         status_code=outcome.status_code,
-        error_code="invalid_response",
+        error_code=code,
         message=why,
         ids=outcome.ids,
+        page_title=outcome.page_title,
     )

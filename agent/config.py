@@ -204,6 +204,7 @@ class Settings(BaseSettings):
     api_url: str = DEFAULT_API_URL
     allowed_api_hosts: list[str] = Field(default_factory=lambda: ["*.sophos.com"])
     ca_bundle: Path | None = None
+    tls_x509_strict: bool = True
     probe_interval: Duration = 60.0
     token_probe_interval: Duration = 300.0
     tenant_refresh_interval: Duration = 900.0

@@ -25,11 +25,13 @@ from agent.causes import (
     NETWORK_ERROR,
     NOT_ACTIVATED,
     NOT_SENT,
+    NOT_SOPHOS_ANSWER,
     OK,
     PARTNER_ASSISTANCE_DISABLED,
     PARTNER_ID_MISMATCH,
     PROXY_ERROR,
     SOPHOS_SERVER_ERROR,
+    TLS_ERROR,
     TOKEN_REJECTED,
     TRIAL_ACCOUNT,
     TRIAL_WITHOUT_HOST,
@@ -39,6 +41,7 @@ from agent.causes import (
 from agent.classify import PROXY_CODES, Outcome
 from agent.config import Credential
 from agent.expiry import date_text
+from agent.htmlpage import is_gateway_page
 from agent.sophos import Tenant, is_data_region_url
 
 FRESH_TOKEN_SECONDS = 120.0
@@ -101,6 +104,12 @@ def diagnose(probe: str, outcome: Outcome, context: Context | None = None) -> Di
     expiry = context.credential.expiry if context and context.credential else None
     if cause == CREDENTIAL_EXPIRED.name and expiry is not None:
         remedy = f"{remedy} It expired on {date_text(expiry)}."
+    if cause == TLS_ERROR.name and outcome.tls is not None:
+        variant = TLS_ERROR.variants.get(outcome.tls.reason)
+        remedy = remedy if variant is None else variant.format(why=outcome.tls.why)
+    if cause == NOT_SOPHOS_ANSWER.name and outcome.page_title is not None:
+        page = "page" if outcome.page_title else "untitled"
+        remedy = NOT_SOPHOS_ANSWER.variants[page].format(title=outcome.page_title)
     return Diagnosis(cause, remedy)
 
 
@@ -125,10 +134,14 @@ def cause_of(probe: str, outcome: Outcome, context: Context) -> str:
     status, code = outcome.status_code, outcome.error_code
     if status == 0 and code in PROXY_CODES:
         return PROXY_ERROR.name
+    if status == 0 and code == TLS_ERROR.name:
+        return TLS_ERROR.name
     if status == 0:
         # The agent's own codes for calls it did not make; a body can never set these, since
         # an answer always has a status.
         return code if code in NOT_SENT else NETWORK_ERROR.name
+    if is_not_sophos_answer(outcome):
+        return NOT_SOPHOS_ANSWER.name
     if outcome.ok:
         return INVALID_RESPONSE.name if code == INVALID_RESPONSE.name else OK.name
     token_call = probe == "token" or outcome.from_token
@@ -142,6 +155,21 @@ def cause_of(probe: str, outcome: Outcome, context: Context) -> str:
     if not token_call and is_wrong_api_host(probe, status, context.api_url):
         return WRONG_API_HOST.name
     return _status_cause(status)
+
+
+def is_not_sophos_answer(outcome: Outcome) -> bool:
+    """Someone other than Sophos answered: an HTML page where Sophos answers JSON, whatever the
+    status, or a 2XX the client found to have none of the call's fields.
+
+    A 5XX page that names only its status, or has no title, is a gateway's stock error page,
+    which Sophos's own gateways send (nginx's "502 Bad Gateway"): that one stays an outage of
+    Sophos, with its support evidence. Decided before the token rules too: a block page from the
+    id host's address says nothing about the client secret.
+    """
+    if outcome.ok and outcome.error_code == NOT_SOPHOS_ANSWER.name:
+        return True
+    title = outcome.page_title
+    return title is not None and not is_gateway_page(outcome.status_code, title)
 
 
 def is_wrong_api_host(probe: str, status: int, api_url: str) -> bool:

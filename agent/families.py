@@ -17,23 +17,42 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from agent.sophos import NotSophosAnswer, expect_some
+
 CREDENTIAL_PROBES: tuple[str, ...] = ("token", "whoami", "tenant_list")
 """The credential-level probes; a per-tenant probe may not take one of their names."""
 
 PROBE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 ShapeCheck = Callable[[dict[str, Any]], str | None]
-"""Why a 2XX JSON object is not the answer the call documents, or None when it is."""
+"""Why a 2XX JSON object is not the answer the call documents, or None when it is; a
+``ForeignShape`` when it is not the call's answer at all."""
+
+
+class ForeignShape(str):
+    """A check's finding that the object has none of the call's fields: someone other than
+    Sophos answered (``not_sophos_answer``), rather than Sophos with a broken answer
+    (``invalid_response``)."""
+
+
+def _foreign(body: dict[str, Any], keys: tuple[str, ...]) -> ForeignShape | None:
+    try:
+        expect_some(body, keys, "response")
+    except NotSophosAnswer as exc:
+        return ForeignShape(str(exc))
+    return None
 
 
 def any_object(_body: dict[str, Any]) -> str | None:
-    """Any JSON object: the configurable ``tenant_probe_path`` and custom paths may answer
-    anything Central serves, and every Central read answers an object."""
+    """Any JSON object: a custom path may answer anything Central serves, and every Central
+    read answers an object."""
     return None
 
 
 def paged_items(body: dict[str, Any]) -> str | None:
     """Endpoint and common APIs: ``{"items": [...], "pages": {...}}``."""
+    if foreign := _foreign(body, ("items", "pages")):
+        return foreign
     if not isinstance(body.get("items"), list):
         return "response has no 'items' list"
     if not isinstance(body.get("pages"), dict):
@@ -43,6 +62,8 @@ def paged_items(body: dict[str, Any]) -> str | None:
 
 def siem_items(body: dict[str, Any]) -> str | None:
     """SIEM APIs: ``{"has_more": bool, "items": [...], "next_cursor": ...}``."""
+    if foreign := _foreign(body, ("has_more", "items", "next_cursor")):
+        return foreign
     if not isinstance(body.get("items"), list):
         return "response has no 'items' list"
     if not isinstance(body.get("has_more"), bool):
@@ -97,6 +118,22 @@ BUILTINS: dict[str, Family] = {
         Family("account_health", "/account-health-check/v1/health-check", health_scores),
     )
 }
+
+
+ENDPOINTS = "/endpoint/v1/endpoints"
+"""The default ``tenant_probe_path``'s call."""
+
+KNOWN_ANSWERS: dict[str, ShapeCheck] = {
+    ENDPOINTS: paged_items,
+    **{f.endpoint: f.check for f in BUILTINS.values() if f.path},
+}
+"""The check of each call whose answer is documented, by path: whichever family makes it."""
+
+
+def check_for(path: str) -> ShapeCheck:
+    """The check of ``path``'s answer: the documented shape when the call is known, else any
+    object (a custom path may answer anything Central serves)."""
+    return KNOWN_ANSWERS.get(path.split("?", 1)[0].rstrip("/"), any_object)
 
 
 @dataclass(frozen=True)
@@ -170,9 +207,9 @@ def resolve(specs: Sequence[ProbeSpec], tenant_probe_path: str) -> tuple[Family,
     families: list[Family] = []
     for spec in specs:
         if spec.path is not None:
-            families.append(Family(spec.name, spec.path))
+            families.append(Family(spec.name, spec.path, check_for(spec.path)))
         elif spec.name == TENANT:
-            families.append(Family(TENANT, tenant_probe_path, BUILTINS[TENANT].check))
+            families.append(Family(TENANT, tenant_probe_path, check_for(tenant_probe_path)))
         else:
             families.append(BUILTINS[spec.name])
     return tuple(families)

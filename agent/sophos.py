@@ -31,6 +31,18 @@ class InvalidResponse(ValueError):
     """A 2XX body that does not have the shape the API documents."""
 
 
+class NotSophosAnswer(InvalidResponse):
+    """A 2XX JSON object with none of the fields the call answers with: not a broken answer of
+    Sophos's but someone else's (a health or status document, a portal's own API)."""
+
+
+def expect_some(body: dict[str, Any], keys: tuple[str, ...], what: str) -> None:
+    """Raise ``NotSophosAnswer`` unless ``body`` has at least one of the call's ``keys``."""
+    if not any(key in body for key in keys):
+        names = ", ".join(keys)
+        raise NotSophosAnswer(f"{what} has none of the fields it answers with ({names})")
+
+
 @dataclass(frozen=True)
 class Token:
     """An access token; ``repr`` never shows the value."""
@@ -92,6 +104,7 @@ def label_text(value: Any, limit: int = MAX_LABEL_TEXT) -> str:
 def parse_token(body: Any, now: float) -> Token:
     if not isinstance(body, dict):
         raise InvalidResponse("token response is not a JSON object")
+    expect_some(body, ("access_token", "token_type", "expires_in"), "token response")
     value = body.get("access_token")
     if not isinstance(value, str) or not value or len(value) > 16384:
         raise InvalidResponse("token response has no access_token")
@@ -115,6 +128,7 @@ def parse_token(body: Any, now: float) -> Token:
 def parse_whoami(body: Any) -> WhoAmI:
     if not isinstance(body, dict):
         raise InvalidResponse("whoami response is not a JSON object")
+    expect_some(body, ("id", "idType", "apiHosts"), "whoami response")
     ident = body.get("id")
     id_type = body.get("idType")
     hosts = body.get("apiHosts")
@@ -141,6 +155,8 @@ def parse_tenant_page(body: Any) -> TenantPage:
     Items that are not usable tenants (no valid id) are skipped and counted, not fatal: one broken
     item must not hide the other ninety-nine.
     """
+    if isinstance(body, dict):
+        expect_some(body, ("items", "pages"), "tenant list response")
     if not isinstance(body, dict) or not isinstance(body.get("items"), list):
         raise InvalidResponse("tenant list response has no items array")
     tenants, skipped = [], 0

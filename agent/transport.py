@@ -27,7 +27,8 @@ What this module adds to that transport, and why:
   the agent to Sophos; the proxy sees only the host name and port.
 
 Redirects are never followed (a redirect could carry the bearer token to a host the allowlist
-never approved), and TLS trusts the system CAs plus ``ca_bundle``.
+never approved), and TLS trusts the system CAs plus ``ca_bundle``, verified with Python 3.13's
+strict X.509 rules on every Python (``agent.tlsclient``).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from httpx_aiohttp import AiohttpTransport
 from agent.classify import PROXY_CODES
 from agent.config import Settings
 from agent.decoding import ACCEPT_ENCODING
+from agent.tlsclient import client_context
 
 USER_AGENT = "sophos-central-exporter"
 NO_RESPONSE = "Server disconnected without sending a response."
@@ -70,9 +72,7 @@ class ProxyFailure(httpx.ProxyError):
 
 def build_http_client(settings: Settings) -> httpx.AsyncClient:
     """The shared connection pool of one agent, with the proxy settings applied."""
-    verify = ssl.create_default_context()
-    if settings.ca_bundle is not None:
-        verify.load_verify_locations(cafile=str(settings.ca_bundle))
+    verify = client_context(settings.ca_bundle, strict=settings.tls_x509_strict)
     proxy = settings.proxy_url.get_secret_value() if settings.proxy_url is not None else None
     return AgentHttpClient(
         verify=verify,
@@ -187,7 +187,9 @@ class AgentTransport(AiohttpTransport):
         if isinstance(original, TimeoutError):
             return httpx.ReadTimeout(str(original) or "reading the response timed out")
         if isinstance(original, aiohttp.ClientSSLError):
-            return httpx.ConnectError(str(original))  # caused by the ssl.SSLError: tls_error
+            # Raised from aiohttp's error, itself caused by the ssl module's: classify reads
+            # tls_error, and agent.tlsclient the handshake's reason, from that chain.
+            return httpx.ConnectError(str(original))
         if isinstance(original, aiohttp.ClientConnectorError):
             # Not str(original): it says "ssl:default" even for a plain refused connection.
             why = original.os_error.strerror or type(original.os_error).__name__

@@ -213,7 +213,7 @@ DIAGNOSES = [
     ("tenant", Outcome(503, ""), None, "sophos_unavailable"),
     ("tenant", Outcome(504, ""), None, "sophos_unavailable"),
     ("tenant", Outcome(0, "timeout"), None, "network_error"),
-    ("token", Outcome(0, "tls_error"), None, "network_error"),
+    ("token", Outcome(0, "tls_error"), None, "tls_error"),
     ("tenant", Outcome(0, "host_not_allowed"), None, "host_not_allowed"),
     ("tenant", Outcome(0, "not_activated"), None, "not_activated"),
     ("token", Outcome(0, "proxy_auth_required"), None, "proxy_error"),

@@ -720,7 +720,7 @@ GZIP_GARBAGE = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03garbage"
     ("content", "headers", "cause", "message"),
     [
         (b'{"items": [], "pages": {}}', {}, "ok", ""),
-        (b"<!DOCTYPE html><p>Maintenance</p>", {}, "invalid_response", "not a JSON object"),
+        (b"<!DOCTYPE html><p>Maintenance</p>", {}, "not_sophos_answer", "an HTML page"),
         (deep_json(), {}, "invalid_response", "not a JSON object"),
         (huge_body(), {}, "invalid_response", "max_response_bytes"),
         (b'["a", "list"]', {}, "invalid_response", "not a JSON object"),
@@ -728,7 +728,7 @@ GZIP_GARBAGE = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03garbage"
     ],
     ids=["json_object", "html_page", "deep_json", "huge_body", "json_list", "bad_gzip"],
 )
-async def test_a_tenant_answer_that_is_not_json_is_an_invalid_response_not_ok(
+async def test_a_tenant_answer_that_is_not_json_is_a_failure_not_ok(
     content: bytes, headers: dict[str, str], cause: str, message: str
 ) -> None:
     reply = httpx.Response(200, stream=httpx.ByteStream(content), headers=headers)
@@ -846,17 +846,22 @@ HOSTILE_TOKEN_ANSWERS: dict[str, Callable[[], httpx.Response]] = {
 }
 
 
+NOT_SOPHOS_TOKEN_ANSWERS = {"html": "not_sophos_answer"}
+"""A login page is someone else's answer; every other hostile token answer is Sophos-shaped."""
+
+
 @pytest.mark.parametrize("name", list(HOSTILE_TOKEN_ANSWERS))
-async def test_a_hostile_token_answer_is_an_invalid_response_and_no_call_carries_it(
+async def test_a_hostile_token_answer_is_diagnosed_and_no_call_carries_it(
     name: str,
 ) -> None:
+    cause = NOT_SOPHOS_TOKEN_ANSWERS.get(name, "invalid_response")
     client, api_requests = hostile_token_client(HOSTILE_TOKEN_ANSWERS[name])
     outcome, token = await client.issue_token()
     assert token is None
-    assert (outcome.status_code, diagnose("token", outcome).cause) == (200, "invalid_response")
+    assert (outcome.status_code, diagnose("token", outcome).cause) == (200, cause)
     assert outcome.message.isprintable() and len(outcome.message) <= 300
     probed = await client.probe_tenant(Tenant(id="t1", name="T", api_host=REGION))
-    assert diagnose("tenant", probed).cause == "invalid_response"
+    assert diagnose("tenant", probed).cause == cause
     assert probed.from_token, "the tenant probe says the token is what failed"
     assert api_requests == [], "no API call without a usable token"
 

@@ -66,6 +66,8 @@ class Case:
     error_code: str = ""
     ids: tuple[str, ...] = ()
     headers: tuple[tuple[str, str], ...] = JSON
+    path: str | None = None
+    """The ``tenant_probe_path`` whose answer this is (the default: endpoints)."""
 
     def raw(self) -> bytes:
         return b"" if self.body is None else (DATA / self.body).read_bytes()
@@ -120,7 +122,7 @@ CASES = [
     Case("tenant page without total", "tenant_list", 200, "tenants-page-without-total.json", "ok"),
     # 3.4 per tenant
     Case("endpoints page", "tenant", 200, "endpoints-page.json", "ok"),
-    Case("SIEM events page", "tenant", 200, "siem-events-page.json", "ok"),
+    Case("SIEM events page", "tenant", 200, "siem-events-page.json", "ok", path="/siem/v1/events"),
     # 3.5 errors from the API hosts
     Case("401", "tenant", 401, "error-401.json", "token_rejected", "Unauthorized", SUPPORT_IDS),
     Case(
@@ -403,10 +405,11 @@ def routes_for(case: Case, server_url: str) -> dict[str, Answer]:
     return routes
 
 
-def settings_for(tmp_path: Path, auth_url: str, api_url: str) -> Settings:
+def settings_for(tmp_path: Path, auth_url: str, api_url: str, path: str | None = None) -> Settings:
     return Settings(
         auth_url=auth_url,
         api_url=api_url,
+        **({"tenant_probe_path": path} if path else {}),
         allowed_api_hosts=["127.0.0.1", "*.sophos.com"],
         state_file=tmp_path / "state.db",
         request_timeout=5,
@@ -465,7 +468,8 @@ async def test_the_prober_meets_every_answer(
     case: Case, server: ReplayServer, failures: Failures, tmp_path: Path
 ) -> None:
     server.routes = routes_for(case, server.url)
-    settings = settings_for(tmp_path, server.url + "/api/v2/oauth2/token", server.url)
+    token_url = server.url + "/api/v2/oauth2/token"
+    settings = settings_for(tmp_path, token_url, server.url, case.path)
     async with httpx.AsyncClient(follow_redirects=False, trust_env=False) as http:
         agent = Agent(settings, http=http, process_metrics=False)
         try:

@@ -43,7 +43,7 @@ EXPECTED_CAUSES = {
     "stall": "network_error",  # timeout: headers, then nothing
     "bad_gzip": "network_error",  # protocol_error: the body does not decode
     "reset": "network_error",
-    "wrong_content_type": "invalid_response",
+    "wrong_content_type": "not_sophos_answer",  # an HTML page sent as application/json
     "huge_body": "invalid_response",  # cut at max_response_bytes
     "deep_json": "invalid_response",  # nested beyond the parser's limit
     "server_error_500": "sophos_server_error",

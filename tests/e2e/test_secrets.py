@@ -619,7 +619,7 @@ async def test_a_certificate_from_an_untrusted_ca_is_a_tls_error_that_leaks_noth
     finally:
         await agent.stop(grace=0)
     (token,) = [r for r in results if r.probe == "token"]
-    assert (token.error_code, token.cause) == ("tls_error", "network_error")
+    assert (token.error_code, token.cause) == ("tls_error", "tls_error")
     texts = {"results": repr(results), **debug_logs.texts()}
     assert_nothing_leaks(texts, secrets)
 
