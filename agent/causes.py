@@ -373,7 +373,7 @@ TLS_ERROR = _entry(
                 "fail the same way."
             ),
             "tls_handshake": (
-                "TLS: the handshake failed before any certificate was judged ({why}): no "
+                "TLS: the handshake failed before any certificate was judged ({handshake}): no "
                 "protocol version or cipher in common, a renegotiation refused, or something "
                 "that does not speak TLS on that port. Check the proxy or firewall between the "
                 "agent and Sophos, and that auth_url and api_url name Sophos's HTTPS hosts."

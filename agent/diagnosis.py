@@ -106,7 +106,9 @@ def diagnose(probe: str, outcome: Outcome, context: Context | None = None) -> Di
         remedy = f"{remedy} It expired on {date_text(expiry)}."
     if cause == TLS_ERROR.name and outcome.tls is not None:
         variant = TLS_ERROR.variants.get(outcome.tls.reason)
-        remedy = remedy if variant is None else variant.format(why=outcome.tls.why)
+        # OpenSSL's words: why it refused a certificate, or why the handshake failed.
+        why = outcome.tls.why
+        remedy = remedy if variant is None else variant.format(why=why, handshake=why)
     if cause == NOT_SOPHOS_ANSWER.name and outcome.page_title is not None:
         page = "page" if outcome.page_title else "untitled"
         remedy = NOT_SOPHOS_ANSWER.variants[page].format(title=outcome.page_title)

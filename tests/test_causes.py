@@ -66,6 +66,7 @@ DOC_EXAMPLES = {
     "permitted": "/endpoint/v1/endpoints",
     "path": "/common/v1/alerts",
     "why": "Basic Constraints of CA cert not marked critical",
+    "handshake": "wrong version number",
     "title": "Request Rejected",
 }
 """What the troubleshooting page fills a remedy's placeholders with in its quote."""
