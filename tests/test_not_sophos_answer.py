@@ -21,7 +21,7 @@ import pytest_asyncio
 from agent.causes import TABLE, lookup
 from agent.classify import Outcome, classify_response
 from agent.diagnosis import Context, Diagnosis, diagnose
-from agent.families import KNOWN_ANSWERS, check_for, paged_items
+from agent.families import KNOWN_ANSWERS, ForeignShape, check_for, paged_items, siem_items
 from agent.htmlpage import MAX_TITLE, PREFIX, is_gateway_page, page_title
 from agent.logs import REDACTOR
 from agent.probes import ProbeResult
@@ -176,9 +176,10 @@ def test_an_untitled_page_and_json_of_the_wrong_shape_have_their_own_remedies() 
 
 
 def test_the_shape_checks_tell_someone_elses_json_from_a_broken_answer() -> None:
-    assert isinstance(paged_items(json.loads(WRONG_SHAPE_JSON)), str)
-    assert type(paged_items(json.loads(WRONG_SHAPE_JSON))).__name__ == "ForeignShape"
-    assert type(paged_items({"items": [], "pages": "x"})) is str  # Sophos's, unreadable
+    assert isinstance(paged_items(json.loads(WRONG_SHAPE_JSON)), ForeignShape)
+    unreadable = paged_items({"items": [], "pages": "x"})  # Sophos's shape, a field broken
+    assert unreadable is not None and not isinstance(unreadable, ForeignShape)
+    assert isinstance(siem_items({"status": "ok"}), ForeignShape)
     assert paged_items({"items": [], "pages": {}}) is None
     assert check_for("/endpoint/v1/endpoints?pageSize=1&view=basic") is paged_items
     assert check_for("/xdr-query/v1/queries/runs?pageSize=1").__name__ == "any_object"

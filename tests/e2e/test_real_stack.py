@@ -370,6 +370,21 @@ def test_tenant_newly_answering_403_tells_the_team_once(stack: RealStack) -> Non
                 60,
                 f"SophosCentralForbiddenSpike for org-main tenant {REFUSING_TENANT} in the chat",
             )
+            # Its siem_events probe is refused too and alerts on its own: told here, before the
+            # next phase counts what reaches the receivers.
+            wait_until(
+                lambda: firing_at(
+                    stack,
+                    CHAT,
+                    since,
+                    alertname="SophosCentralForbiddenSpike",
+                    credential="org-main",
+                    tenant_id=REFUSING_TENANT,
+                    probe="siem_events",
+                ),
+                60,
+                f"SophosCentralForbiddenSpike for {REFUSING_TENANT}'s siem_events in the chat",
+            )
             (alert,) = stack.firing_in_prometheus(
                 alertname="SophosCentralForbiddenSpike",
                 scope="tenant",
