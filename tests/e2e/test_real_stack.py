@@ -162,6 +162,17 @@ def firing_at(stack: RealStack, receiver: str, since: int = 0, **labels: str) ->
     )
 
 
+def told_resolved(stack: RealStack, since: int, **labels: str) -> bool:
+    """The last notification since ``since`` that mentions an alert with ``labels`` says it
+    resolved."""
+    last = None
+    for notification in stack.webhook.received[since:]:
+        for alert in notification.alerts:
+            if all(alert["labels"].get(k) == v for k, v in labels.items()):
+                last = alert.get("status")
+    return last == "resolved"
+
+
 # --- dashboards -------------------------------------------------------------------------------
 
 
@@ -420,6 +431,22 @@ def test_tenant_newly_answering_403_tells_the_team_once(stack: RealStack) -> Non
             assert not set(refused) & set(ALWAYS_403), refused
         finally:
             stack.admin(f"tenants/{REFUSING_TENANT}/fault", {"fault": None})
+            # Both probes' alerts resolve, each in its own time; until the receivers are told,
+            # Alertmanager re-sends the one still firing with its group, into the next phase.
+            wait_until(
+                lambda: all(
+                    told_resolved(
+                        stack,
+                        since,
+                        alertname="SophosCentralForbiddenSpike",
+                        tenant_id=REFUSING_TENANT,
+                        probe=probe,
+                    )
+                    for probe in ("tenant", "siem_events")
+                ),
+                60,
+                f"the receivers told that {REFUSING_TENANT}'s 403 alerts resolved",
+            )
 
 
 # --- phase 5 ----------------------------------------------------------------------------------
