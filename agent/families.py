@@ -79,6 +79,8 @@ that cannot collect for longer loses the events in between for good."""
 def health_scores(body: dict[str, Any]) -> str | None:
     """Account Health Check: the scores per area under ``{"endpoint": {...}}``. Only the shape is
     checked: the scores are the account's configuration hygiene, not the API's health."""
+    if foreign := _foreign(body, ("endpoint", "tenant")):
+        return foreign
     if not isinstance(body.get("endpoint"), dict):
         return "response has no 'endpoint' object"
     return None
