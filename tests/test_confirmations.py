@@ -15,7 +15,6 @@ import statistics
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -37,6 +36,7 @@ from agent.scheduler import (
     CredentialSchedule,
     ProbeScheduler,
 )
+from tests.test_listing import PARTNER, tenant_item
 
 
 @dataclass(frozen=True)
@@ -245,8 +245,6 @@ async def test_what_the_plan_leaves_unused_lifts_the_cap_above_half_the_routine_
 # -- the whole agent at the default budget -------------------------------------------------------
 
 MINUTE, HOUR = 60.0, 3600.0
-REGION = "https://api-eu01.central.sophos.com"
-PARTNER = "9a9a9a9a-0000-4000-8000-000000000001"
 ALLOWANCE = allowance_for(DEFAULT_RATE_LIMITS, 0.1)  # 1 a second, 10 a minute, 100 an hour, ...
 
 
@@ -282,7 +280,7 @@ class Central:
             return httpx.Response(200, json={"id": PARTNER, "idType": "partner", "apiHosts": hosts})
         if path == "/partner/v1/tenants":
             page = int(request.url.params["page"])
-            items = [self._item(t) for t in self.ids[(page - 1) * 100 : page * 100]]
+            items = [tenant_item(t) for t in self.ids[(page - 1) * 100 : page * 100]]
             pages = {"current": page, "total": max(1, -(-len(self.ids) // 100))}
             return httpx.Response(200, json={"items": items, "pages": pages})
         return httpx.Response(200, json={"items": [], "pages": {}})
@@ -292,20 +290,6 @@ class Central:
 
     def tenant_calls(self, since: float, until: float) -> int:
         return sum(1 for c in self.calls.values() for at, _ in c if since <= at < until)
-
-    @staticmethod
-    def _item(tenant_id: str) -> dict[str, Any]:
-        return {
-            "id": tenant_id,
-            "name": f"Tenant {tenant_id[:8]}",
-            "showAs": f"Tenant {tenant_id[:8]}",
-            "dataRegion": "eu01",
-            "dataGeography": "EU",
-            "billingType": "usage",
-            "partner": {"id": PARTNER},
-            "apiHost": REGION,
-            "status": "active",
-        }
 
 
 async def default_budget_agent(count: int) -> tuple[Agent, Central, FakeClock]:

@@ -35,6 +35,21 @@ def tenant_ids(prefix: str, count: int) -> list[str]:
     return [f"{prefix}{i:07d}-1111-4222-8333-444455556666" for i in range(count)]
 
 
+def tenant_item(tenant_id: str) -> dict[str, Any]:
+    """A tenant as the partner tenant list gives it, on the EU region host."""
+    return {
+        "id": tenant_id,
+        "name": f"Tenant {tenant_id[:8]}",
+        "showAs": f"Tenant {tenant_id[:8]}",
+        "dataRegion": "eu01",
+        "dataGeography": "EU",
+        "billingType": "usage",
+        "partner": {"id": PARTNER},
+        "apiHost": REGION,
+        "status": "active",
+    }
+
+
 class Central:
     """Token, whoami, a tenant list served by ``pages``, and tenants that answer at once."""
 
@@ -60,7 +75,7 @@ class Central:
             self.calls["tenant_list"] += 1
             self._note("tenant_list")
             ids, total = self.pages(page)
-            items = [self._item(t) for t in ids]
+            items = [tenant_item(t) for t in ids]
             pages = {"current": page, "total": total}
             return httpx.Response(200, json={"items": items, "pages": pages})
         tenant = request.headers.get("X-Tenant-ID", "")
@@ -71,20 +86,6 @@ class Central:
     def _note(self, what: str) -> None:
         if self.clock is not None:
             self.log.append((what, self.clock.monotonic()))
-
-    @staticmethod
-    def _item(tenant_id: str) -> dict[str, Any]:
-        return {
-            "id": tenant_id,
-            "name": f"Tenant {tenant_id[:8]}",
-            "showAs": f"Tenant {tenant_id[:8]}",
-            "dataRegion": "eu01",
-            "dataGeography": "EU",
-            "billingType": "usage",
-            "partner": {"id": PARTNER},
-            "apiHost": REGION,
-            "status": "active",
-        }
 
 
 def make_agent(central: Central, clock: FakeClock, **options: Any) -> Agent:

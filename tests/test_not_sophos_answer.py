@@ -11,12 +11,10 @@ through its real client and prober, served by a local HTTP server.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
-import pytest_asyncio
 
 from agent.causes import TABLE, lookup
 from agent.classify import Outcome, classify_response
@@ -187,14 +185,6 @@ def test_the_shape_checks_tell_someone_elses_json_from_a_broken_answer() -> None
 
 
 # -- through the client and the prober ----------------------------------------------------------
-
-
-@pytest_asyncio.fixture
-async def server() -> AsyncIterator[ReplayServer]:
-    replay = ReplayServer()
-    await replay.start()
-    yield replay
-    await replay.stop()
 
 
 async def probe_with(

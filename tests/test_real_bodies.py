@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
@@ -24,7 +23,6 @@ from typing import Any
 
 import httpx
 import pytest
-import pytest_asyncio
 
 from agent.causes import TABLE
 from agent.classify import classify_response
@@ -428,25 +426,6 @@ class Failures(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if record.getMessage().startswith("probe failed"):
             self.records.append(record)
-
-
-@pytest.fixture
-def failures() -> Iterator[Failures]:
-    logger = logging.getLogger("agent.probes")
-    handler, level = Failures(), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.WARNING)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(level)
-
-
-@pytest_asyncio.fixture
-async def server() -> AsyncIterator[ReplayServer]:
-    replay = ReplayServer()
-    await replay.start()
-    yield replay
-    await replay.stop()
 
 
 async def run_probe(prober: CredentialProber, probe: str) -> ProbeResult:

@@ -16,9 +16,8 @@ import asyncio
 import dataclasses
 import datetime
 import ipaddress
-import logging
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from agent.config import Settings
 from agent.probes import ProbeResult
 from agent.runtime import Agent
 from agent.tlsclient import REASONS, client_context, tls_failure
+from tests.test_real_bodies import Failures
 
 TOKEN = (
     b'{"access_token":"eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiJ9.tls-test","errorCode":"success",'
@@ -279,29 +279,6 @@ async def tls_server() -> AsyncIterator[Callable[[Served, Path], Awaitable[str]]
     yield start
     for server in servers:
         server.close()
-
-
-class Failures(logging.Handler):
-    """The ``probe failed`` records of agent.probes."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.getMessage().startswith("probe failed"):
-            self.records.append(record)
-
-
-@pytest.fixture
-def failures() -> Iterator[Failures]:
-    logger = logging.getLogger("agent.probes")
-    handler, level = Failures(), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.WARNING)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(level)
 
 
 async def token_probe(base: str, tmp: Path, trusted: bytes, **extra: Any) -> ProbeResult:
