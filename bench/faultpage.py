@@ -370,6 +370,7 @@ async def _fast_phase(
         all_probed, period / size.fast_speed + 60, "(a) first failed probes", every=0.05
     )
     await _until_clock(clock, first + 2.1 * period, watched)
+    calls.read()
     return faults
 
 

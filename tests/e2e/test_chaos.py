@@ -5,7 +5,7 @@ Resets, truncated bodies, stalled responses, bad gzip, HTML sent as JSON, multi-
 must answer ``/healthz``, keep probing the healthy tenants, classify every faulty one, and keep its
 memory flat. The agent runs as ``python -m agent run`` so that its RSS is its own.
 
-``SOPHOS_CHAOS_SOAK_SECONDS`` sets the duration (default 60) for a longer local run, e.g.
+``SOPHOS_CHAOS_SOAK_SECONDS`` sets the duration (default 30) for a longer local run, e.g.
 ``SOPHOS_CHAOS_SOAK_SECONDS=1800 uv run pytest tests/e2e/test_chaos.py``.
 """
 
@@ -31,7 +31,7 @@ from agent import metricnames as m
 from agent.simulator import Simulator, build_scenario
 from tests.e2e.harness import parse_metrics, wait_for
 
-SOAK_SECONDS = float(os.environ.get("SOPHOS_CHAOS_SOAK_SECONDS", "60"))
+SOAK_SECONDS = float(os.environ.get("SOPHOS_CHAOS_SOAK_SECONDS", "30"))
 PROBE_INTERVAL = 3.0
 RSS_TOLERANCE_BYTES = 16 * 1024 * 1024
 """Allowed RSS growth from one third of the run to its end. The agent settles at about 60 MB and

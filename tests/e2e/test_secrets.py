@@ -35,6 +35,7 @@ import pytest
 import trustme
 import yaml
 
+from agent import metricnames as m
 from agent.cli import main, run_check
 from agent.config import load_settings
 from agent.evidence import load_evidence
@@ -129,6 +130,10 @@ async def canary_run(
 ) -> AsyncIterator[Run]:
     scenario = build_scenario(request.param)
     scenario.rate_limits.update(BIG_LIMITS)
+    for throttle in scenario.throttles.values():
+        # 429s for the first cycle only: enough for the 429 answers, the pause and its texts;
+        # ``check`` (on a state file of its own) then runs without waiting a minute for it.
+        throttle.duration = 2.0
     secrets: list[str] = []
     for cred in scenario.credentials:
         cred.client_id, cred.client_secret = canary("ID"), canary("SECRET")
@@ -166,10 +171,15 @@ async def test_canary_secrets_and_tokens_never_leave_the_agent(
     base = f"http://127.0.0.1:{run.service.port}"
     async with httpx.AsyncClient(timeout=10) as client:
 
-        async def ready() -> bool:
-            return (await client.get(base + "/readyz")).status_code == 200
+        async def settled() -> bool:
+            """Ready after the first cycle, or paused: a credential throttled from the start
+            waits a minute or more before it can finish its cycle, and its 429 answers and the
+            pause are what that run is about (the other credentials go on probing)."""
+            if (await client.get(base + "/readyz")).status_code == 200:
+                return True
+            return m.RATE_LIMIT_PAUSE_INFO + "{" in (await client.get(base + "/metrics")).text
 
-        await wait_for(ready, 30, "/readyz after the first cycle")
+        await wait_for(settled, 30, "/readyz after the first cycle, or a 429 pause")
         # Expire every token: the next calls get 401, the agent renews, more tokens exist.
         for cred in run.sim.scenario.credentials:
             run.sim.expire_tokens(cred.name)
@@ -184,7 +194,8 @@ async def test_canary_secrets_and_tokens_never_leave_the_agent(
             for path in ("/metrics", "/status", "/support", "/")
         }
     check_out = io.StringIO()
-    await run_check(run.service.agent.settings, check_out)
+    own_state = {"state_file": run.config_path.with_name("check.db")}
+    await run_check(run.service.agent.settings.model_copy(update=own_state), check_out)
     capsys.readouterr()
     assert main(["config", "check", "--config", str(run.config_path)]) == 0
     main(["support-bundle", "--config", str(run.config_path), "--format", "json"])
@@ -193,6 +204,8 @@ async def test_canary_secrets_and_tokens_never_leave_the_agent(
 
     tokens = issued_tokens(run.sim)
     assert tokens or run.sim.outage
+    if run.sim.scenario.throttles:  # the 429 answers and the pause are part of what is checked
+        assert re.search(rf"^{m.RATE_LIMIT_PAUSES_TOTAL}{{[^}}]*}} [1-9]", pages["/metrics"], re.M)
     texts = {
         **{f"page {path}": text for path, text in pages.items()},
         "check output": check_out.getvalue(),
