@@ -8,9 +8,7 @@ deadline and says what it waited for when it gives up.
 from __future__ import annotations
 
 import os
-import random
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -23,33 +21,6 @@ from prometheus_client.parser import text_string_to_metric_families
 BIG_PARTNER = "msp-main"
 """The demo scenario's partner with 250 tenants: its first probe cycle takes 45 s at the demo's
 limits, while the organization, tenant and revoked credentials finish theirs in seconds."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def free_port_block(count: int) -> int:
-    """A base port with ``count`` consecutive free ports (the simulator's hosts follow its port)."""
-    rng = random.Random()
-    for _ in range(50):
-        base = rng.randrange(20_000, 60_000)
-        sockets = []
-        try:
-            for offset in range(count):
-                sock = socket.socket()
-                sockets.append(sock)
-                sock.bind(("127.0.0.1", base + offset))
-            return base
-        except OSError:
-            continue
-        finally:
-            for sock in sockets:
-                sock.close()
-    raise AssertionError(f"no block of {count} free ports found")
 
 
 def wait_http(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import random
 import re
 import shutil
 import signal
@@ -27,39 +26,13 @@ import pytest
 import yaml
 
 from agent.simulator import Simulator, build_scenario
+from tests.ports import free_port, free_port_block
 
 PYTHON = (sys.executable, "-m", "agent")
 STOP_WITHIN = 10.0
 """SIGTERM to exit: the agent allows in-flight probes 2 s, the listener a few more."""
 BIG_LIMITS = {"1s": 1000, "1m": 60_000, "1h": 10_000_000, "1d": 100_000_000}
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def free_port_block(count: int) -> int:
-    """A base port with ``count`` consecutive free ports (the simulator's fixed-port layout)."""
-    rng = random.Random()
-    for _ in range(50):
-        base = rng.randrange(20_000, 60_000)
-        sockets = []
-        try:
-            for offset in range(count):
-                sock = socket.socket()
-                sockets.append(sock)
-                sock.bind(("127.0.0.1", base + offset))
-            return base
-        except OSError:
-            continue
-        finally:
-            for sock in sockets:
-                sock.close()
-    raise AssertionError(f"no block of {count} free ports found")
 
 
 def cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:

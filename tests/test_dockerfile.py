@@ -32,13 +32,12 @@ import pytest
 
 from agent import __version__
 from tests.deploy_support import (
-    free_port,
-    free_port_block,
     leave_out_the_big_partner,
     samples,
     wait_for_file,
     wait_http,
 )
+from tests.ports import free_port, free_port_block
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE_IMAGE = "docker.io/library/debian:bookworm-slim"

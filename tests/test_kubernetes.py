@@ -32,13 +32,12 @@ from kubernetes_validate.utils import latest_version
 from agent.config import Settings
 from tests.deploy_support import (
     Process,
-    free_port,
-    free_port_block,
     leave_out_the_big_partner,
     samples,
     wait_for_file,
     wait_http,
 )
+from tests.ports import free_port, free_port_block
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "kubernetes"

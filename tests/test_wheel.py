@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from agent import __version__
-from tests.deploy_support import Process, free_port, samples, wait_http
+from tests.deploy_support import Process, samples, wait_http
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 NAME = "sophos-central-exporter"

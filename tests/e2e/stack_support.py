@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -31,6 +30,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from tests.ports import free_port
 from tests.test_alerts import binary
 from tools.shorten_for import scale_for_file
 
@@ -45,12 +45,6 @@ T = TypeVar("T")
 
 
 # --- small helpers ----------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def http_json(url: str, payload: Any = None, *, timeout: float = 5.0) -> Any:

@@ -15,7 +15,6 @@ import asyncio
 import itertools
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ import yaml
 from agent import metricnames as m
 from agent.simulator import Simulator, build_scenario
 from tests.e2e.harness import parse_metrics, wait_for
+from tests.ports import free_port
 
 SOAK_SECONDS = float(os.environ.get("SOPHOS_CHAOS_SOAK_SECONDS", "30"))
 PROBE_INTERVAL = 3.0
@@ -54,13 +54,6 @@ EXPECTED_CAUSES = {
 pytestmark = pytest.mark.timeout(SOAK_SECONDS + 120)
 
 Samples = list[tuple[str, dict[str, str], float]]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def rss_bytes(pid: int) -> int:

@@ -23,12 +23,12 @@ from agent.simulator import Credential, Scenario, Tenant
 from tests.e2e.harness import wait_for
 from tests.e2e.test_restart_and_shards import (
     AgentProcess,
-    free_port,
     kill,
     one,
     simulator,
     write_config,
 )
+from tests.ports import free_port
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -31,16 +31,11 @@ import trustme
 from agent.cli import main, run_check
 from agent.simulator import TlsFiles, build_scenario
 from tests.e2e.harness import Stack, start_ready_stack, start_stack, stop_stack, wait_for
+from tests.ports import free_port
 
 PROXY_USER = "exporter"
 PROXY_PASSWORD = "Pr0xy-pass-31337"
 _REQUEST = re.compile(r"Request \(file descriptor \d+\): (\S+ \S+)")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

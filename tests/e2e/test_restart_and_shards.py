@@ -14,7 +14,6 @@ import math
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Mapping
@@ -33,18 +32,12 @@ from agent.ratebudget import WINDOW_SECONDS
 from agent.sharding import shard_of
 from agent.simulator import Credential, Scenario, Simulator, Tenant
 from tests.e2e.harness import parse_metrics, wait_for
+from tests.ports import free_port
 
 pytestmark = pytest.mark.timeout(120)
 
 Samples = list[tuple[str, dict[str, str], float]]
 Page = dict[str, Samples]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def scenario(tenants: int, limits: Mapping[str, int], slow: int = 0) -> Scenario:
