@@ -18,6 +18,7 @@ from agent.clock import FakeClock, Timeline
 from agent.ratebudget import BUCKETS_PER_WINDOW, DEFAULT_LIMITS, MARGIN_SECONDS, RateBudget
 from agent.scheduler import CredentialSchedule, PeriodicJob, ProbeScheduler
 from agent.statefile import StateFile
+from tests.test_scheduler import FakeState
 
 HOUR, DAY = 3600.0, 86400.0
 MINUTE_HOLD = 60 + MARGIN_SECONDS + 60 / BUCKETS_PER_WINDOW
@@ -160,12 +161,6 @@ async def test_a_pause_persisted_before_the_clock_was_stepped_back_keeps_its_len
 
 
 # -- the periodic jobs -----------------------------------------------------------------------------
-
-
-class FakeState:
-    def __init__(self, tenants: list[str]) -> None:
-        self.probed = {t: object() for t in tenants}
-        self.first_cycle_done = False
 
 
 class FakeProber:
