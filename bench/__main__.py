@@ -1,4 +1,4 @@
-"""Run the benchmarks of issue 4 and print their figures side by side: ``uv run python -m bench``.
+"""Run the benchmarks and print their figures side by side: ``uv run python -m bench``.
 
     uv run python -m bench                # all four, about 8 minutes on 2 cores
     uv run python -m bench --only b,c     # some of them
@@ -36,7 +36,7 @@ RESULTS = ROOT / "bench" / "results" / "latest.json"
 
 
 class Checks:
-    """The targets of the issue, checked against the figures."""
+    """The targets, checked against the figures."""
 
     def __init__(self) -> None:
         self.rows: list[tuple[str, str, bool]] = []
@@ -118,7 +118,7 @@ def format_report(report: dict[str, Any], checks: Checks) -> str:
         lines += ["", *_rss(report["peak_rss"], checks)]
     if "fault_to_page" in report:
         lines += ["", *_faultpage(report["fault_to_page"], checks)]
-    lines += ["", "targets (issue 4):"]
+    lines += ["", "targets:"]
     width = max(len(c) for c, _, _ in checks.rows) if checks.rows else 0
     for check, figure, ok in checks.rows:
         lines.append(f"  {'ok  ' if ok else 'FAIL'}  {check.ljust(width)}  {figure}")
