@@ -31,7 +31,7 @@ from agent.scheduler import CredentialSchedule, ProbeScheduler, tick_seconds
 from agent.secrets import register as register_secrets
 from agent.sharding import owns
 from agent.snapshot import CredentialSnapshot, Snapshot, credential_snapshot
-from agent.sophos import MAX_PAGES
+from agent.sophos import MAX_PAGES, PAGE_CAP_REMEDY
 from agent.statefile import StateFile, StateFileError
 from agent.transport import build_http_client
 
@@ -285,11 +285,11 @@ class Agent:
         if unread and unread != before:
             log.warning(
                 "tenant list cut at the page cap: read %d of the %d pages it claims; the tenants "
-                "on the other %d pages are not probed (split the tenants over several "
-                "credentials)",
+                "on the other %d pages are not probed (%s)",
                 listing.pages,
                 listing.claimed,
                 unread,
+                PAGE_CAP_REMEDY,
                 extra={
                     "credential": prober.name,
                     "pages_read": listing.pages,

@@ -22,6 +22,10 @@ MAX_LABEL_TEXT = 128
 MAX_URL = 2048
 MAX_PAGES = 1000
 """The agent reads at most this many tenant-list pages per listing (100,000 tenants)."""
+PAGE_CAP_REMEDY = "split the tenants over several credentials"
+"""What to do about a tenant list longer than ``MAX_PAGES`` pages: its tenants beyond the cap are
+never listed, so never probed."""
+
 MAX_CLAIMED_PAGES = 1_000_000_000
 """A ``pages.total`` above this is not believed either: reported as this."""
 TENANT_PAGE_SIZE = 100

@@ -22,6 +22,9 @@ from agent.clock import FakeClock
 from agent.config import Settings
 from agent.runtime import Agent
 from agent.sophos import MAX_PAGES
+from agent.views.check import format_check
+from agent.views.report import PAGE_CAP_TOPIC, build_report
+from agent.views.status import render_status_page
 from tests.e2e.harness import parse_metrics
 
 REGION = "https://api-eu01.central.sophos.com"
@@ -140,7 +143,7 @@ async def test_a_list_that_repeats_its_first_page_is_read_once() -> None:
         await agent.stop(grace=0.1)
 
 
-async def test_a_list_longer_than_the_page_cap_is_said_once_in_the_log_and_on_metrics(
+async def test_a_list_longer_than_the_page_cap_is_said_once_in_the_log_on_metrics_and_status(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     every = tenant_ids("c", 1005)
@@ -158,6 +161,9 @@ async def test_a_list_longer_than_the_page_cap_is_said_once_in_the_log_and_on_me
         page = parse_metrics(agent.render_metrics().decode())
         (sample,) = page[m.TENANT_LIST_UNREAD_PAGES]
         assert sample[1:] == ({"credential": "msp"}, 5.0)
+        report = build_report(agent.snapshot())
+        status = render_status_page(agent.snapshot())
+        check = format_check(report)
     finally:
         await agent.stop(grace=0.1)
     said = [r.getMessage() for r in caplog.records if "page cap" in r.getMessage()]
@@ -165,6 +171,13 @@ async def test_a_list_longer_than_the_page_cap_is_said_once_in_the_log_and_on_me
         "tenant list cut at the page cap: read 1000 of the 1005 pages it claims; the tenants on "
         "the other 5 pages are not probed (split the tenants over several credentials)"
     ]
+    cut = "tenant list cut at the page cap: 5 pages not read, their tenants not probed"
+    (attention,) = [a for a in report.attention if a.topic == PAGE_CAP_TOPIC]
+    assert attention.what == f"{cut}: split the tenants over several credentials"
+    assert attention.level == "failure"
+    assert f"1000 tenants listed, 1000 probed; {cut}." in status
+    assert "Needs attention" in status and PAGE_CAP_TOPIC in status
+    assert f"failure: msp: {cut}: split the tenants over several credentials" in check
 
 
 async def test_tenants_already_known_keep_their_probes_while_a_long_list_is_read() -> None:

@@ -23,6 +23,7 @@ from agent.durations import format_duration
 from agent.metricnames import WINDOWS
 from agent.probes import ProbeResult, display_order
 from agent.snapshot import CredentialSnapshot, Snapshot
+from agent.sophos import PAGE_CAP_REMEDY
 
 Section = Literal["not_run", "failure", "business", "ok"]
 """Where a row is shown: its kind, or "not_run" for a probe its credential's token held up."""
@@ -165,6 +166,17 @@ class CredentialReport:
     """The credential's ``expires_at``, when configured."""
     collection_note: str = ""
     """Why the SIEM collection alert cannot warn in time, and what would let it (or empty)."""
+    unread_pages: int = 0
+    """Tenant-list pages past the page cap, not read: their tenants are not probed."""
+
+    @property
+    def unread_pages_text(self) -> str:
+        """``tenant list cut at the page cap: 5 pages not read, their tenants not probed``
+        (empty when the whole list was read)."""
+        if not self.unread_pages:
+            return ""
+        pages = f"{self.unread_pages} {'page' if self.unread_pages == 1 else 'pages'}"
+        return f"tenant list cut at the page cap: {pages} not read, their tenants not probed"
 
     def all_rows(self) -> list[Row]:
         """Every probe of the credential: the failing token (shown on its own), groups, healthy."""
@@ -305,6 +317,7 @@ def _attention(creds: list[CredentialReport]) -> list[Attention]:
 
 EXPIRY_TOPIC = "credential expiry"
 COLLECTION_TOPIC = "SIEM collection alert"
+PAGE_CAP_TOPIC = "tenant list page cap"
 
 
 def _credential_attention(cred: CredentialReport) -> list[Attention]:
@@ -317,6 +330,10 @@ def _credential_attention(cred: CredentialReport) -> list[Attention]:
         what = f"the credential {expiry.text}: {expiry.remedy}"
         anchor = expiry_anchor(cred.name)
         lines.append(Attention(cred.name, "", 1, what, [], anchor, EXPIRY_TOPIC, level))
+    if cred.unread_pages:
+        what = f"{cred.unread_pages_text}: {PAGE_CAP_REMEDY}"
+        anchor = not_probed_anchor(cred.name)
+        lines.append(Attention(cred.name, "", cred.unread_pages, what, [], anchor, PAGE_CAP_TOPIC))
     if cred.collection_note:
         anchor = collection_anchor(cred.name)
         lines.append(
@@ -376,6 +393,7 @@ def _credential(snapshot: Snapshot, cred: CredentialSnapshot, now: float) -> Cre
         not_probed={cause: n for cause, n in cred.not_probed.items() if n},
         expiry=_expiry(cred, now),
         collection_note=cred.collection_note,
+        unread_pages=cred.tenant_list_unread_pages,
     )
 
 
