@@ -30,6 +30,8 @@ import brotli
 import pytest
 import yaml
 
+from tests.test_transport import Server
+
 GIB = 1 << 30
 MIB = 1 << 20
 CAP = MIB  # max_response_bytes' default
@@ -108,23 +110,20 @@ class FakeSophos:
     bomb: bytes
     tenant_probes: int = 0
     errors: list[str] = field(default_factory=list)
-    server: asyncio.Server | None = None
+    server: Server | None = None
 
     @property
     def url(self) -> str:
         assert self.server is not None
-        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        return self.server.url
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def script(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _connection: int
+    ) -> None:
+        assert self.server is not None
         try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value)
-            await reader.readexactly(length)
-            status, headers, body = self.answer(head.split(b" ", 2)[1].decode())
+            request = await self.server.read_request(reader)
+            status, headers, body = self.answer(request.split(b" ", 2)[1].decode())
             lines = [f"HTTP/1.1 {status}", *headers, f"Content-Length: {len(body)}"]
             writer.write("\r\n".join([*lines, "Connection: close", "", ""]).encode() + body)
             await writer.drain()
@@ -132,8 +131,6 @@ class FakeSophos:
             pass  # the agent stops reading a bomb at its cap and hangs up: expected
         except Exception as exc:  # a broken fake must fail the test, not hang it
             self.errors.append(repr(exc))
-        finally:
-            writer.close()
 
     def answer(self, target: str) -> tuple[str, list[str], bytes]:
         ok, json_type = "200 OK", "Content-Type: application/json"
@@ -153,11 +150,12 @@ class FakeSophos:
 @contextlib.asynccontextmanager
 async def fake_sophos(coding: str, bomb: bytes) -> AsyncIterator[FakeSophos]:
     fake = FakeSophos(coding, bomb)
-    fake.server = await asyncio.start_server(fake.handle, "127.0.0.1", 0)
+    fake.server = Server(fake.script)
+    fake.server.server = await asyncio.start_server(fake.server.handle, "127.0.0.1", 0)
     try:
         yield fake
     finally:
-        fake.server.close()
+        fake.server.server.close()
 
 
 async def run_agent(fake: FakeSophos, tmp_path: Path) -> dict[str, Any]:
