@@ -27,6 +27,7 @@ import httpx
 
 from agent.htmlpage import MAX_TITLE, described, page_title
 from agent.logs import REDACTOR
+from agent.text import printable
 from agent.tlsclient import HANDSHAKE, TlsFailure, tls_failure
 
 ERROR_CODE_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]{0,63}$")
@@ -248,7 +249,7 @@ def _header(headers: httpx.Headers | dict[str, str] | None, name: str) -> str | 
 def _printable(text: str, limit: int) -> str:
     """At most ``limit`` printable characters of ``text``, redacted (before the cut: a secret cut
     in half would no longer be recognised)."""
-    cleaned = "".join(ch if ch.isprintable() else " " for ch in text[: limit + REDACTOR.longest])
+    cleaned = printable(text[: limit + REDACTOR.longest])
     return REDACTOR.head(cleaned, limit)[:limit]
 
 

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import httpx
 
+from agent.text import printable
+
 PIECE = 64 * 1024
 """The most a decoder produces in one step: what one layer holds beyond the cap."""
 MAX_CODINGS = 3
@@ -176,5 +178,5 @@ class _Inflater:
 
 def _shown(value: str) -> str:
     """A header value from the server as it may appear in a message: printable and short."""
-    cleaned = "".join(ch if ch.isprintable() else " " for ch in value)
+    cleaned = printable(value)
     return cleaned if len(cleaned) <= _SHOWN else cleaned[:_SHOWN] + "..."

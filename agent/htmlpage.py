@@ -19,6 +19,8 @@ from __future__ import annotations
 import re
 from html.parser import HTMLParser
 
+from agent.text import printable
+
 PREFIX = 64 * 1024
 """The bytes of a body the parser reads: a title lives in the head, near the start."""
 MAX_TITLE = 80
@@ -65,7 +67,7 @@ def one_line(text: str) -> str:
     """A title as one line of printable characters, uncut (whoever shows it redacts it first,
     then cuts it at ``MAX_TITLE``: a secret cut in half would no longer be recognised).
     Backticks become quotes, so a title never turns into code in a remedy."""
-    cleaned = "".join(ch if ch.isprintable() else " " for ch in text).replace("`", "'")
+    cleaned = printable(text).replace("`", "'")
     return " ".join(cleaned.split())
 
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from agent.text import printable
+
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _TOKEN_VALUE = re.compile(r"[\x21-\x7e]{1,16384}")
 """Visible ASCII only: the token becomes an Authorization header value."""
@@ -101,7 +103,7 @@ def label_text(value: Any, limit: int = MAX_LABEL_TEXT) -> str:
     """A string fit for a label value: printable, trimmed, bounded; anything else becomes ''."""
     if not isinstance(value, str):
         return ""
-    cleaned = "".join(ch if ch.isprintable() else " " for ch in value).strip()
+    cleaned = printable(value).strip()
     return cleaned[:limit].rstrip()
 
 

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
+from agent.text import printable
+
 UNKNOWN_ISSUER = "tls_unknown_issuer"
 HOSTNAME_MISMATCH = "tls_hostname_mismatch"
 EXPIRED = "tls_expired"
@@ -136,5 +138,5 @@ def _chain(exc: BaseException) -> list[BaseException]:
 
 
 def _words(text: object) -> str:
-    cleaned = " ".join("".join(ch if ch.isprintable() else " " for ch in str(text)).split())
+    cleaned = " ".join(printable(str(text)).split())
     return cleaned[:_MAX_WHY]
